@@ -1,0 +1,1 @@
+"""The long-running reconciler: file watching, the reconcile loop, supervision, admin API."""

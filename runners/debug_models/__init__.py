@@ -1,0 +1,115 @@
+"""Build the catalog's debug base models (`debug/tiny-llama`, `debug/tiny-qwen2`) offline.
+
+Random weights from a fixed seed, a byte-level BPE tokenizer trained locally on a small bundled
+Chinese/English corpus, and a chat template; saved with `save_pretrained` so everything downstream
+loads it with `from_pretrained` exactly like a real checkpoint.
+
+Called by `python -m runners.debug_models SPEC.json` (the engine, when a stack uses a debug base)
+and by tests. Imports torch and transformers: never import it from the control plane.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = ["CHATML_TEMPLATE", "LLAMA3_TEMPLATE", "build_debug_model"]
+
+CORPUS = Path(__file__).with_name("corpus.txt")
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+LLAMA3_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] + '<|eot_id|>' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+
+_SPECIALS = {
+    "qwen2": {"bos": None, "eos": "<|im_end|>", "pad": "<|endoftext|>",
+              "extra": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], "template": CHATML_TEMPLATE},
+    "llama": {"bos": "<|begin_of_text|>", "eos": "<|eot_id|>", "pad": "<|end_of_text|>",
+              "extra": ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+                        "<|eot_id|>"], "template": LLAMA3_TEMPLATE},
+}
+
+
+def _train_tokenizer(arch: str, vocab_size: int, extra_text: list[str]) -> Any:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = _SPECIALS[arch]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials["extra"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte: no unknown tokens, ever
+        show_progress=False,
+    )
+    lines = CORPUS.read_text(encoding="utf-8").splitlines() + extra_text
+    tok.train_from_iterator(lines, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=specials["bos"],
+        eos_token=specials["eos"],
+        pad_token=specials["pad"],
+        padding_side="left",  # decoder-only generation pads on the left
+    )
+    fast.chat_template = specials["template"]
+    return fast
+
+
+def build_debug_model(entry: dict[str, Any], out_dir: str | os.PathLike[str]) -> Path:
+    """Build the debug model described by catalog `entry` (its `architecture` and `debug` keys)
+    into `out_dir`, atomically: a half-built folder is never left under the final name."""
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    arch = entry["architecture"]
+    dims: dict[str, Any] = dict(entry["debug"])
+    seed = int(dims.pop("seed", 0))
+    vocab_size = int(dims.pop("vocab_size", 2048))
+    out = Path(out_dir)
+    tmp = out.with_name(out.name + ".building")
+    if tmp.exists():
+        import shutil
+
+        shutil.rmtree(tmp)
+
+    tokenizer = _train_tokenizer(arch, vocab_size, [])
+    config_cls, model_cls = {"qwen2": (Qwen2Config, Qwen2ForCausalLM), "llama": (LlamaConfig, LlamaForCausalLM)}[arch]
+    config = config_cls(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+        **dims,
+    )
+    torch.manual_seed(seed)
+    model = model_cls(config)
+    model.generation_config = GenerationConfig(
+        do_sample=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "zsconf_debug_model.json").write_text(json.dumps({"seed": seed, "entry": entry}, indent=2))
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out

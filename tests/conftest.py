@@ -1,0 +1,47 @@
+"""Shared fixtures: real tiny models built from config with random weights (never downloaded)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Two cores: keep torch from oversubscribing when tests run beside runner subprocesses.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+REPO = Path(__file__).resolve().parent.parent
+DEBUG_DIMS = {
+    "hidden_size": 128,
+    "intermediate_size": 256,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 2048,
+    "vocab_size": 2048,
+    "seed": 0,
+}
+
+
+def _build(tmp_path_factory: pytest.TempPathFactory, arch: str) -> Path:
+    from runners.debug_models import build_debug_model
+
+    out = tmp_path_factory.getbasetemp() / f"debug-{arch}"
+    if not out.exists():
+        build_debug_model({"architecture": arch, "debug": DEBUG_DIMS}, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved debug Qwen2 (hidden 128, 2 layers) folder, loadable with from_pretrained."""
+    return _build(tmp_path_factory, "qwen2")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved debug Llama (hidden 128, 2 layers) folder, loadable with from_pretrained."""
+    return _build(tmp_path_factory, "llama")

@@ -1,0 +1,70 @@
+"""`zsconf` entry point: builds the typer app from the command modules and maps library errors
+to one-line messages with exit code 1 (no tracebacks for user errors)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from zsconf.errors import StackError, ZsconfError
+
+__all__ = ["app", "run"]
+
+app = typer.Typer(
+    name="zsconf",
+    help=(
+        "Config-as-code for an LLM platform. Keep datasets, fine-tunes, compressions, evaluations, "
+        "deployments and API keys in a git repository of Hydra YAML stacks; `zsconf plan` shows what "
+        "would change, `zsconf apply` does it, `zsconf daemon` keeps it so."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+# Each module defines `register(app)`. Keep module top levels light: --help imports all of them.
+COMMAND_MODULES = (
+    "zsconf.cli.stack_cmds",
+)
+
+
+def _register() -> None:
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(app)
+
+
+_register()
+
+
+def run() -> None:
+    """Console-script entry point."""
+    try:
+        app(standalone_mode=False)
+    except ZsconfError as exc:
+        from zsconf.cli.output import print_error
+
+        print_error(exc)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as exc:  # click's usage errors and the like
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(1)
+        raise
+
+
+if __name__ == "__main__":
+    run()
+
+
+_ = StackError  # re-exported for callers that catch it via the CLI module
