@@ -43,7 +43,7 @@ def _check_name(value: str) -> str:
 Name = Annotated[str, AfterValidator(_check_name), Field(json_schema_extra={"pattern": NAME_PATTERN})]
 
 
-def Description(max_length: int) -> Any:  # noqa: N802 - reads like a type in field declarations
+def Description(max_length: int) -> Any:
     """A free-text description limited as the manual limits it for the kind."""
     return Annotated[str, Field(default="", max_length=max_length)]
 
@@ -60,7 +60,9 @@ def parse_duration(value: Any) -> int:
     else:
         match = _DURATION_RE.match(str(value))
         if not match or not any(match.groups()):
-            raise ValueError(f"invalid duration {value!r}: expected a number of seconds or e.g. 30m, 2h, 1h30m")
+            raise ValueError(
+                f"invalid duration {value!r}: expected a number of seconds or e.g. 30m, 2h, 1h30m"
+            )
         d, h, m, s = (int(g or 0) for g in match.groups())
         seconds = ((d * 24 + h) * 60 + m) * 60 + s
     if seconds <= 0:
@@ -80,7 +82,9 @@ def _parse_percent(value: Any) -> float:
 
 Percent = Annotated[float, BeforeValidator(_parse_percent), Field(ge=0)]
 
-_REF_RE = re.compile(rf"^(?P<name>[A-Za-z{_CJK}][A-Za-z0-9_.\-/{_CJK}]{{0,63}})(?:@(?P<version>latest|[0-9]+))?$")
+_REF_RE = re.compile(
+    rf"^(?P<name>[A-Za-z{_CJK}][A-Za-z0-9_.\-/{_CJK}]{{0,63}})(?:@(?P<version>latest|[0-9]+))?$"
+)
 
 
 def parse_model_ref(ref: str) -> tuple[str, int | None]:
@@ -105,8 +109,17 @@ def _check_model_ref(value: str) -> str:
 ModelRef = Annotated[str, AfterValidator(_check_model_ref)]
 
 NotifyEvent = Literal[
-    "created", "queued", "running", "completed", "failed", "stopped", "restarted", "hang",
-    "healthy", "degraded", "upgraded",
+    "created",
+    "queued",
+    "running",
+    "completed",
+    "failed",
+    "stopped",
+    "restarted",
+    "hang",
+    "healthy",
+    "degraded",
+    "upgraded",
 ]
 
 
@@ -140,7 +153,9 @@ class Resource(Spec):
     REPLACE: ClassVar[frozenset[str]] = frozenset()
     IN_PLACE: ClassVar[frozenset[str]] = frozenset({"description", "lifecycle"})
 
-    tenant: Name | None = Field(default=None, description="owning tenant; defaults to platform.default_tenant")
+    tenant: Name | None = Field(
+        default=None, description="owning tenant; defaults to platform.default_tenant"
+    )
     lifecycle: Lifecycle = Field(default_factory=Lifecycle)
 
     @classmethod

@@ -19,8 +19,17 @@ class Deployment(Resource):
 
     REPLACE: ClassVar[frozenset[str]] = frozenset({"engine", "flavor", "max_model_len", "engine_args"})
     IN_PLACE: ClassVar[frozenset[str]] = frozenset(
-        {"description", "lifecycle", "model", "instances", "qps", "content_moderation", "auto_stop",
-         "state", "notify"}
+        {
+            "description",
+            "lifecycle",
+            "model",
+            "instances",
+            "qps",
+            "content_moderation",
+            "auto_stop",
+            "state",
+            "notify",
+        }
     )
 
     description: Description(256)  # type: ignore[valid-type]

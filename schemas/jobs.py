@@ -36,7 +36,9 @@ DeepSpeedStage = Literal[1, 2, 3]
 class JobResources(Spec):
     """Where a job runs: flavor (cards per node), nodes, queue and priority."""
 
-    flavor: str = Field(default="cpu.small", description="hardware flavor from the catalog (zsconf catalog flavors)")
+    flavor: str = Field(
+        default="cpu.small", description="hardware flavor from the catalog (zsconf catalog flavors)"
+    )
     nodes: int = Field(default=1, ge=1, le=64)
     queue: Name = "default"
     priority: int = Field(default=0, ge=-100, le=100, description="higher runs first when waiting for cards")

@@ -21,7 +21,9 @@ class Platform(Spec):
         default=None, description="SQLAlchemy URL; default sqlite at .zsconf/state.db (ZSCONF_STATE_URL wins)"
     )
     executor: Literal["local"] = "local"
-    storage: str = Field(default=".zsconf/artifacts", description="artifact root, relative to the stack directory")
+    storage: str = Field(
+        default=".zsconf/artifacts", description="artifact root, relative to the stack directory"
+    )
     device: Literal["auto", "cpu", "cuda", "npu"] = "auto"
     gateway: Endpoint = Field(default_factory=Endpoint)
     admin: Endpoint = Field(default_factory=lambda: Endpoint(port=8001))

@@ -31,7 +31,16 @@ class ServiceGroup(Resource):
 
     REPLACE: ClassVar[frozenset[str]] = frozenset()
     IN_PLACE: ClassVar[frozenset[str]] = frozenset(
-        {"description", "lifecycle", "services", "keys", "enabled", "rate_limits", "trial_tokens", "moderation"}
+        {
+            "description",
+            "lifecycle",
+            "services",
+            "keys",
+            "enabled",
+            "rate_limits",
+            "trial_tokens",
+            "moderation",
+        }
     )
 
     description: Description(256)  # type: ignore[valid-type]

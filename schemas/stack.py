@@ -44,7 +44,9 @@ def parse_address(addr: str) -> tuple[str, str | None, str]:
     if len(parts) == 3 and parts[0] in SINGULAR_TO_KEY and parts[0] != "tenant":
         return parts[0], parts[1], parts[2]
     kinds = ", ".join(SINGULAR_TO_KEY)
-    raise ValueError(f"invalid address {addr!r}: expected KIND/TENANT/NAME (or tenant/NAME), KIND one of {kinds}")
+    raise ValueError(
+        f"invalid address {addr!r}: expected KIND/TENANT/NAME (or tenant/NAME), KIND one of {kinds}"
+    )
 
 
 class Stack(Spec):

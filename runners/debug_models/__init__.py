@@ -34,11 +34,26 @@ LLAMA3_TEMPLATE = (
 )
 
 _SPECIALS = {
-    "qwen2": {"bos": None, "eos": "<|im_end|>", "pad": "<|endoftext|>",
-              "extra": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], "template": CHATML_TEMPLATE},
-    "llama": {"bos": "<|begin_of_text|>", "eos": "<|eot_id|>", "pad": "<|end_of_text|>",
-              "extra": ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
-                        "<|eot_id|>"], "template": LLAMA3_TEMPLATE},
+    "qwen2": {
+        "bos": None,
+        "eos": "<|im_end|>",
+        "pad": "<|endoftext|>",
+        "extra": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        "template": CHATML_TEMPLATE,
+    },
+    "llama": {
+        "bos": "<|begin_of_text|>",
+        "eos": "<|eot_id|>",
+        "pad": "<|end_of_text|>",
+        "extra": [
+            "<|begin_of_text|>",
+            "<|end_of_text|>",
+            "<|start_header_id|>",
+            "<|end_header_id|>",
+            "<|eot_id|>",
+        ],
+        "template": LLAMA3_TEMPLATE,
+    },
 }
 
 
@@ -87,7 +102,10 @@ def build_debug_model(entry: dict[str, Any], out_dir: str | os.PathLike[str]) ->
         shutil.rmtree(tmp)
 
     tokenizer = _train_tokenizer(arch, vocab_size, [])
-    config_cls, model_cls = {"qwen2": (Qwen2Config, Qwen2ForCausalLM), "llama": (LlamaConfig, LlamaForCausalLM)}[arch]
+    config_cls, model_cls = {
+        "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+        "llama": (LlamaConfig, LlamaForCausalLM),
+    }[arch]
     config = config_cls(
         vocab_size=len(tokenizer),
         bos_token_id=tokenizer.bos_token_id,

@@ -12,7 +12,8 @@ def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m runners.debug_models SPEC.json", file=sys.stderr)
         return 2
-    spec = json.loads(open(argv[0], encoding="utf-8").read())
+    with open(argv[0], encoding="utf-8") as f:
+        spec = json.load(f)
     path = build_debug_model(spec["entry"], spec["output_dir"])
     print(json.dumps({"status": "succeeded", "model_dir": str(path)}))
     return 0
