@@ -26,7 +26,9 @@ app = typer.Typer(
 )
 
 # Each module defines `register(app)`. Keep module top levels light: --help imports all of them.
-COMMAND_MODULES = ("zsconf.cli.stack_cmds",)
+COMMAND_MODULES = (
+    "zsconf.cli.stack_cmds",
+)
 
 
 def _register() -> None:
