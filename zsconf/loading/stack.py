@@ -1,0 +1,74 @@
+"""`load_stack`: compose a stack directory, validate it with `schemas.Stack`, and hand back a
+`LoadedStack`. Called by the graph builder, `zsconf validate`, and the plan/apply engine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from zsconf.errors import Diagnostic, StackError
+from zsconf.loading.compose import compose_stack
+from zsconf.loading.diagnostics import SourceMap, pydantic_diagnostics
+from zsconf.loading.secrets import SecretMask
+
+if TYPE_CHECKING:
+    from schemas import Stack
+
+__all__ = ["LoadedStack", "load_stack"]
+
+
+@dataclass
+class LoadedStack:
+    """A composed, schema-valid stack. `config_hash` changes whenever the composed config does
+    (secrets included); `secrets` masks resolved secret values in anything printed."""
+
+    stack: Stack
+    stack_dir: Path
+    sources: list[Path]
+    config_hash: str
+    secrets: SecretMask = field(default_factory=SecretMask)
+    source_map: SourceMap = field(default_factory=lambda: SourceMap([]), repr=False)
+    via_hydra: str = "none"
+
+    def locate(self, path: str | Sequence[str]) -> tuple[str | None, int | None]:
+        """(file, line) where the dotted `path` is written; builds the line map on first use."""
+        return self.source_map.locate(path)
+
+    def diagnostic(self, path: str | Sequence[str], message: str) -> Diagnostic:
+        """A Diagnostic at `path` with secret values masked from `message`."""
+        return self.source_map.diagnostic(path, self.secrets.text(message))
+
+
+def _hash(config: object) -> str:
+    data = json.dumps(config, sort_keys=True, ensure_ascii=False, default=str, separators=(",", ":"))
+    return hashlib.sha256(data.encode()).hexdigest()
+
+
+def load_stack(stack_dir: Path, overrides: Sequence[str] = ()) -> LoadedStack:
+    """Compose and validate `stack_dir/stack.yaml`; raises StackError with every diagnostic."""
+    from pydantic import ValidationError
+
+    from schemas import Stack
+
+    stack_dir = Path(stack_dir)
+    composed = compose_stack(stack_dir, overrides)
+    mask = SecretMask(frozenset(composed.secret_values.values()), frozenset(composed.secret_paths))
+    source_map = SourceMap(composed.sources, composed.overrides)
+    try:
+        stack = Stack.model_validate(composed.config)
+    except ValidationError as exc:
+        raise StackError(pydantic_diagnostics(exc, source_map, mask)) from None
+    return LoadedStack(
+        stack=stack,
+        stack_dir=stack_dir.resolve(),
+        sources=[s.path for s in composed.sources],
+        config_hash=_hash(composed.config),
+        secrets=mask,
+        source_map=source_map,
+        via_hydra=composed.via_hydra,
+    )
