@@ -1,0 +1,156 @@
+"""`validate_stack`: load, build the graph, and read every dataset file for real, collecting every
+problem instead of stopping at the first.
+
+Called by `zsconf validate` (CLI) and the daemon (before a reconcile pass); the plan/apply engine
+calls `load_stack` and `build_graph` directly.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from zsconf.errors import Diagnostic, StackError
+
+if TYPE_CHECKING:
+    from zsconf.graph import Graph
+    from zsconf.loading import LoadedStack
+
+__all__ = ["MAX_ERRORS_PER_DATASET", "DatasetCheck", "ValidationResult", "validate_stack"]
+
+# A broken 100k-line file would otherwise bury every other diagnostic.
+MAX_ERRORS_PER_DATASET = 20
+
+
+@dataclass
+class DatasetCheck:
+    name: str
+    file: str
+    format: str
+    samples: int | None  # None when the file could not be read
+    errors: int = 0
+
+
+@dataclass
+class ValidationResult:
+    """What `zsconf validate` reports. `ok` is False when any diagnostic was found."""
+
+    stack_dir: Path
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+    loaded: LoadedStack | None = None
+    graph: Graph | None = None
+    datasets: list[DatasetCheck] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.diagnostics
+
+    def counts(self) -> dict[str, int]:
+        """Resources per stack key (tenants, datasets, ...), in kind order."""
+        from schemas.stack import KINDS
+
+        if self.loaded is None:
+            return {}
+        return {key: len(getattr(self.loaded.stack, key)) for key in KINDS}
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON for `zsconf validate --json`; secret values masked."""
+        data = {
+            "valid": self.ok,
+            "stack_dir": str(self.stack_dir),
+            "resources": self.counts(),
+            "datasets": [
+                {"name": d.name, "file": d.file, "format": d.format, "samples": d.samples, "errors": d.errors}
+                for d in self.datasets
+            ],
+            "config_hash": self.loaded.config_hash if self.loaded else None,
+            "errors": [d.as_dict() for d in self.diagnostics],
+            "seconds": round(self.seconds, 3),
+        }
+        return self.loaded.secrets.data(data) if self.loaded else data
+
+
+def _check_datasets(loaded: LoadedStack, display_dir: Path) -> tuple[list[DatasetCheck], list[Diagnostic]]:
+    from schemas.samples import read_dataset
+
+    checks: list[DatasetCheck] = []
+    diagnostics: list[Diagnostic] = []
+    reports: dict[tuple[Path, str], Any] = {}
+    for name, spec in loaded.stack.datasets.items():
+        path = loaded.stack_dir / spec.path
+        shown = str(display_dir / spec.path)
+        if not path.is_file():
+            diagnostics.append(loaded.diagnostic(f"datasets.{name}.path", f"dataset file not found: {shown}"))
+            checks.append(DatasetCheck(name, shown, spec.format, None))
+            continue
+        key = (path.resolve(), spec.format)
+        if key not in reports:
+            try:
+                reports[key] = read_dataset(path, spec.format)
+            except (OSError, ValueError) as exc:
+                reports[key] = exc
+        report = reports[key]
+        if isinstance(report, Exception):
+            diagnostics.append(loaded.diagnostic(f"datasets.{name}.path", f"cannot read {shown}: {report}"))
+            checks.append(DatasetCheck(name, shown, spec.format, None))
+            continue
+        errors = list(report.errors)
+        for err in errors[:MAX_ERRORS_PER_DATASET]:
+            where = f"datasets.{name}" + (f".{err.field}" if getattr(err, "field", None) else "")
+            diagnostics.append(
+                Diagnostic(
+                    message=loaded.secrets.text(str(err.message)), path=where, file=shown, line=err.line
+                )
+            )
+        if len(errors) > MAX_ERRORS_PER_DATASET:
+            diagnostics.append(
+                Diagnostic(
+                    message=f"... and {len(errors) - MAX_ERRORS_PER_DATASET} more bad samples",
+                    path=f"datasets.{name}",
+                    file=shown,
+                )
+            )
+        if not errors and report.count < spec.min_samples:
+            diagnostics.append(
+                loaded.diagnostic(
+                    f"datasets.{name}.min_samples",
+                    f"{shown} has {report.count} samples, fewer than min_samples={spec.min_samples}",
+                )
+            )
+        checks.append(DatasetCheck(name, shown, spec.format, report.count, len(errors)))
+    return checks, diagnostics
+
+
+def validate_stack(
+    stack_dir: Path | str,
+    overrides: Sequence[str] = (),
+    check_datasets: bool = True,
+    catalog: Any = None,
+) -> ValidationResult:
+    """Everything `zsconf validate` checks; never raises for a problem in the stack."""
+    from zsconf.graph import build_graph
+    from zsconf.loading import load_stack
+
+    started = time.perf_counter()
+    display_dir = Path(stack_dir)
+    result = ValidationResult(stack_dir=display_dir)
+    try:
+        result.loaded = load_stack(display_dir, overrides)
+    except StackError as exc:
+        result.diagnostics.extend(exc.diagnostics)
+        result.seconds = time.perf_counter() - started
+        return result
+    try:
+        result.graph = build_graph(result.loaded, catalog)
+    except StackError as exc:
+        result.diagnostics.extend(exc.diagnostics)
+    if check_datasets:
+        checks, problems = _check_datasets(result.loaded, display_dir)
+        result.datasets = checks
+        result.diagnostics.extend(problems)
+    result.seconds = time.perf_counter() - started
+    return result
