@@ -265,25 +265,60 @@ def _walk_strings(node: Any, where: tuple[str, ...] = ()) -> Iterator[tuple[tupl
             todo.extend((v, (*here, str(i))) for i, v in enumerate(item))
 
 
-def _hydra_diagnostic(exc: Exception, stack_file: str, overrides: Sequence[str]) -> Diagnostic:
+def _missing_preset(exc: Exception, stack_dir: Path, raw: dict[str, Any], shown: str) -> Diagnostic:
+    """A defaults entry names a preset that does not exist: say which, where, and what exists."""
+    missing = str(getattr(exc, "missing_cfg_file", "") or "")
+    if not missing:
+        found = re.search(r"Could not (?:find|load) '([^']+)'", str(exc))
+        missing = found.group(1) if found else ""
+    group = missing.rsplit("/", 1)[0] if "/" in missing else ""
+    options: set[str] = set()
+    for base in (stack_dir, _recipes_dir()):
+        folder = base / group
+        if group and folder.is_dir():
+            options.update(p.stem for p in folder.glob("*.yaml"))
+    message = f"preset {missing!r} not found in the stack directory or zsconf's recipes/"
+    if options:
+        message += f"; {group}/ has: {', '.join(sorted(options))}"
+    index = None
+    for i, entry in enumerate(raw.get("defaults") or []):
+        text = entry if isinstance(entry, str) else " ".join(f"{k} {v}" for k, v in dict(entry).items())
+        if missing and missing.rsplit("/", 1)[-1] in str(text):
+            index = i
+            break
+    path = "defaults" if index is None else f"defaults.{index}"
+    line = None
+    if index is not None:
+        from zsconf.loading.yaml_io import line_map
+
+        line = line_map(stack_dir / STACK_FILE).get(("defaults", str(index)))
+    return Diagnostic(message=message, path=path, file=shown, line=line)
+
+
+def _hydra_diagnostic(
+    exc: Exception, stack_dir: Path, raw: dict[str, Any], shown: str, overrides: Sequence[str]
+) -> Diagnostic:
     """Map an error raised while composing to a Diagnostic naming where it comes from."""
+    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
     from omegaconf.errors import OmegaConfBaseException
 
+    if isinstance(exc, MissingConfigException):
+        return _missing_preset(exc, stack_dir, raw, shown)
     message = str(exc).replace(f"'{_STORE_NAME}'", f"'{STACK_FILE}'").strip()
     path = ""
-    file = stack_file
+    file: str | None = shown
+    line = None
     if isinstance(exc, OmegaConfBaseException):
         path = str(getattr(exc, "full_key", "") or "")
         message = message.split("\n    full_key:", 1)[0].strip()
-    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+    if isinstance(exc, OverrideParseException | ConfigCompositionException):
+        file = COMMAND_LINE if overrides else shown
+    elif path:
+        from zsconf.loading.diagnostics import SourceMap
 
-    if isinstance(exc, MissingConfigException):
-        path = "defaults"
-        message = " ".join(line.strip() for line in message.splitlines() if line.strip())
-    elif isinstance(exc, OverrideParseException | ConfigCompositionException):
-        file = COMMAND_LINE if overrides else stack_file
-        message = " ".join(line.strip() for line in message.splitlines() if line.strip())
-    return Diagnostic(message=message, path=path, file=file)
+        file, line = SourceMap([Source(shown, stack_dir / STACK_FILE)], overrides).locate(path)
+    message = " ".join(part.strip() for part in message.splitlines() if part.strip())
+    return Diagnostic(message=message, path=path, file=file, line=line)
 
 
 def compose_stack(stack_dir: Path, overrides: Sequence[str] = ()) -> Composed:
@@ -329,7 +364,7 @@ def compose_stack(stack_dir: Path, overrides: Sequence[str] = ()) -> Composed:
             config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
         except Exception as exc:
             if _is_user_error(exc):
-                raise StackError([_hydra_diagnostic(exc, shown, overrides)]) from None
+                raise StackError([_hydra_diagnostic(exc, stack_dir, raw, shown, overrides)]) from None
             raise
         secret_paths: set[str] = set()
         if used:

@@ -29,7 +29,7 @@ class SecretNotFound(KeyError):
 class SecretMask:
     """The resolved secret values of a loaded stack and the dotted paths that hold them."""
 
-    values: frozenset[str] = frozenset()
+    values: frozenset[str] = field(default=frozenset(), repr=False)  # never in a repr or a log
     paths: frozenset[str] = frozenset()
 
     def text(self, text: str) -> str:

@@ -35,6 +35,12 @@ class LoadedStack:
     source_map: SourceMap = field(default_factory=lambda: SourceMap([]), repr=False)
     via_hydra: str = "none"
 
+    def __repr__(self) -> str:
+        # The stack holds resolved secrets: a repr (logs, tracebacks) must not show them.
+        return (
+            f"LoadedStack({str(self.stack_dir)!r}, {len(self.sources)} files, hash={self.config_hash[:12]})"
+        )
+
     def locate(self, path: str | Sequence[str]) -> tuple[str | None, int | None]:
         """(file, line) where the dotted `path` is written; builds the line map on first use."""
         return self.source_map.locate(path)
