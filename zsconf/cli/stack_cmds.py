@@ -214,7 +214,9 @@ def validate(
     result = validate_stack(directory, overrides, check_datasets=datasets)
     if as_json:
         print_json(result.as_dict())
-        raise typer.Exit(0 if result.ok else 1)
+        # sys.exit, not typer.Exit: main.run() calls the app with standalone_mode=False, where
+        # click returns typer.Exit's code instead of exiting with it.
+        sys.exit(0 if result.ok else 1)
     out = console()
     if result.loaded is not None:
         _print_summary(result)
@@ -223,9 +225,9 @@ def validate(
         err.print(str(diag), markup=False, highlight=False)
     if result.ok:
         out.print(f"valid ({result.seconds:.2f} s)", markup=False)
-        raise typer.Exit(0)
+        sys.exit(0)
     err.print(f"invalid: {len(result.diagnostics)} error(s)", markup=False)
-    raise typer.Exit(1)
+    sys.exit(1)
 
 
 def _print_summary(result: Any) -> None:

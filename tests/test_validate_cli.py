@@ -1,0 +1,198 @@
+"""`zsconf init`, `zsconf validate` and `zsconf schema`, through typer's runner and as real
+subprocesses; dataset files read for real; secrets never in any output."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from zsconf.cli.main import app
+from zsconf.validate import validate_stack
+
+REPO = Path(__file__).resolve().parent.parent
+QUICKSTART = REPO / "examples/stacks/quickstart"
+ZSCONF = [sys.executable, "-m", "zsconf.cli.main"]
+
+runner = CliRunner()
+
+
+def write_stack(root: Path, text: str, files: dict[str, str] | None = None) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "stack.yaml").write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
+    for rel, body in (files or {}).items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(body, encoding="utf-8")
+    return root
+
+
+GOOD_LINE = '{"instruction": "q", "input": "", "output": "a"}\n'
+
+
+def test_validate_quickstart_summary() -> None:
+    result = runner.invoke(app, ["validate", str(QUICKSTART)])
+    assert result.exit_code == 0, result.output
+    assert "2 evaluations" in result.output
+    assert "dataset faq" in result.output and "40 samples" in result.output
+    assert "valid" in result.output
+
+
+def test_validate_json_and_override() -> None:
+    result = runner.invoke(app, ["validate", str(QUICKSTART), "deployments.faq-chat.instances=3", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["valid"] is True
+    assert data["resources"]["deployments"] == 1
+    assert data["datasets"][0]["samples"] == 40
+    assert len(data["config_hash"]) == 64
+
+
+def test_validate_both_examples() -> None:
+    for name in ("quickstart", "ascend-prod"):
+        result = validate_stack(REPO / "examples/stacks" / name)
+        assert result.ok, [str(d) for d in result.diagnostics]
+        assert all(d.samples and d.samples > 0 for d in result.datasets)
+
+
+def test_invalid_stack_exit_1_one_error_per_line(tmp_path: Path) -> None:
+    root = write_stack(
+        tmp_path,
+        """
+        tenants:
+          acme: {}
+        models:
+          base: {base: debug/tiny-qwen2}
+        deployments:
+          chat: {model: base@1, instances: 0}
+          other: {model: base@1, qps: -1}
+        """,
+    )
+    result = runner.invoke(app, ["validate", str(root)])
+    assert result.exit_code == 1
+    lines = [line for line in result.stderr.splitlines() if "stack.yaml:" in line]
+    assert lines == [
+        f"{root / 'stack.yaml'}:6: deployments.chat.instances: Input should be greater than or equal to 1",
+        f"{root / 'stack.yaml'}:7: deployments.other.qps: Input should be greater than 0",
+    ]
+    as_json = runner.invoke(app, ["validate", str(root), "--json"])
+    assert as_json.exit_code == 1
+    assert [e["line"] for e in json.loads(as_json.stdout)["errors"]] == [6, 7]
+
+
+def test_dataset_lines_are_read_for_real(tmp_path: Path) -> None:
+    root = write_stack(
+        tmp_path,
+        """
+        tenants:
+          acme: {}
+        datasets:
+          chats: {path: data/chats.jsonl, format: alpaca}
+          gone: {path: data/gone.jsonl, format: alpaca}
+          few: {path: data/few.jsonl, format: alpaca, min_samples: 5}
+        """,
+        files={
+            "data/chats.jsonl": GOOD_LINE + "{not json\n" + GOOD_LINE,
+            "data/few.jsonl": GOOD_LINE * 2,
+        },
+    )
+    result = validate_stack(root)
+    assert not result.ok
+    bad = [d for d in result.diagnostics if d.file and d.file.endswith("chats.jsonl")]
+    assert [d.line for d in bad] == [2]
+    assert any(d.path == "datasets.gone.path" and "not found" in d.message for d in result.diagnostics)
+    few = [d for d in result.diagnostics if d.path == "datasets.few.min_samples"]
+    assert few and "2 samples" in few[0].message and few[0].line == 6
+    counts = {d.name: d.samples for d in result.datasets}
+    assert counts["few"] == 2 and counts["gone"] is None
+
+
+def test_no_datasets_flag_skips_reading(tmp_path: Path) -> None:
+    root = write_stack(
+        tmp_path,
+        "tenants:\n  acme: {}\ndatasets:\n  gone: {path: data/gone.jsonl, format: alpaca}\n",
+    )
+    assert runner.invoke(app, ["validate", str(root), "--no-datasets"]).exit_code == 0
+    assert runner.invoke(app, ["validate", str(root)]).exit_code == 1
+
+
+SECRET = "pa55-w0rd-XYZ"
+
+
+def test_secrets_never_in_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ZSCONF_SECRET_DB", SECRET)
+    root = write_stack(
+        tmp_path,
+        """
+        platform:
+          state_url: postgresql+psycopg://zs:${secret:DB}@db/zs
+        tenants:
+          acme:
+            description: ${secret:DB}
+        service_groups:
+          app: {services: ["${secret:DB}"]}
+        """,
+    )
+    for args in (["validate", str(root)], ["validate", str(root), "--json"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 1
+        assert SECRET not in result.output and SECRET not in result.stderr
+        assert "********" in result.output + result.stderr
+    # Valid stack: nothing printed carries the value either.
+    fixed = root / "stack.yaml"
+    fixed.write_text(fixed.read_text().replace('["${secret:DB}"]', "[]"))
+    ok = runner.invoke(app, ["validate", str(root), "--json"])
+    assert ok.exit_code == 0, ok.output
+    assert SECRET not in ok.output
+
+
+def test_init_scaffolds_a_valid_stack(tmp_path: Path) -> None:
+    target = tmp_path / "my-team"
+    result = runner.invoke(app, ["init", str(target)])
+    assert result.exit_code == 0, result.output
+    for rel in ("stack.yaml", "data/sample.jsonl", ".gitignore", "stack.schema.json"):
+        assert (target / rel).is_file(), rel
+    gitignore = (target / ".gitignore").read_text().splitlines()
+    assert ".zsconf/" in gitignore and "secrets.yaml" in gitignore
+    assert (target / "stack.yaml").read_text().startswith("# yaml-language-server: $schema=stack.schema.json")
+    check = runner.invoke(app, ["validate", str(target)])
+    assert check.exit_code == 0, check.output + check.stderr
+    again = runner.invoke(app, ["init", str(target)])
+    assert again.exit_code == 1  # refuses to overwrite
+
+
+def test_schema_export(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["schema"])
+    assert result.exit_code == 0
+    schema = json.loads(result.stdout)
+    assert {"finetunes", "deployments", "service_groups", "defaults"} <= set(schema["properties"])
+    out = tmp_path / "stack.schema.json"
+    assert runner.invoke(app, ["schema", "-o", str(out)]).exit_code == 0
+    written = json.loads(out.read_text())
+    assert written["title"] == "zsconf stack"
+    # The schema knows the ranges: an editor can flag learning_rate: 0.5.
+    hp = written["$defs"]["Hyperparameters"]["properties"]["learning_rate"]
+    assert hp["maximum"] == 0.1
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run([*ZSCONF, *args], cwd=REPO, capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_real_subprocess_valid_and_invalid(tmp_path: Path) -> None:
+    ok = _run("validate", "examples/stacks/quickstart")
+    assert ok.returncode == 0, ok.stderr
+    assert "valid" in ok.stdout and "\x1b[" not in ok.stdout  # piped: plain text
+    root = write_stack(tmp_path, "tenants:\n  acme:\n    quotas: {max_cards: -2}\n")
+    bad = _run("validate", str(root))
+    assert bad.returncode == 1
+    assert f"{root / 'stack.yaml'}:3: tenants.acme.quotas.max_cards:" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    missing = _run("validate", str(tmp_path / "nowhere"))
+    assert missing.returncode == 1 and "zsconf init" in missing.stderr
