@@ -17,10 +17,10 @@ HEAVY = ("torch", "transformers", "litestar", "peft", "llmcompressor", "vllm")
 PROBE = """
 import atexit, json, sys
 def report():
-    heavy = sorted({m.split('.')[0] for m in sys.modules} & set(HEAVY))
-    sys.__stderr__.write('HEAVY=' + json.dumps(heavy) + '\\n')
+    heavy = sorted({m.split('.')[0] for m in sys.modules} & set(__HEAVY__))
+    sys.__stderr__.write('heavy-modules=' + json.dumps(heavy) + '\\n')
 atexit.register(report)
-sys.argv = ['zsconf'] + ARGS
+sys.argv = ['zsconf'] + __ARGS__
 from zsconf.cli.main import run
 run()
 """
@@ -35,8 +35,8 @@ run()
     ],
 )
 def test_cli_does_not_import_heavy_modules(args: list[str]) -> None:
-    code = PROBE.replace("HEAVY", repr(HEAVY)).replace("ARGS", repr(args))
+    code = PROBE.replace("__HEAVY__", repr(HEAVY)).replace("__ARGS__", repr(args))
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    line = next(x for x in proc.stderr.splitlines() if x.startswith("HEAVY="))
-    assert json.loads(line.removeprefix("HEAVY=")) == []
+    line = next(x for x in proc.stderr.splitlines() if x.startswith("heavy-modules="))
+    assert json.loads(line.removeprefix("heavy-modules=")) == []
