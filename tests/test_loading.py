@@ -306,3 +306,20 @@ def test_secret_in_an_invalid_value_is_masked_in_errors(
     diags = errors(root)
     assert diags[0].path == "service_groups.app.services.0"
     assert "s3cr3t" not in str(diags[0]) and MASK in diags[0].message
+
+
+def test_yaml_error_in_a_group_file_names_that_file(tmp_path: Path) -> None:
+    root = write_stack(
+        tmp_path,
+        "defaults:\n  - team/chat@deployments.chat2\n  - _self_\n" + BASIC,
+        files={"team/chat.yaml": "model: base@1\ninstances: [1,\n"},
+    )
+    diags = errors(root)
+    assert (diags[0].file, diags[0].line) == (str(root / "team/chat.yaml"), 3)
+    assert "YAML syntax error" in diags[0].message
+
+
+def test_deleting_a_resource_from_the_command_line() -> None:
+    loaded = load_stack(QUICKSTART, ["~evaluations.eval-lora"])
+    assert list(loaded.stack.evaluations) == ["eval-w8a8"]
+    assert list(loaded.stack.finetunes) == ["faq-lora"]  # untouched kinds come through whole

@@ -295,6 +295,16 @@ def _missing_preset(exc: Exception, stack_dir: Path, raw: dict[str, Any], shown:
     return Diagnostic(message=message, path=path, file=shown, line=line)
 
 
+def _display(name: str, stack_dir: Path, shown: str) -> str:
+    """A file path as the user sees it: under the stack directory as they named it."""
+    path = Path(name)
+    try:
+        rel = path.resolve().relative_to(stack_dir)
+    except (OSError, ValueError):
+        return name
+    return str(Path(shown).parent / rel)
+
+
 def _hydra_diagnostic(
     exc: Exception, stack_dir: Path, raw: dict[str, Any], shown: str, overrides: Sequence[str]
 ) -> Diagnostic:
@@ -304,6 +314,13 @@ def _hydra_diagnostic(
 
     if isinstance(exc, MissingConfigException):
         return _missing_preset(exc, stack_dir, raw, shown)
+    import yaml
+
+    if isinstance(exc, yaml.MarkedYAMLError):  # a preset or group file that does not parse
+        mark = exc.problem_mark or exc.context_mark
+        what = " ".join(x for x in (exc.context, exc.problem) if x)
+        file = _display(mark.name, stack_dir, shown) if mark is not None else shown
+        return Diagnostic(f"YAML syntax error: {what}", file=file, line=mark.line + 1 if mark else None)
     message = str(exc).replace(f"'{_STORE_NAME}'", f"'{STACK_FILE}'").strip()
     path = ""
     file: str | None = shown
