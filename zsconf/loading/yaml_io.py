@@ -69,6 +69,42 @@ _FastLoader.yaml_implicit_resolvers = {
 }
 
 
+_STR = "tag:yaml.org,2002:str"
+_MAP = "tag:yaml.org,2002:map"
+_SEQ = "tag:yaml.org,2002:seq"
+_MERGE = "tag:yaml.org,2002:merge"
+
+
+def _build(loader: Any, node: yaml.Node) -> Any:
+    """Node tree -> Python values. The same result as the loader's own constructor for the plain
+    YAML stacks are made of, about twice as fast: no per-node bookkeeping, strings taken as they
+    are; anything unusual (tags, merge keys `<<`) goes to the stock constructor."""
+    cls = node.__class__
+    if cls is yaml.ScalarNode:
+        tag = node.tag
+        if tag == _STR:
+            return node.value
+        return loader.construct_object(node, deep=True)
+    if cls is yaml.MappingNode and node.tag == _MAP:
+        out: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE or key_node.__class__ is not yaml.ScalarNode:
+                return loader.construct_object(node, deep=True)
+            key = _build(loader, key_node)
+            if key in out:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping",
+                    node.start_mark,
+                    f"found duplicate key {key_node.value}",
+                    key_node.start_mark,
+                )
+            out[key] = _build(loader, value_node)
+        return out
+    if cls is yaml.SequenceNode and node.tag == _SEQ:
+        return [_build(loader, item) for item in node.value]
+    return loader.construct_object(node, deep=True)
+
+
 def load_yaml(path: Path, display: str | None = None) -> Any:
     """Parse one YAML file; a syntax error becomes YamlSyntaxError naming the file and line."""
     name = display or str(path)
@@ -76,8 +112,12 @@ def load_yaml(path: Path, display: str | None = None) -> Any:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise YamlSyntaxError(name, None, f"cannot read: {exc.strerror or exc}") from None
+    loader = _FastLoader(text)
     try:
-        return yaml.load(text, Loader=_FastLoader)
+        node = loader.get_single_node()
+        return None if node is None else _build(loader, node)
+    except RecursionError:
+        raise YamlSyntaxError(name, None, "YAML error: recursive alias") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
@@ -85,6 +125,8 @@ def load_yaml(path: Path, display: str | None = None) -> Any:
         raise YamlSyntaxError(name, line, f"YAML syntax error: {what}") from None
     except yaml.YAMLError as exc:
         raise YamlSyntaxError(name, None, f"YAML error: {exc}") from None
+    finally:
+        loader.dispose()
 
 
 def line_map(path: Path, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], int]:
