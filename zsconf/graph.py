@@ -525,9 +525,12 @@ def build_graph(loaded: LoadedStack, catalog: Any = None) -> Graph:
         from zsconf.catalog import load_catalog
 
         catalog = load_catalog()
+    from zsconf.loading.stack import paused_gc
+
     builder = _Builder(loaded, catalog, Graph(nodes={}, edges={}))
-    for step in STEPS:
-        step(builder)
+    with paused_gc():
+        for step in STEPS:
+            step(builder)
     if builder.diagnostics:
         raise StackError(builder.diagnostics)
     return builder.graph

@@ -4,9 +4,11 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,7 +21,21 @@ from zsconf.loading.secrets import SecretMask
 if TYPE_CHECKING:
     from schemas import Stack
 
-__all__ = ["LoadedStack", "load_stack"]
+__all__ = ["LoadedStack", "load_stack", "paused_gc"]
+
+
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """Pause the cyclic garbage collector while building many small objects that never form
+    cycles (YAML nodes, dicts, pydantic models): its passes over the growing heap took half of the
+    time of parsing a large stack. Reference counting still frees everything."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 @dataclass
@@ -62,18 +78,20 @@ def load_stack(stack_dir: Path, overrides: Sequence[str] = ()) -> LoadedStack:
     from schemas import Stack
 
     stack_dir = Path(stack_dir)
-    composed = compose_stack(stack_dir, overrides)
-    mask = SecretMask(frozenset(composed.secret_values.values()), frozenset(composed.secret_paths))
-    source_map = SourceMap(composed.sources, composed.overrides)
-    try:
-        stack = Stack.model_validate(composed.config)
-    except ValidationError as exc:
-        raise StackError(pydantic_diagnostics(exc, source_map, mask)) from None
+    with paused_gc():
+        composed = compose_stack(stack_dir, overrides)
+        mask = SecretMask(frozenset(composed.secret_values.values()), frozenset(composed.secret_paths))
+        source_map = SourceMap(composed.sources, composed.overrides)
+        try:
+            stack = Stack.model_validate(composed.config)
+        except ValidationError as exc:
+            raise StackError(pydantic_diagnostics(exc, source_map, mask)) from None
+        config_hash = _hash(composed.config)
     return LoadedStack(
         stack=stack,
         stack_dir=stack_dir.resolve(),
         sources=[s.path for s in composed.sources],
-        config_hash=_hash(composed.config),
+        config_hash=config_hash,
         secrets=mask,
         source_map=source_map,
         via_hydra=composed.via_hydra,
