@@ -370,3 +370,20 @@ def test_ten_thousand_resources_build(tmp_path: Path, catalog) -> None:
     graph = build_graph(load_stack(generate_stack(tmp_path, 10000)), catalog)
     order = graph.topological_order()
     assert len(order) == len(graph.nodes) > 9000
+
+
+def test_vllm_needs_an_accelerator_flavor(tmp_path: Path, catalog) -> None:
+    diags = graph_errors(
+        tmp_path, HEAD + "deployments:\n  chat: {model: base@1, engine: vllm, flavor: cpu.small}\n", catalog
+    )
+    assert [d.path for d in diags] == ["deployments.chat.engine"]
+
+
+def test_at_most_ten_versions(tmp_path: Path, catalog) -> None:
+    jobs = "".join(
+        f"  v{i}:\n    model: base\n    datasets: {{train: chats}}\n    output: {{model: base, mode: new_version}}\n"
+        for i in range(10)
+    )
+    diags = graph_errors(tmp_path, HEAD + "finetunes:\n" + jobs, catalog)
+    assert [d.path for d in diags] == ["finetunes.v9.output.model"]
+    assert "at most 10" in diags[0].message

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = ["Graph", "build_graph"]
 
 _JOB_KINDS = ("finetunes", "compressions")
+MAX_VERSIONS = 10  # versions per model (studio manual §5)
 # Formats each use accepts (REFERENCE.md "Datasets": MOSS, ShareGPT, CSV and XLSX are fine-tune only).
 _FINETUNE_FORMATS = frozenset({"moss", "alpaca", "sharegpt", "csv", "xlsx"})
 _EVAL_FORMATS = frozenset({"alpaca", "sharegpt"})
@@ -180,9 +181,16 @@ def index_models(b: _Builder) -> None:
                 f"a job's new_model output in tenant {spec.tenant!r}",
             )
             continue
-        b.graph.model_versioners.setdefault((spec.tenant, out.model), []).append(addr)
+        versioners = b.graph.model_versioners.setdefault((spec.tenant, out.model), [])
+        versioners.append(addr)
         if target != addr:
             b.edge(addr, target)
+        if len(versioners) + 1 > MAX_VERSIONS:
+            b.error(
+                f"{key}.{name}.output.model",
+                f"model {out.model!r} would get more than {MAX_VERSIONS} versions "
+                f"({len(versioners)} jobs add versions to it); a model has at most {MAX_VERSIONS}",
+            )
 
 
 def _other_tenants(b: _Builder, key: str, name: str, tenant: str) -> str | None:
@@ -335,7 +343,13 @@ def check_catalog(b: _Builder) -> None:
     for key, name, spec, _addr in b.items("finetunes", "compressions", "evaluations"):
         _catalog_lookup(b, "flavor", spec.resources.flavor, f"{key}.{name}.resources.flavor")
     for key, name, spec, _addr in b.items("deployments"):
-        _catalog_lookup(b, "flavor", spec.flavor, f"{key}.{name}.flavor")
+        flavor = _catalog_lookup(b, "flavor", spec.flavor, f"{key}.{name}.flavor")
+        if flavor is not None and spec.engine == "vllm" and flavor.device == "cpu":
+            b.error(
+                f"{key}.{name}.engine",
+                f"engine vllm needs a GPU or NPU flavor; {spec.flavor} is a CPU flavor "
+                "(use engine: embedded or auto)",
+            )
 
     known = set(b.catalog.models) if hasattr(b.catalog, "models") else None
     for key, name, spec, addr in b.items(*_JOB_KINDS):
@@ -348,6 +362,14 @@ def check_catalog(b: _Builder) -> None:
                 b.error(
                     f"{key}.{name}.method",
                     f"base model {base} does not support {spec.method} fine-tuning (studio manual table 6-1)",
+                )
+            formats = model.dataset_formats
+            train = b.loaded.stack.datasets.get(spec.datasets.train)
+            if formats and train is not None and train.format != "pretrain" and train.format not in formats:
+                b.error(
+                    f"{key}.{name}.datasets.train",
+                    f"base model {base} takes datasets in {', '.join(formats)}; "
+                    f"{spec.datasets.train!r} is {train.format} (studio manual table 6-2)",
                 )
         elif not cat.supports_compression(model, spec.strategy):
             b.error(
