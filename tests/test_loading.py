@@ -323,3 +323,17 @@ def test_deleting_a_resource_from_the_command_line() -> None:
     loaded = load_stack(QUICKSTART, ["~evaluations.eval-lora"])
     assert list(loaded.stack.evaluations) == ["eval-w8a8"]
     assert list(loaded.stack.finetunes) == ["faq-lora"]  # untouched kinds come through whole
+
+
+def test_defaults_without_self_put_the_stack_last_quietly(tmp_path: Path) -> None:
+    import warnings
+
+    root = write_stack(
+        tmp_path,
+        "defaults:\n  - team/chat@deployments.chat2\n" + BASIC + "  chat2:\n    instances: 2\n",
+        files={"team/chat.yaml": "model: base@latest\ninstances: 7\n"},
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded = load_stack(root)
+    assert loaded.stack.deployments["chat2"].instances == 2

@@ -16,6 +16,7 @@ climbs out of its resource, a resolver that selects paths), the whole file goes 
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -226,9 +227,13 @@ def _hydra_compose(
         ConfigStore.instance().store(name=name, node=primary)
     loader = ConfigLoaderImpl(search_path)
     parsed, repo = loader._parse_overrides_and_create_caching_repo(name, list(overrides))
-    defaults = create_defaults_list(
-        repo=repo, config_name=name, overrides_list=parsed, prepend_hydra=False, skip_missing=False
-    )
+    with warnings.catch_warnings():
+        # A stack without `_self_` gets it last (its values override its presets), as Hydra does;
+        # Hydra's warning about the 1.0 -> 1.1 migration means nothing to a zsconf user.
+        warnings.filterwarnings("ignore", message=".*Defaults list is missing `_self_`")
+        defaults = create_defaults_list(
+            repo=repo, config_name=name, overrides_list=parsed, prepend_hydra=False, skip_missing=False
+        )
     cfg = loader._compose_config_from_defaults_list(defaults=defaults.defaults, repo=repo)
     # As Hydra does: struct mode first, so an override of a key that does not exist is an error
     # (use `+key=value` to add one).
