@@ -90,7 +90,7 @@ def load_stack(stack_dir: Path, overrides: Sequence[str] = ()) -> LoadedStack:
     return LoadedStack(
         stack=stack,
         stack_dir=stack_dir.resolve(),
-        sources=[s.path for s in composed.sources],
+        sources=list(dict.fromkeys(s.path for s in composed.sources)),  # a preset used twice: once
         config_hash=config_hash,
         secrets=mask,
         source_map=source_map,
