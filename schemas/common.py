@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 __all__ = [
     "Description",
@@ -70,7 +70,20 @@ def parse_duration(value: Any) -> int:
     return seconds
 
 
-Duration = Annotated[int, BeforeValidator(parse_duration)]
+# The JSON Schema (for editors) must accept what the validator accepts: "2h" as well as seconds.
+Duration = Annotated[
+    int,
+    BeforeValidator(parse_duration),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": 1},
+                {"type": "string", "pattern": r"^\s*(\d+\s*d)?\s*(\d+\s*h)?\s*(\d+\s*m)?\s*(\d+\s*s)?\s*$"},
+            ],
+            "description": "seconds, or e.g. 30m, 2h, 1h30m, 1d",
+        }
+    ),
+]
 
 
 def _parse_percent(value: Any) -> float:
@@ -80,7 +93,20 @@ def _parse_percent(value: Any) -> float:
     return float(value)
 
 
-Percent = Annotated[float, BeforeValidator(_parse_percent), Field(ge=0)]
+Percent = Annotated[
+    float,
+    BeforeValidator(_parse_percent),
+    Field(ge=0),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "minimum": 0},
+                {"type": "string", "pattern": r"^\s*[0-9.]+\s*%\s*$"},
+            ],
+            "description": "a fraction (0.05) or a percentage (5%)",
+        }
+    ),
+]
 
 _REF_RE = re.compile(
     rf"^(?P<name>[A-Za-z{_CJK}][A-Za-z0-9_.\-/{_CJK}]{{0,63}})(?:@(?P<version>latest|[0-9]+))?$"

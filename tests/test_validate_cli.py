@@ -178,6 +178,11 @@ def test_schema_export(tmp_path: Path) -> None:
     # The schema knows the ranges: an editor can flag learning_rate: 0.5.
     hp = written["$defs"]["Hyperparameters"]["properties"]["learning_rate"]
     assert hp["maximum"] == 0.1
+    # What the validators accept, the schema accepts: `auto_stop: 6h`, `max_perplexity_increase: 5%`.
+    auto_stop = json.dumps(written["$defs"]["JobOptions"]["properties"]["auto_stop"])
+    assert '"type": "string"' in auto_stop
+    gate = json.dumps(written["$defs"]["CompressionGate"]["properties"]["max_perplexity_increase"])
+    assert '"type": "string"' in gate
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
