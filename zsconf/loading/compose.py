@@ -16,6 +16,7 @@ climbs out of its resource, a resolver that selects paths), the whole file goes 
 from __future__ import annotations
 
 import re
+import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,9 @@ __all__ = ["COMMAND_LINE", "Composed", "Source", "compose_stack"]
 STACK_FILE = "stack.yaml"
 COMMAND_LINE = "<command line>"
 _STORE_NAME = "zsconf_stack"
+# Hydra's ConfigStore is process-global and the reduced primary config lives there under one name:
+# one composition at a time (the daemon loads from a watcher thread while the CLI API may too).
+_HYDRA_LOCK = threading.Lock()
 _INTERP = re.compile(r"\$\{\s*([^}:]*)(:?)")
 # Resolvers whose arguments are not config paths: they cannot pull other resources in.
 _PLAIN_RESOLVERS = frozenset({"secret", "oc.env", "oc.decode"})
@@ -377,7 +381,7 @@ def compose_stack(stack_dir: Path, overrides: Sequence[str] = ()) -> Composed:
 
     register_resolver()
     primary = None if touched is None else _reduced(raw, touched)
-    with secret_scope(stack_dir) as used:
+    with _HYDRA_LOCK, secret_scope(stack_dir) as used:
         try:
             cfg, sources = _hydra_compose(stack_dir, display_dir, primary, overrides)
             if "hydra" in cfg:
