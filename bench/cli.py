@@ -28,15 +28,15 @@ __all__ = ["generate_stack"]
 
 
 def generate_stack(directory: Path, resources: int, presets: bool = False) -> Path:
-    """A valid stack of about `resources` resources over every kind, 10 per "team unit":
-    dataset, model, fine-tune, compression, 2 evaluations, 2 deployments, service group, plus one
-    tenant per 100 units. Every dataset entry points at one small shared file. With `presets`,
+    """A valid stack of `resources` resources over every kind, 9 per "team unit" (dataset, model,
+    fine-tune, compression, 2 evaluations, 2 deployments, service group), one tenant per 1,000. Every dataset entry points at one small shared file. With `presets`,
     every fine-tune pulls `finetune/lora` through a defaults entry (so goes through Hydra)."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "data").mkdir(exist_ok=True)
     shutil.copy(REPO / "examples/stacks/quickstart/data/faq.jsonl", directory / "data/faq.jsonl")
-    units = max(1, resources // 10)
-    tenants = max(1, units // 100)
+    tenants = max(1, resources // 1000)
+    units = max(1, (resources - tenants) // 9)
+    extra = max(0, resources - tenants - 9 * units)  # padding datasets: exactly `resources` in all
     lines: list[str] = []
     if presets:
         lines.append("defaults:")
@@ -71,6 +71,10 @@ def generate_stack(directory: Path, resources: int, presets: bool = False) -> Pa
         sections["service_groups"].append(
             f"  sg-{i}:\n    tenant: {t}\n    services: [dep-{i}-0, dep-{i}-1]\n"
             f"    rate_limits: {{per_key: {{rpm: 60}}}}"
+        )
+    for i in range(extra):
+        sections["datasets"].append(
+            f"  pad-{i}:\n    path: data/faq.jsonl\n    format: alpaca\n    tenant: team-0"
         )
     for key, body in sections.items():
         lines.append(f"{key}:")
