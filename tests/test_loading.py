@@ -55,7 +55,7 @@ def test_quickstart_composes_presets_then_its_own_values() -> None:
     assert loaded.stack.compressions["faq-w8a8"].strategy == "smoothquant-w8a8"
     assert loaded.stack.evaluations["eval-w8a8"].metrics[0] == "accuracy"
     assert any(p.name == "lora.yaml" for p in loaded.sources)
-    assert loaded.via_hydra == "partial"
+    assert loaded.via_hydra == "none"  # simple presets are merged without Hydra
     assert len(loaded.config_hash) == 64
 
 
@@ -337,3 +337,74 @@ def test_defaults_without_self_put_the_stack_last_quietly(tmp_path: Path) -> Non
         warnings.simplefilter("error")
         loaded = load_stack(root)
     assert loaded.stack.deployments["chat2"].instances == 2
+
+
+PRESET_STACK = """
+defaults:
+  - finetune/lora@finetunes.a
+  - team/small@finetunes.b.hyperparameters
+  - _self_
+  - team/late@deployments.chat
+tenants:
+  acme: {}
+datasets:
+  chats: {path: c.jsonl, format: alpaca}
+models:
+  base: {base: debug/tiny-qwen2}
+finetunes:
+  a:
+    model: base
+    datasets: {train: chats}
+    hyperparameters: {lora_rank: 4, lora_targets: [q_proj]}
+    output: {model: bot-a}
+  b:
+    model: base
+    datasets: {train: chats}
+    hyperparameters: {epochs: 1}
+    output: {model: bot-b}
+deployments:
+  chat: {model: bot-a@latest, instances: 1, engine_args: {x: 1}}
+"""
+PRESET_FILES = {
+    "team/small.yaml": "# @package _global_\nepochs: 9\nlearning_rate: 1.0e-3\nlora_targets: [v_proj]\n",
+    "team/late.yaml": "instances: 3\nengine_args: {y: 2}\nmodel: ???\n",
+}
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [(), ("finetunes.a.hyperparameters.epochs=7",), ("+finetunes.b.description=${finetunes.a.model}",)],
+)
+def test_presets_merged_without_hydra_equal_hydra(tmp_path: Path, overrides: tuple[str, ...]) -> None:
+    from zsconf.loading.compose import compose_stack
+
+    root = write_stack(tmp_path, PRESET_STACK, files=PRESET_FILES)
+    fast = compose_stack(root, overrides)
+    slow = compose_stack(root, overrides, force_hydra=True)
+    assert slow.via_hydra == "full"
+    assert fast.config == slow.config
+    b = fast.config["finetunes"]["b"]["hyperparameters"]
+    assert b == {"epochs": 1, "learning_rate": 1e-3, "lora_targets": ["v_proj"]}  # stack wins
+    chat = fast.config["deployments"]["chat"]
+    # After _self_: the preset wins, but `???` never replaces a value.
+    assert (chat["instances"], chat["engine_args"], chat["model"]) == (3, {"x": 1, "y": 2}, "bot-a@latest")
+
+
+@pytest.mark.parametrize("name", ["quickstart", "ascend-prod"])
+def test_examples_compose_the_same_with_and_without_hydra(name: str) -> None:
+    from zsconf.loading.compose import compose_stack
+
+    root = REPO / "examples/stacks" / name
+    assert compose_stack(root).config == compose_stack(root, force_hydra=True).config
+
+
+def test_preset_value_errors_point_into_the_preset(tmp_path: Path) -> None:
+    root = write_stack(
+        tmp_path,
+        "defaults:\n  - team/chat@deployments.chat2\n  - _self_\n" + BASIC,
+        files={"team/chat.yaml": "# preset\nmodel: base@latest\nqps: -1\n"},
+    )
+    diags = errors(root)
+    assert [(d.file, d.line, d.path) for d in diags] == [
+        (str(root / "team/chat.yaml"), 3, "deployments.chat2.qps")
+    ]

@@ -25,6 +25,7 @@ from typing import Any
 
 from schemas.stack import KINDS
 from zsconf.errors import Diagnostic, StackError
+from zsconf.loading.presets import premerge_presets
 from zsconf.loading.yaml_io import YamlSyntaxError, load_yaml
 
 __all__ = ["COMMAND_LINE", "Composed", "Source", "compose_stack"]
@@ -156,7 +157,10 @@ def _plan_split(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, set[
             if package is not None:
                 touched.touch_path(package)
     for override in overrides:
-        touched.touch_path(_override_key(override))
+        key = _override_key(override)
+        touched.touch_path(key)
+        # The value may interpolate other resources: they must be composed too.
+        touched.scan_string(override.split("=", 1)[1] if "=" in override else "", tuple(key))
     for key, value in raw.items():
         if key in KINDS and not isinstance(value, dict):
             raise _Full
@@ -347,8 +351,9 @@ def _hydra_diagnostic(
     return Diagnostic(message=message, path=path, file=file, line=line)
 
 
-def compose_stack(stack_dir: Path, overrides: Sequence[str] = ()) -> Composed:
-    """Compose the stack in `stack_dir`; raises StackError with every problem found."""
+def compose_stack(stack_dir: Path, overrides: Sequence[str] = (), force_hydra: bool = False) -> Composed:
+    """Compose the stack in `stack_dir`; raises StackError with every problem found.
+    `force_hydra` sends the whole file through Hydra (tests compare both ways)."""
     display_dir = stack_dir
     stack_dir = stack_dir.resolve()
     stack_file = stack_dir / STACK_FILE
@@ -366,14 +371,23 @@ def compose_stack(stack_dir: Path, overrides: Sequence[str] = ()) -> Composed:
     if not isinstance(raw, dict):
         raise StackError([Diagnostic("the top level must be a mapping of sections", file=shown, line=1)])
 
+    primary_source = Source(shown, stack_file, ())
+    premerged = None if force_hydra else premerge_presets(raw, stack_dir, display_dir, _recipes_dir())
+    if premerged is not None:
+        raw = premerged.config
     try:
-        touched: dict[str, set[str]] | None = _plan_split(raw, overrides)
+        touched: dict[str, set[str]] | None = None if force_hydra else _plan_split(raw, overrides)
     except _Full:
         touched = None
-    primary_source = Source(shown, stack_file, ())
+    if premerged is not None and touched is None:
+        # The split cannot follow this stack: Hydra composes the file as written, presets included.
+        # (Re-read: merging may have changed dicts of the first parse.)
+        premerged = None
+        raw = load_yaml(stack_file, shown)
+    file_sources = [Source(*s) for s in premerged.sources] if premerged is not None else None
     if touched is not None and not _needs_hydra(raw, overrides, touched):
         config = {k: v for k, v in raw.items() if k not in ("defaults", "hydra")}
-        return Composed(config, [primary_source], list(overrides))
+        return Composed(config, file_sources or [primary_source], list(overrides))
 
     from omegaconf import OmegaConf
 
@@ -404,7 +418,7 @@ def compose_stack(stack_dir: Path, overrides: Sequence[str] = ()) -> Composed:
     config.pop("defaults", None)
     return Composed(
         config,  # type: ignore[arg-type]
-        sources or [primary_source],
+        file_sources or sources or [primary_source],
         list(overrides),
         secret_values=dict(used),
         secret_paths=secret_paths,
