@@ -118,8 +118,6 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="zsconf-bench-") as tmp:
         for size in sizes:
             for presets in (False, True):
-                if presets and size > 1000:
-                    continue  # every fine-tune through Hydra: the slow path, shown for scale only
                 d = generate_stack(Path(tmp) / f"s{size}{'p' if presets else ''}", size, presets)
                 n = _count(d)
                 label = f"validate {n} resources" + (" (every fine-tune from a preset)" if presets else "")
