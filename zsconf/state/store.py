@@ -1,0 +1,435 @@
+"""The state store: one database (SQLite by default, PostgreSQL via ZSCONF_STATE_URL) and the lock.
+
+Called by the engine (plan/apply), the CLI's state commands, the daemon and the gateway runner
+(api keys, usage). Everything goes through `Store` methods so that the serial is bumped on every
+write the plan depends on and the lock rules live in one place.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event as sa_event
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlmodel import Session, SQLModel, create_engine, delete, select
+
+from zsconf.errors import StateError, StateLockedError
+from zsconf.state.models import (
+    ApiKey,
+    Event,
+    LockRow,
+    Meta,
+    ModelVersion,
+    ResourceRow,
+    RunRow,
+    UsageRecord,
+    utcnow,
+)
+
+__all__ = ["SCHEMA_VERSION", "LockInfo", "Store", "default_url", "open_store"]
+
+SCHEMA_VERSION = 1
+STATE_URL_ENV = "ZSCONF_STATE_URL"
+
+
+def default_url(stack_dir: str | Path | None) -> str:
+    """`ZSCONF_STATE_URL` if set, else SQLite at `<stack_dir>/.zsconf/state.db`."""
+    env = os.environ.get(STATE_URL_ENV)
+    if env:
+        return env
+    base = Path(stack_dir or ".").resolve() / ".zsconf"
+    base.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{base / 'state.db'}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass(frozen=True)
+class LockInfo:
+    """Who holds the lock; `stale` when the holder was on this host and its process is gone."""
+
+    lock_id: str
+    operation: str
+    who: str
+    host: str
+    pid: int
+    created: datetime
+    stale: bool
+
+    def describe(self) -> str:
+        text = (
+            f"lock {self.lock_id} held by {self.who}@{self.host} pid {self.pid} "
+            f"for {self.operation!r} since {self.created:%Y-%m-%d %H:%M:%S} UTC"
+        )
+        if self.stale:
+            text += (
+                f" (stale: process {self.pid} is gone; remove it with `zsconf force-unlock {self.lock_id}`)"
+            )
+        return text
+
+
+class Store:
+    """A handle on one state database. Thread-safe (one SQLAlchemy engine, short sessions)."""
+
+    def __init__(self, engine: Engine, url: str) -> None:
+        self.engine = engine
+        self.url = url
+        self.held_lock: str | None = None
+
+    # -- setup -------------------------------------------------------------------------------
+    def init_schema(self) -> None:
+        SQLModel.metadata.create_all(self.engine)
+        with self.session() as s:
+            row = s.get(Meta, "schema_version")
+            if row is None:
+                s.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+                s.add(Meta(key="serial", value="0"))
+                s.add(Meta(key="lineage", value=uuid.uuid4().hex))
+                try:
+                    s.commit()
+                except IntegrityError:  # another process initialised it first
+                    s.rollback()
+            elif int(row.value) > SCHEMA_VERSION:
+                raise StateError(
+                    f"state database {self.display_url} has schema version {row.value}, newer than "
+                    f"this zsconf understands ({SCHEMA_VERSION}); upgrade zsconf"
+                )
+
+    @property
+    def display_url(self) -> str:
+        """The URL with any password hidden."""
+        try:
+            return self.engine.url.render_as_string(hide_password=True)
+        except Exception:  # pragma: no cover - defensive
+            return "<state>"
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with Session(self.engine, expire_on_commit=False) as s:
+            yield s
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- meta / serial -----------------------------------------------------------------------
+    def serial(self) -> int:
+        with self.session() as s:
+            row = s.get(Meta, "serial")
+            return int(row.value) if row else 0
+
+    def lineage(self) -> str:
+        with self.session() as s:
+            row = s.get(Meta, "lineage")
+            return row.value if row else ""
+
+    def _bump(self, s: Session) -> None:
+        row = s.get(Meta, "serial")
+        if row is None:
+            s.add(Meta(key="serial", value="1"))
+        else:
+            row.value = str(int(row.value) + 1)
+            s.add(row)
+
+    # -- resources ---------------------------------------------------------------------------
+    def resources(self) -> dict[str, ResourceRow]:
+        with self.session() as s:
+            return {r.address: r for r in s.exec(select(ResourceRow)).all()}
+
+    def resource(self, address: str) -> ResourceRow | None:
+        with self.session() as s:
+            return s.get(ResourceRow, address)
+
+    def put_resource(self, row: ResourceRow) -> ResourceRow:
+        """Insert or replace the row for `row.address`; bumps the serial."""
+        with self.session() as s:
+            existing = s.get(ResourceRow, row.address)
+            row.updated_at = utcnow()
+            if existing is not None:
+                for field in (
+                    "kind", "tenant", "name", "spec", "content_hash", "status", "outputs",
+                    "dependencies", "generation", "updated_at",
+                ):  # fmt: skip
+                    setattr(existing, field, getattr(row, field))
+                s.add(existing)
+                row = existing
+            else:
+                s.add(row)
+            self._bump(s)
+            s.commit()
+            s.refresh(row)
+            return row
+
+    def update_resource(self, address: str, **fields: Any) -> ResourceRow | None:
+        with self.session() as s:
+            row = s.get(ResourceRow, address)
+            if row is None:
+                return None
+            for k, v in fields.items():
+                setattr(row, k, v)
+            row.updated_at = utcnow()
+            s.add(row)
+            self._bump(s)
+            s.commit()
+            s.refresh(row)
+            return row
+
+    def remove_resource(self, address: str) -> bool:
+        """Forget a resource (state rm, or after destroy). Runs and events stay for history."""
+        with self.session() as s:
+            row = s.get(ResourceRow, address)
+            if row is None:
+                return False
+            s.delete(row)
+            self._bump(s)
+            s.commit()
+            return True
+
+    # -- runs --------------------------------------------------------------------------------
+    def add_run(self, run: RunRow) -> RunRow:
+        with self.session() as s:
+            s.add(run)
+            s.commit()
+            s.refresh(run)
+            return run
+
+    def update_run(self, run_id: str, **fields: Any) -> RunRow | None:
+        with self.session() as s:
+            row = s.exec(select(RunRow).where(RunRow.run_id == run_id)).first()
+            if row is None:
+                return None
+            for k, v in fields.items():
+                setattr(row, k, v)
+            s.add(row)
+            s.commit()
+            s.refresh(row)
+            return row
+
+    def run(self, run_id: str) -> RunRow | None:
+        with self.session() as s:
+            return s.exec(select(RunRow).where(RunRow.run_id == run_id)).first()
+
+    def runs(self, address: str | None = None) -> list[RunRow]:
+        with self.session() as s:
+            q = select(RunRow)
+            if address is not None:
+                q = q.where(RunRow.address == address)
+            return list(s.exec(q.order_by(RunRow.id)).all())
+
+    def last_run(self, address: str) -> RunRow | None:
+        with self.session() as s:
+            q = select(RunRow).where(RunRow.address == address).order_by(RunRow.id.desc())  # type: ignore[union-attr]
+            return s.exec(q).first()
+
+    # -- model versions ----------------------------------------------------------------------
+    def model_versions(self, tenant: str | None = None, model: str | None = None) -> list[ModelVersion]:
+        with self.session() as s:
+            q = select(ModelVersion)
+            if tenant is not None:
+                q = q.where(ModelVersion.tenant == tenant)
+            if model is not None:
+                q = q.where(ModelVersion.model == model)
+            return list(s.exec(q.order_by(ModelVersion.model, ModelVersion.version)).all())
+
+    def add_model_version(self, mv: ModelVersion) -> ModelVersion:
+        """Register a version; an existing (tenant, model, version) row is returned unchanged."""
+        with self.session() as s:
+            existing = s.exec(
+                select(ModelVersion).where(
+                    ModelVersion.tenant == mv.tenant,
+                    ModelVersion.model == mv.model,
+                    ModelVersion.version == mv.version,
+                )
+            ).first()
+            if existing is not None:
+                return existing
+            s.add(mv)
+            self._bump(s)
+            s.commit()
+            s.refresh(mv)
+            return mv
+
+    def remove_model_versions(self, tenant: str, model: str) -> int:
+        with self.session() as s:
+            res = s.exec(  # type: ignore[call-overload]
+                delete(ModelVersion).where(ModelVersion.tenant == tenant, ModelVersion.model == model)
+            )
+            self._bump(s)
+            s.commit()
+            return int(res.rowcount or 0)
+
+    # -- api keys / usage (gateway) ----------------------------------------------------------
+    def add_api_key(self, key: ApiKey) -> ApiKey:
+        with self.session() as s:
+            s.add(key)
+            s.commit()
+            s.refresh(key)
+            return key
+
+    def api_keys(self, tenant: str | None = None, group: str | None = None) -> list[ApiKey]:
+        with self.session() as s:
+            q = select(ApiKey)
+            if tenant is not None:
+                q = q.where(ApiKey.tenant == tenant)
+            if group is not None:
+                q = q.where(ApiKey.group == group)
+            return list(s.exec(q).all())
+
+    def api_key_by_hash(self, key_hash: str) -> ApiKey | None:
+        with self.session() as s:
+            return s.exec(select(ApiKey).where(ApiKey.key_hash == key_hash)).first()
+
+    def revoke_api_keys(self, tenant: str, group: str) -> int:
+        with self.session() as s:
+            rows = s.exec(
+                select(ApiKey).where(
+                    ApiKey.tenant == tenant,
+                    ApiKey.group == group,
+                    ApiKey.revoked_at.is_(None),  # type: ignore[union-attr]
+                )
+            ).all()
+            for r in rows:
+                r.revoked_at = utcnow()
+                s.add(r)
+            s.commit()
+            return len(rows)
+
+    def add_usage(self, records: list[UsageRecord]) -> None:
+        with self.session() as s:
+            s.add_all(records)
+            s.commit()
+
+    # -- events ------------------------------------------------------------------------------
+    def add_event(self, event: str, message: str = "", address: str | None = None, **data: Any) -> Event:
+        with self.session() as s:
+            ev = Event(ts=time.time(), address=address, event=event, message=message, data=data)
+            s.add(ev)
+            s.commit()
+            s.refresh(ev)
+            return ev
+
+    def events(self, since_id: int = 0, address: str | None = None, limit: int = 1000) -> list[Event]:
+        """Events with id > since_id (the daemon polls with the last id it saw)."""
+        with self.session() as s:
+            q = select(Event).where(Event.id > since_id)  # type: ignore[operator]
+            if address is not None:
+                q = q.where(Event.address == address)
+            return list(s.exec(q.order_by(Event.id).limit(limit)).all())
+
+    # -- lock --------------------------------------------------------------------------------
+    def lock_info(self) -> LockInfo | None:
+        with self.session() as s:
+            row = s.get(LockRow, "state")
+            if row is None:
+                return None
+            stale = row.host == socket.gethostname() and not _pid_alive(row.pid)
+            return LockInfo(row.lock_id, row.operation, row.who, row.host, row.pid, row.created, stale)
+
+    def acquire_lock(self, operation: str, timeout: float = 0.0) -> str:
+        """Take the lock or raise StateLockedError naming the holder (after `timeout` seconds)."""
+        deadline = time.monotonic() + timeout
+        lock_id = str(uuid.uuid4())
+        while True:
+            try:
+                with self.session() as s:
+                    s.add(
+                        LockRow(
+                            lock_id=lock_id,
+                            operation=operation,
+                            who=_user(),
+                            host=socket.gethostname(),
+                            pid=os.getpid(),
+                        )
+                    )
+                    s.commit()
+                self.held_lock = lock_id
+                return lock_id
+            except (IntegrityError, OperationalError):
+                pass
+            if time.monotonic() >= deadline:
+                info = self.lock_info()
+                if info is None:  # released between our insert and our read: try again
+                    continue
+                raise StateLockedError(f"state is locked: {info.describe()}")
+            time.sleep(0.2)
+
+    def release_lock(self, lock_id: str) -> None:
+        with self.session() as s:
+            s.exec(delete(LockRow).where(LockRow.lock_id == lock_id))  # type: ignore[call-overload]
+            s.commit()
+        if self.held_lock == lock_id:
+            self.held_lock = None
+
+    def force_unlock(self, lock_id: str) -> LockInfo:
+        info = self.lock_info()
+        if info is None:
+            raise StateError("state is not locked")
+        if info.lock_id != lock_id:
+            raise StateError(f"lock id {lock_id} does not match the current lock: {info.describe()}")
+        self.release_lock(lock_id)
+        return info
+
+    @contextmanager
+    def locked(self, operation: str, timeout: float = 0.0) -> Iterator[str]:
+        lock_id = self.acquire_lock(operation, timeout)
+        try:
+            yield lock_id
+        finally:
+            self.release_lock(lock_id)
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:
+        return str(os.getuid())
+
+
+def open_store(url: str | None = None, stack_dir: str | Path | None = None) -> Store:
+    """Open (and create or check) the state database. `url` None = ZSCONF_STATE_URL or SQLite."""
+    url = url or default_url(stack_dir)
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+    else:
+        kwargs["pool_pre_ping"] = True
+    try:
+        engine = create_engine(url, **kwargs)
+    except Exception as exc:  # bad URL, missing driver
+        raise StateError(f"cannot open state database {url!r}: {exc}") from exc
+    if url.startswith("sqlite"):
+
+        @sa_event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+    store = Store(engine, url)
+    try:
+        store.init_schema()
+    except StateError:
+        raise
+    except Exception as exc:
+        raise StateError(f"cannot open state database {store.display_url}: {exc}") from exc
+    return store
