@@ -387,3 +387,23 @@ def test_at_most_ten_versions(tmp_path: Path, catalog) -> None:
     diags = graph_errors(tmp_path, HEAD + "finetunes:\n" + jobs, catalog)
     assert [d.path for d in diags] == ["finetunes.v9.output.model"]
     assert "at most 10" in diags[0].message
+
+
+def test_held_out_dataset_is_not_for_training(tmp_path: Path, catalog) -> None:
+    diags = graph_errors(
+        tmp_path,
+        HEAD.replace("format: alpaca}", "format: alpaca, usage: evaluation}")
+        + "finetunes:\n  ft:\n    model: base\n    datasets: {train: chats}\n    output: {model: bot}\n",
+        catalog,
+    )
+    assert [d.path for d in diags] == ["finetunes.ft.datasets.train"]
+
+
+def test_no_jobs_quota(tmp_path: Path, catalog) -> None:
+    diags = graph_errors(
+        tmp_path,
+        HEAD.replace("acme: {}", "acme: {quotas: {max_concurrent_jobs: 0}}")
+        + "evaluations:\n  ev: {model: base@1, dataset: chats}\n",
+        catalog,
+    )
+    assert [d.path for d in diags] == ["evaluations.ev"]

@@ -406,6 +406,15 @@ def check_dataset_formats(b: _Builder) -> None:
             )
 
     for key, name, spec, _ in b.items("finetunes"):
+        for role in ("train", "validation"):
+            ref = getattr(spec.datasets, role)
+            dataset = datasets.get(ref) if ref else None
+            if role == "train" and dataset is not None and dataset.usage == "evaluation":
+                b.error(
+                    f"{key}.{name}.datasets.train",
+                    f"dataset {ref!r} is marked `usage: evaluation` (held out for scoring); "
+                    "training on it would make its evaluations meaningless",
+                )
         allowed = frozenset({"pretrain"}) if spec.method == "continued_pretrain" else _FINETUNE_FORMATS
         use = (
             "continued pre-training" if spec.method == "continued_pretrain" else f"{spec.method} fine-tuning"
@@ -439,6 +448,11 @@ def check_quotas(b: _Builder) -> None:
         if tenant is None:
             continue
         res = spec.resources
+        if tenant.quotas.max_concurrent_jobs == 0:
+            b.error(
+                f"{key}.{name}",
+                f"tenant {spec.tenant!r} may run no jobs (quotas.max_concurrent_jobs: 0)",
+            )
         if res.queue not in tenant.queues:
             b.error(
                 f"{key}.{name}.resources.queue",
