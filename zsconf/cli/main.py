@@ -28,6 +28,7 @@ app = typer.Typer(
 # Each module defines `register(app)`. Keep module top levels light: --help imports all of them.
 COMMAND_MODULES = (
     "zsconf.cli.stack_cmds",
+    "zsconf.cli.plan_cmds",
 )
 
 

@@ -1,0 +1,323 @@
+"""`zsconf plan | apply | destroy | show | state list|show|rm | force-unlock`.
+
+Registered by `zsconf.cli.main`. Only calls the engine, the state store and the renderer; heavy
+imports (SQLAlchemy, the engine) happen inside the commands so `zsconf --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+if TYPE_CHECKING:
+    from zsconf.engine import Engine
+    from zsconf.plans import Plan
+
+__all__ = ["register"]
+
+_ARGS_HELP = (
+    "[DIR] [OVERRIDES...]: stack directory (default .), then overrides such as deployments.chat.instances=4"
+)
+
+
+def _split(args: list[str] | None) -> tuple[Path, list[str]]:
+    args = list(args or [])
+    if args and "=" not in args[0] and not args[0].startswith(("~", "+")):
+        return Path(args[0]), args[1:]
+    return Path("."), args
+
+
+def _seconds(text: str) -> float:
+    from schemas.common import parse_duration
+
+    return 0.0 if text in ("0", "0s", "") else float(parse_duration(text))
+
+
+def _engine(directory: Path) -> Engine:
+    from zsconf.engine import Engine
+
+    return Engine(directory)
+
+
+Targets = Annotated[
+    list[str] | None, typer.Option("--target", help="only this address and what it needs (repeatable)")
+]
+Replaces = Annotated[
+    list[str] | None, typer.Option("--replace", help="force replacing this address (repeatable)")
+]
+LockTimeout = Annotated[
+    str, typer.Option("--lock-timeout", help="wait this long for the state lock, e.g. 30s")
+]
+
+
+def plan(
+    args: Annotated[list[str] | None, typer.Argument(help=_ARGS_HELP, show_default=False)] = None,
+    out: Annotated[
+        Path | None, typer.Option("-o", "--out", help="save the plan to FILE for `apply FILE`")
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="print the plan as JSON (format_version 1)")
+    ] = False,
+    detailed_exitcode: Annotated[
+        bool, typer.Option("--detailed-exitcode", help="exit 0 no changes, 1 error, 2 changes")
+    ] = False,
+    target: Targets = None,
+    replace: Replaces = None,
+    refresh_only: Annotated[bool, typer.Option("--refresh-only", help="only show drift")] = False,
+    destroy: Annotated[bool, typer.Option("--destroy", help="plan destroying everything")] = False,
+) -> None:
+    """Show what apply would do: refresh, then diff the stack against the state."""
+    from zsconf.render import plan_json
+
+    directory, overrides = _split(args)
+    eng = _engine(directory)
+    p = eng.plan(
+        overrides, targets=target or [], replace=replace or [], destroy=destroy, refresh_only=refresh_only
+    )
+    if as_json:
+        sys.stdout.write(plan_json(p) + "\n")
+    else:
+        _print_plan(p)
+    if out is not None:
+        out.write_text(plan_json(p))
+        if not as_json:
+            _err(f"Saved the plan to {out}; apply it with `zsconf apply {out}`.")
+    if not p.can_apply():
+        sys.exit(1)
+    if detailed_exitcode:
+        sys.exit(2 if p.has_changes() else 0)
+    sys.exit(0)
+
+
+def _print_plan(p: Plan) -> None:
+    from zsconf.cli.output import console
+    from zsconf.render import plan_text
+
+    out = console()
+    color = out.is_terminal
+    out.print(plan_text(p, color=color), markup=color, highlight=False)
+
+
+def _err(msg: str) -> None:
+    from zsconf.cli.output import err_console
+
+    err_console().print(msg, markup=False, highlight=False)
+
+
+def _confirm(auto_approve: bool, what: str) -> None:
+    if auto_approve:
+        return
+    if not sys.stdin.isatty():
+        from zsconf.errors import PlanError
+
+        raise PlanError(f"not a terminal: refusing to {what} without --auto-approve")
+    answer = input(f"Do you want to {what}? Only 'yes' will be accepted: ")
+    if answer.strip() != "yes":
+        _err(f"{what.capitalize()} cancelled.")
+        sys.exit(1)
+
+
+def _apply_common(eng: Engine, p: Plan, *, parallelism: int, wait: bool, locked: bool, saved: bool) -> None:
+    from zsconf.cli.output import console
+    from zsconf.render import result_text
+
+    out = console()
+    if out.is_terminal:
+        from rich.live import Live
+        from rich.table import Table
+
+        rows: dict[str, tuple[str, str]] = {c.address: ("waiting", "") for c in p.actionable()}
+
+        def table() -> Table:
+            t = Table(show_header=True, header_style="bold")
+            for col in ("resource", "status", "detail"):
+                t.add_column(col)
+            for addr, (st, msg) in rows.items():
+                t.add_row(addr, st, msg)
+            return t
+
+        with Live(table(), console=out, refresh_per_second=4) as live:
+
+            def on_event(addr: str, phase: str, msg: str) -> None:
+                rows[addr] = ({"start": "working", "done": "done", "failed": "FAILED"}.get(phase, phase), msg)
+                live.update(table())
+
+            result = eng.apply(
+                p, parallelism=parallelism, wait=wait, locked=locked, saved=saved, on_event=on_event
+            )
+    else:
+
+        def on_event(addr: str, phase: str, msg: str) -> None:
+            if phase != "start":
+                out.print(f"{addr}: {phase} {msg}".rstrip(), markup=False, highlight=False)
+
+        result = eng.apply(
+            p, parallelism=parallelism, wait=wait, locked=locked, saved=saved, on_event=on_event
+        )
+    out.print(result_text(result), markup=False, highlight=False)
+    sys.exit(0 if result.ok else 1)
+
+
+def apply(
+    args: Annotated[
+        list[str] | None, typer.Argument(help="[DIR | PLANFILE] [OVERRIDES...]", show_default=False)
+    ] = None,
+    auto_approve: Annotated[bool, typer.Option("--auto-approve", help="do not ask for 'yes'")] = False,
+    parallelism: Annotated[int, typer.Option("--parallelism", help="independent actions at once")] = 4,
+    wait: Annotated[bool, typer.Option("--wait", help="follow jobs to completion")] = False,
+    lock_timeout: LockTimeout = "0s",
+    target: Targets = None,
+    replace: Replaces = None,
+) -> None:
+    """Make the platform match the stack (or apply a saved plan file)."""
+    from zsconf.plans import Plan
+
+    first = (args or [None])[0]
+    if first and Path(first).is_file():
+        p = Plan.from_dict(json.loads(Path(first).read_text()))
+        eng = _engine(Path(p.stack_dir))
+        # A saved plan was approved when it was saved (as in Terraform): no question.
+        with eng.store.locked("apply", _seconds(lock_timeout)):
+            _apply_common(eng, p, parallelism=parallelism, wait=wait, locked=True, saved=True)
+        return
+    directory, overrides = _split(args)
+    eng = _engine(directory)
+    with eng.store.locked("apply", _seconds(lock_timeout)):
+        p = eng.plan(overrides, targets=target or [], replace=replace or [])
+        _print_plan(p)
+        if not p.can_apply():
+            sys.exit(1)
+        if not p.actionable():
+            sys.exit(0)
+        _confirm(auto_approve, "apply these changes")
+        _apply_common(eng, p, parallelism=parallelism, wait=wait, locked=True, saved=False)
+
+
+def destroy(
+    args: Annotated[list[str] | None, typer.Argument(help=_ARGS_HELP, show_default=False)] = None,
+    auto_approve: Annotated[bool, typer.Option("--auto-approve", help="do not ask for 'yes'")] = False,
+    parallelism: Annotated[int, typer.Option("--parallelism")] = 4,
+    lock_timeout: LockTimeout = "0s",
+    target: Targets = None,
+) -> None:
+    """Destroy every resource of the stack recorded in the state."""
+    directory, overrides = _split(args)
+    eng = _engine(directory)
+    with eng.store.locked("destroy", _seconds(lock_timeout)):
+        p = eng.plan(overrides, targets=target or [], destroy=True)
+        _print_plan(p)
+        if not p.can_apply():
+            sys.exit(1)
+        if not p.actionable():
+            sys.exit(0)
+        _confirm(auto_approve, "destroy these resources")
+        _apply_common(eng, p, parallelism=parallelism, wait=False, locked=True, saved=False)
+
+
+def _state_dict(eng: Engine, address: str) -> dict[str, Any]:
+    row = eng.store.resource(address)
+    if row is None:
+        from zsconf.errors import StateError
+
+        raise StateError(f"no resource {address!r} in the state (see `zsconf state list`)")
+    d = row.model_dump(mode="json")
+    last = eng.store.last_run(address)
+    d["last_run"] = last.model_dump(mode="json") if last else None
+    if row.kind == "model":
+        d["versions"] = [v.model_dump(mode="json") for v in eng.store.model_versions(row.tenant, row.name)]
+    return d
+
+
+def show(
+    address: Annotated[str | None, typer.Argument(help="one address; default all")] = None,
+    directory: Annotated[Path, typer.Option("--dir", "-C", help="stack directory")] = Path("."),
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Live view: status, outputs (endpoints, model versions), last run."""
+    from zsconf.cli.output import console, print_json
+    from zsconf.engine import finish_runs
+
+    eng = _engine(directory)
+    try:
+        with eng.store.locked("show", 5):
+            finish_runs(eng.store)
+    except Exception:
+        pass  # someone else is applying: show what the state says
+    addrs = [address] if address else sorted(eng.store.resources())
+    data = [_state_dict(eng, a) for a in addrs]
+    if as_json:
+        print_json(data if address is None else data[0])
+        return
+    out = console()
+    for d in data:
+        out.print(f"{d['address']}  [{d['status']}]  generation {d['generation']}", markup=False)
+        for k, v in (d.get("outputs") or {}).items():
+            out.print(f"    {k}: {json.dumps(v, default=str)}", markup=False, highlight=False)
+        for v in d.get("versions", []):
+            out.print(
+                f"    v{v['version']}: {v['path']} ({v['format']}{', ' + v['quantization'] if v['quantization'] else ''})",
+                markup=False,
+            )
+        if d.get("last_run"):
+            r = d["last_run"]
+            out.print(f"    last run {r['run_id']}: {r['status']} pid {r['pid']}", markup=False)
+
+
+state_app = typer.Typer(
+    help="Inspect or edit the state: list, show ADDRESS, rm ADDRESS.", no_args_is_help=True
+)
+
+
+@state_app.command("list")
+def state_list(directory: Annotated[Path, typer.Option("--dir", "-C")] = Path(".")) -> None:
+    """Every address in the state."""
+    eng = _engine(directory)
+    for addr, row in sorted(eng.store.resources().items()):
+        sys.stdout.write(f"{addr}\t{row.status}\n")
+
+
+@state_app.command("show")
+def state_show(address: str, directory: Annotated[Path, typer.Option("--dir", "-C")] = Path(".")) -> None:
+    """One resource's state record as JSON."""
+    from zsconf.cli.output import print_json
+
+    print_json(_state_dict(_engine(directory), address))
+
+
+@state_app.command("rm")
+def state_rm(
+    address: str,
+    directory: Annotated[Path, typer.Option("--dir", "-C")] = Path("."),
+    lock_timeout: LockTimeout = "0s",
+) -> None:
+    """Forget a resource without touching what runs (zsconf will plan to create it again)."""
+    from zsconf.errors import StateError
+
+    eng = _engine(directory)
+    with eng.store.locked("state rm", _seconds(lock_timeout)):
+        if not eng.store.remove_resource(address):
+            raise StateError(f"no resource {address!r} in the state")
+    _err(f"Removed {address} from the state.")
+
+
+def force_unlock(
+    lock_id: str,
+    directory: Annotated[Path, typer.Option("--dir", "-C")] = Path("."),
+) -> None:
+    """Remove a state lock left by a process that died (see the lock error for its id)."""
+    eng = _engine(directory)
+    info = eng.store.force_unlock(lock_id)
+    _err(f"Removed {info.describe()}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("plan")(plan)
+    app.command("apply")(apply)
+    app.command("destroy")(destroy)
+    app.command("show")(show)
+    app.add_typer(state_app, name="state")
+    app.command("force-unlock")(force_unlock)

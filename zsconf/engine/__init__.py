@@ -1,0 +1,143 @@
+"""The plan/apply engine: what the CLI and the daemon call.
+
+    from zsconf.engine import Engine
+    eng = Engine(stack_dir)                      # opens the state store (ZSCONF_STATE_URL or SQLite)
+    plan = eng.plan(overrides=[], targets=[], replace=[], destroy=False, refresh_only=False)
+    result = eng.apply(plan, parallelism=4, wait=False)    # takes the lock itself
+    eng.finish_runs()                            # record jobs that ended (the daemon, each pass)
+
+`Engine.load()` caches the loaded stack and graph keyed by the stack's files (path, mtime, size)
+and the overrides, so the daemon re-planning an unchanged stack does not pay the load cost again.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from zsconf.engine.apply import ApplyResult, apply_plan, finish_runs
+from zsconf.engine.plan import make_plan
+from zsconf.engine.refresh import Observed, refresh
+from zsconf.errors import StalePlanError
+from zsconf.plans import Plan
+
+__all__ = ["ApplyResult", "Engine", "Observed", "apply_plan", "finish_runs", "make_plan", "refresh"]
+
+
+def _fingerprint(stack_dir: Path, overrides: Sequence[str]) -> tuple[Any, ...]:
+    """(path, mtime_ns, size) of every YAML file and dataset under the stack dir, plus overrides."""
+    items = []
+    for root, dirs, files in os.walk(stack_dir):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for f in files:
+            p = os.path.join(root, f)
+            try:
+                st = os.stat(p)
+            except OSError:
+                continue
+            items.append((p, st.st_mtime_ns, st.st_size))
+    items.sort()
+    return (tuple(items), tuple(overrides), os.environ.get("ZSCONF_STATE_URL"))
+
+
+class Engine:
+    """One stack directory + its state store."""
+
+    def __init__(self, stack_dir: str | Path, state_url: str | None = None, catalog: Any = None) -> None:
+        from zsconf.state import open_store
+
+        self.stack_dir = Path(stack_dir).resolve()
+        self._catalog = catalog
+        self._cache: tuple[tuple[Any, ...], Any, Any] | None = None
+        self.store = open_store(state_url, self.stack_dir)
+
+    @property
+    def catalog(self) -> Any:
+        if self._catalog is None:
+            try:
+                from zsconf.catalog import load_catalog  # type: ignore[import-not-found]
+
+                self._catalog = load_catalog()
+            except ImportError:
+                self._catalog = None
+        return self._catalog
+
+    def load(self, overrides: Sequence[str] = ()) -> tuple[Any, Any]:
+        """(LoadedStack, Graph), from cache when no file of the stack changed."""
+        key = _fingerprint(self.stack_dir, overrides)
+        if self._cache is not None and self._cache[0] == key:
+            return self._cache[1], self._cache[2]
+        from zsconf.graph import build_graph
+        from zsconf.loading import load_stack
+
+        loaded = load_stack(self.stack_dir, overrides)
+        graph = build_graph(loaded, self.catalog)
+        self._cache = (key, loaded, graph)
+        return loaded, graph
+
+    def plan(
+        self,
+        overrides: Sequence[str] = (),
+        *,
+        targets: Iterable[str] = (),
+        replace: Iterable[str] = (),
+        destroy: bool = False,
+        refresh_only: bool = False,
+    ) -> Plan:
+        loaded, graph = self.load(overrides)
+        return make_plan(
+            loaded, self.store, graph, catalog=self.catalog, targets=targets, replace=replace,
+            destroy=destroy, refresh_only=refresh_only, overrides=overrides,
+        )  # fmt: skip
+
+    def check_fresh(self, plan: Plan) -> None:
+        """Raise StalePlanError when a saved plan no longer matches the state or the stack."""
+        if plan.state_lineage != self.store.lineage():
+            raise StalePlanError("saved plan was made against another state database")
+        if plan.state_serial != self.store.serial():
+            raise StalePlanError(
+                f"saved plan is stale: state serial is {self.store.serial()}, the plan was made at "
+                f"{plan.state_serial}; run `zsconf plan` again"
+            )
+        loaded, _ = self.load(plan.overrides)
+        if loaded.config_hash != plan.stack_hash:
+            raise StalePlanError("saved plan is stale: the stack changed since; run `zsconf plan` again")
+
+    def apply(
+        self,
+        plan: Plan,
+        *,
+        parallelism: int = 4,
+        wait: bool = False,
+        lock_timeout: float = 0.0,
+        saved: bool = False,
+        locked: bool = False,
+        on_event: Callable[[str, str, str], None] | None = None,
+    ) -> ApplyResult:
+        """Take the lock (unless the caller holds it: `locked=True`), check a saved plan is
+        fresh, apply."""
+        op = "destroy" if plan.destroy else "apply"
+        from contextlib import nullcontext
+
+        with nullcontext() if locked else self.store.locked(op, lock_timeout):
+            if saved:
+                self.check_fresh(plan)
+            loaded, graph = self.load(plan.overrides)
+            if plan.refresh_only:
+                finish_runs(self.store)
+                from zsconf.engine.apply import ApplyResult as _R
+
+                return _R(serial=self.store.serial())
+            return apply_plan(
+                plan, loaded, graph, self.store, parallelism=parallelism, wait=wait,
+                catalog=self.catalog, on_event=on_event,
+            )  # fmt: skip
+
+    def finish_runs(self) -> list[str]:
+        with self.store.locked("finish-runs", 30):
+            return finish_runs(self.store)
+
+    def close(self) -> None:
+        self.store.close()

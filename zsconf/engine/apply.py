@@ -1,0 +1,581 @@
+"""Apply a plan: execute its changes in dependency order, independent ones in parallel.
+
+Called by the CLI (`zsconf apply`, `destroy`) and the daemon through `zsconf.engine`. Refuses an
+errored plan (`Plan.can_apply()`); returns an `ApplyResult` (what was done, diagnostics, secrets
+to show once) - a partial apply is a result, not an exception.
+
+Crash safety: every side effect is preceded by an intent row (a RunRow in status "intent", with a
+run id derived from the address and the content hash) and followed by the result. A re-run finds
+the intent, adopts a process already started for that run id (see `launcher.find_run`) or a
+result already written, and starts nothing twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from schemas.common import parse_model_ref
+from zsconf.engine import launcher
+from zsconf.engine.hashing import dir_digest
+from zsconf.engine.refresh import JOB_KINDS, read_result, refresh
+from zsconf.errors import ExecutorError, PlanError
+from zsconf.plans import Action, Change, Plan
+from zsconf.state import ApiKey, ModelVersion, ResourceRow, RunRow, Store
+
+__all__ = ["ApplyResult", "apply_plan", "finish_runs", "runner_module"]
+
+DEFAULT_RUNNERS = {
+    "finetune": "runners.train",
+    "compression": "runners.compress",
+    "evaluation": "runners.evaluate",
+    "deployment": "runners.serve",
+}
+
+
+def runner_module(kind: str) -> str:
+    """Runner module for a kind. Test-only override: env ZSCONF_RUNNER_MODULE_<KIND> (upper case),
+    e.g. ZSCONF_RUNNER_MODULE_FINETUNE=tests.fake_runners.job."""
+    return os.environ.get(f"ZSCONF_RUNNER_MODULE_{kind.upper()}", DEFAULT_RUNNERS[kind])
+
+
+@dataclass
+class ActionOutcome:
+    address: str
+    action: Action
+    ok: bool
+    message: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class ApplyResult:
+    outcomes: list[ActionOutcome] = field(default_factory=list)
+    diagnostics: list[str] = field(default_factory=list)
+    secrets: dict[str, list[str]] = field(default_factory=dict)  # shown once, never stored
+    serial: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.diagnostics and all(o.ok for o in self.outcomes)
+
+    def counts(self) -> dict[str, int]:
+        out = {"added": 0, "changed": 0, "replaced": 0, "destroyed": 0, "failed": 0, "skipped": 0}
+        key = {
+            Action.CREATE: "added",
+            Action.UPDATE: "changed",
+            Action.REPLACE: "replaced",
+            Action.DELETE: "destroyed",
+        }
+        for o in self.outcomes:
+            if o.ok:
+                out[key[o.action]] += 1
+            elif o.message.startswith("skipped"):
+                out["skipped"] += 1
+            else:
+                out["failed"] += 1
+        return out
+
+
+class _Ctx:
+    def __init__(self, plan: Plan, loaded: Any, graph: Any, store: Store, wait: bool, catalog: Any) -> None:
+        self.plan = plan
+        self.loaded = loaded
+        self.graph = graph
+        self.store = store
+        self.wait = wait
+        self.catalog = catalog
+        self.stack_dir = Path(plan.stack_dir)
+        storage = loaded.stack.platform.storage if loaded is not None else ".zsconf/artifacts"
+        self.artifacts = (self.stack_dir / storage).resolve()
+        self.secrets: dict[str, list[str]] = {}
+        self.lock = threading.Lock()
+
+
+def apply_plan(
+    plan: Plan,
+    loaded: Any,
+    graph: Any,
+    store: Store,
+    *,
+    parallelism: int = 4,
+    wait: bool = False,
+    catalog: Any = None,
+    on_event: Callable[[str, str, str], None] | None = None,
+) -> ApplyResult:
+    """Execute `plan`. `on_event(address, phase, message)` feeds a progress display."""
+    if not plan.can_apply():
+        raise PlanError("the plan has errors and cannot be applied:\n" + "\n".join(plan.errors))
+    result = ApplyResult()
+    ctx = _Ctx(plan, loaded, graph, store, wait, catalog)
+    emit = on_event or (lambda a, p, m: None)
+    finish_runs(store)
+    todo = {c.address: c for c in plan.actionable()}
+    # Creates/updates wait for their dependencies; deletes wait for their dependents' deletes.
+    deps: dict[str, set[str]] = {}
+    for addr, ch in todo.items():
+        if ch.action is Action.DELETE:
+            deps[addr] = {
+                o.address for o in todo.values()
+                if o.action is Action.DELETE and addr in o.dependencies
+            }  # fmt: skip
+        else:
+            deps[addr] = {d for d in ch.dependencies if d in todo}
+    failed: set[str] = set()
+    done: set[str] = set()
+    running: dict[Future[ActionOutcome], str] = {}
+    with ThreadPoolExecutor(max_workers=max(1, parallelism)) as pool:
+        while len(done) + len(failed) < len(todo):
+            for addr, ch in todo.items():
+                if addr in done or addr in failed or addr in running.values():
+                    continue
+                if deps[addr] & failed:
+                    failed.add(addr)
+                    result.outcomes.append(
+                        ActionOutcome(addr, ch.action, False, "skipped: a dependency failed")
+                    )
+                    emit(addr, "skipped", "a dependency failed")
+                    continue
+                if deps[addr] <= done:
+                    emit(addr, "start", ch.action.value)
+                    running[pool.submit(_run_one, ctx, ch)] = addr
+            if not running:
+                continue
+            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for fut in finished:
+                addr = running.pop(fut)
+                outcome = fut.result()
+                result.outcomes.append(outcome)
+                (done if outcome.ok else failed).add(addr)
+                emit(addr, "done" if outcome.ok else "failed", outcome.message)
+                if not outcome.ok:
+                    result.diagnostics.append(f"{addr}: {outcome.message}")
+    result.secrets = ctx.secrets
+    result.serial = store.serial()
+    store.add_event("apply", f"apply finished: {result.counts()}", None, counts=result.counts())
+    return result
+
+
+def _run_one(ctx: _Ctx, ch: Change) -> ActionOutcome:
+    t0 = time.monotonic()
+    try:
+        msg = _ACTIONS[ch.kind](ctx, ch) or ""
+        ok = True
+    except Exception as exc:  # an action's failure is a diagnostic, never an abort
+        msg, ok = (
+            f"{type(exc).__name__}: {exc}" if not isinstance(exc, PlanError | ExecutorError) else str(exc),
+            False,
+        )
+        ctx.store.add_event("failed", msg, ch.address)
+    return ActionOutcome(ch.address, ch.action, ok, msg, time.monotonic() - t0)
+
+
+# -- helpers -----------------------------------------------------------------------------------
+def _row(
+    ch: Change, status: str, outputs: dict[str, Any] | None = None, prev: ResourceRow | None = None
+) -> ResourceRow:
+    kind, tenant, name = _split(ch.address)
+    return ResourceRow(
+        address=ch.address,
+        kind=kind,
+        tenant=tenant,
+        name=name,
+        spec=ch.after or {},
+        content_hash=ch.content_hash,
+        status=status,
+        outputs=outputs if outputs is not None else (dict(prev.outputs) if prev else {}),
+        dependencies=ch.dependencies,
+        generation=(prev.generation + 1) if prev else 1,
+    )
+
+
+def _split(addr: str) -> tuple[str, str | None, str]:
+    parts = addr.split("/")
+    return (parts[0], None, parts[1]) if len(parts) == 2 else (parts[0], parts[1], parts[2])
+
+
+def _spec(ctx: _Ctx, addr: str) -> Any:
+    return ctx.graph.nodes[addr]
+
+
+def _record(
+    ctx: _Ctx, ch: Change, status: str = "applied", outputs: dict[str, Any] | None = None
+) -> ResourceRow:
+    prev = ctx.store.resource(ch.address)
+    row = ctx.store.put_resource(_row(ch, status, outputs, prev))
+    ctx.store.add_event(ch.action.verb, f"{ch.address} {ch.action.verb}", ch.address)
+    return row
+
+
+def _resolve_model(ctx: _Ctx, tenant: str, ref: str) -> ModelVersion:
+    name, version = parse_model_ref(ref)
+    versions = [v for v in ctx.store.model_versions(tenant, name) if v.gate_status != "failed"]
+    if version is not None:
+        versions = [v for v in versions if v.version == version]
+    if not versions:
+        raise ExecutorError(f"model {tenant}/{ref} has no usable version yet")
+    return versions[-1]
+
+
+def _next_version(ctx: _Ctx, tenant: str, model: str) -> int:
+    have = ctx.store.model_versions(tenant, model)
+    return (max(v.version for v in have) + 1) if have else 1
+
+
+# -- per kind ----------------------------------------------------------------------------------
+def _tenant(ctx: _Ctx, ch: Change) -> str:
+    if ch.action is Action.DELETE:
+        ctx.store.remove_resource(ch.address)
+        return "destroyed"
+    _record(ctx, ch)
+    return "recorded"
+
+
+def _dataset(ctx: _Ctx, ch: Change) -> str:
+    if ch.action is Action.DELETE:
+        ctx.store.remove_resource(ch.address)
+        return "destroyed"
+    spec = _spec(ctx, ch.address)
+    path = ctx.stack_dir / spec.path
+    if not path.exists():
+        raise ExecutorError(f"dataset file {path} does not exist")
+    from zsconf.engine.hashing import file_digest
+
+    _record(ctx, ch, outputs={"path": str(path.resolve()), "sha256": file_digest(path)})
+    return f"sha256 {file_digest(path)[:12]}"
+
+
+def _model(ctx: _Ctx, ch: Change) -> str:
+    _, tenant, name = _split(ch.address)
+    assert tenant is not None
+    if ch.action is Action.DELETE:
+        ctx.store.remove_model_versions(tenant, name)
+        ctx.store.remove_resource(ch.address)
+        return "destroyed"
+    if ch.action is Action.UPDATE:
+        _record(ctx, ch)
+        return "updated"
+    spec = _spec(ctx, ch.address)
+    if ch.action is Action.REPLACE:
+        ctx.store.remove_model_versions(tenant, name)
+    if spec.path:
+        p = Path(spec.path)
+        src = p if p.is_absolute() else ctx.stack_dir / p
+        if not (src / "config.json").exists():
+            raise ExecutorError(f"model folder {src} does not exist or has no config.json")
+        path, fmt = src.resolve(), "huggingface"
+        validated = _validate(ctx, ch, src) if spec.validate_weights else False
+    elif spec.base.startswith("debug/"):
+        path = ctx.artifacts / "base" / spec.base.replace("/", "_")
+        if not (path / "config.json").exists():
+            _build_debug_base(ctx, spec.base, path)
+        fmt, validated = "huggingface", True
+    else:
+        path, fmt, validated = Path(""), "catalog", False
+    quant = None if spec.quantization == "none" else spec.quantization
+    ctx.store.add_model_version(
+        ModelVersion(tenant=tenant, model=name, version=1, source_address=ch.address,
+                     content_hash=ch.content_hash, path=str(path) if str(path) != "." else "",
+                     format=fmt, quantization=quant, validated=validated)
+    )  # fmt: skip
+    _record(ctx, ch, outputs={"versions": [1], "path": str(path)})
+    return f"version 1 at {path}"
+
+
+def _validate(ctx: _Ctx, ch: Change, src: Path) -> bool:
+    """Run the weight-validation runner when it exists (another helper writes it)."""
+    import importlib.util
+
+    if importlib.util.find_spec("runners.validate") is None:
+        return False
+    workdir = ctx.artifacts / "runs" / ch.address.replace("/", "_") / "validate"
+    workdir.mkdir(parents=True, exist_ok=True)
+    spec_path = workdir / "spec.json"
+    spec_path.write_text(json.dumps({"run_id": "validate", "address": ch.address, "workdir": str(workdir),
+                                     "output_dir": None, "device": "cpu", "spec": ch.after,
+                                     "inputs": {"model_dir": str(src)}, "resume": False}))  # fmt: skip
+    proc = subprocess.run([sys.executable, "-m", "runners.validate", str(spec_path)], cwd=workdir,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    if proc.returncode != 0:
+        raise ExecutorError(f"weight validation failed for {src}: {proc.stdout[-500:]}{proc.stderr[-500:]}")
+    return True
+
+
+def _build_debug_base(ctx: _Ctx, base: str, path: Path) -> None:
+    cat = ctx.catalog
+    if cat is None:
+        from zsconf.engine.estimates import _catalog
+
+        cat = _catalog()
+    if cat is None:
+        raise ExecutorError(f"cannot build {base}: the catalog (zsconf.catalog) is not available")
+    entry = cat.model(base)
+    entry_dict = entry.model_dump(mode="json") if hasattr(entry, "model_dump") else dict(entry)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    spec_path = path.parent / f"{path.name}.spec.json"
+    spec_path.write_text(json.dumps({"entry": {"name": base, **entry_dict}, "output_dir": str(path)}))
+    proc = subprocess.run([sys.executable, "-m", "runners.debug_models", str(spec_path)],
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    if proc.returncode != 0:
+        raise ExecutorError(f"building {base} failed: {proc.stderr[-800:]}")
+
+
+def _run_id(addr: str, content_hash: str, suffix: str = "") -> str:
+    return "r-" + hashlib.sha256(f"{addr}|{content_hash}|{suffix}".encode()).hexdigest()[:12]
+
+
+def _job(ctx: _Ctx, ch: Change) -> str:
+    kind, tenant, name = _split(ch.address)
+    assert tenant is not None
+    if ch.action is Action.DELETE:
+        for r in ctx.store.runs(ch.address):
+            if r.status in ("running", "submitted") and r.pid:
+                launcher.stop_process(launcher.ProcessRef(r.pid, r.start_time or 0))
+                ctx.store.update_run(r.run_id, status="cancelled")
+        ctx.store.remove_resource(ch.address)
+        return "destroyed"
+    if ch.action is Action.UPDATE:
+        _record(ctx, ch, status=(ctx.store.resource(ch.address) or _row(ch, "applied")).status)
+        return "updated in place"
+    spec = _spec(ctx, ch.address)
+    run_id = _run_id(ch.address, ch.content_hash)
+    run = ctx.store.run(run_id)
+    workdir = ctx.artifacts / "runs" / tenant / kind / name / run_id
+    out_dir: Path | None = None
+    if kind != "evaluation":
+        version = _next_version(ctx, tenant, spec.output.model)
+        out_dir = ctx.artifacts / "models" / tenant / spec.output.model / f"v{version}"
+    if run is None:
+        # Intent first: a crash after this line is resumed by adopting or starting this run id.
+        run = ctx.store.add_run(RunRow(address=ch.address, run_id=run_id, content_hash=ch.content_hash,
+                                       workdir=str(workdir), output_dir=str(out_dir) if out_dir else None))  # fmt: skip
+    elif run.output_dir:
+        out_dir = Path(run.output_dir)
+    prev = ctx.store.resource(ch.address)
+    if run.status in ("intent", "submitted", "running"):
+        ref = None
+        if run.pid and launcher.is_alive(launcher.ProcessRef(run.pid, run.start_time or 0)):
+            ref = launcher.ProcessRef(run.pid, run.start_time or 0)
+        if ref is None:
+            ref = launcher.find_run(run_id)  # started before a crash, pid not yet recorded
+        if ref is None and read_result(str(workdir)) is None:
+            inputs = _job_inputs(ctx, spec, tenant, kind)
+            envelope = {"run_id": run_id, "address": ch.address, "workdir": str(workdir),
+                        "output_dir": str(out_dir) if out_dir else None,
+                        "device": ctx.loaded.stack.platform.device, "spec": ch.after, "inputs": inputs,
+                        "resume": (workdir / "checkpoints").exists()}  # fmt: skip
+            workdir.mkdir(parents=True, exist_ok=True)
+            spec_path = workdir / "spec.json"
+            spec_path.write_text(json.dumps(envelope, indent=1))
+            ref = launcher.start_run(run_id, runner_module(kind), spec_path, workdir)
+            ctx.store.add_event("submitted", f"run {run_id} started (pid {ref.pid})", ch.address)
+        if ref is not None:
+            ctx.store.update_run(run_id, status="running", pid=ref.pid, start_time=ref.start_time,
+                                 host=os.uname().nodename)  # fmt: skip
+        ctx.store.put_resource(_row(ch, "running", {"run_id": run_id, "workdir": str(workdir)}, prev))
+    if ctx.wait:
+        return _wait_run(ctx, run_id)
+    run = ctx.store.run(run_id)
+    if run is not None and run.status in ("succeeded", "failed"):
+        return f"run {run_id} {run.status}"
+    return f"run {run_id} submitted"
+
+
+def _job_inputs(ctx: _Ctx, spec: Any, tenant: str, kind: str) -> dict[str, Any]:
+    mv = _resolve_model(ctx, tenant, spec.model)
+    datasets: dict[str, Any] = {}
+    names: dict[str, str | None] = {}
+    if kind == "finetune":
+        names = {"train": spec.datasets.train, "validation": spec.datasets.validation}
+    elif kind == "evaluation":
+        names = {"eval": spec.dataset}
+    elif kind == "compression":
+        names = {"calibration": spec.calibration.dataset}
+    for role, ds in names.items():
+        if ds:
+            d = ctx.loaded.stack.datasets[ds]
+            datasets[role] = {"path": str((ctx.stack_dir / d.path).resolve()), "format": d.format}
+    return {"model_dir": mv.path, "model_version": mv.version, "datasets": datasets}
+
+
+def _wait_run(ctx: _Ctx, run_id: str, poll: float = 0.2) -> str:
+    while True:
+        run = ctx.store.run(run_id)
+        if run is None:
+            raise ExecutorError(f"run {run_id} vanished from state")
+        if run.status in ("succeeded", "failed", "cancelled"):
+            break
+        if run.pid and not launcher.is_alive(launcher.ProcessRef(run.pid, run.start_time or 0)):
+            finish_runs(ctx.store)
+            run = ctx.store.run(run_id)
+            if run is not None and run.status == "running":  # died without result.json
+                ctx.store.update_run(run_id, status="failed", error="process exited without result.json")
+                ctx.store.update_resource(run.address, status="failed")
+            continue
+        time.sleep(poll)
+    if run.status != "succeeded":
+        raise ExecutorError(f"run {run_id} {run.status}: {run.error or ''}".strip())
+    return f"run {run_id} succeeded"
+
+
+def finish_runs(store: Store) -> list[str]:
+    """Record job runs that ended since last seen: status, and the model version they produced.
+    Idempotent (versions are keyed by tenant/model/version). Called by apply and the daemon."""
+    done: list[str] = []
+    for run in refresh(store).finished:
+        res = read_result(run.workdir) or {}
+        row = store.resource(run.address)
+        status = res.get("status", "failed")
+        if status == "succeeded" and row is not None and row.kind in ("finetune", "compression"):
+            out = row.spec.get("output", {})
+            model_dir = (res.get("outputs") or {}).get("model_dir") or run.output_dir
+            existing = [
+                v for v in store.model_versions(row.tenant, out.get("model")) if v.source_run == run.run_id
+            ]
+            if not existing:
+                have = store.model_versions(row.tenant, out.get("model"))
+                version = (max(v.version for v in have) + 1) if have else 1
+                quant = row.spec.get("strategy") if row.kind == "compression" else None
+                store.add_model_version(
+                    ModelVersion(tenant=row.tenant or "", model=out.get("model"), version=version,
+                                 source_address=run.address, source_run=run.run_id,
+                                 content_hash=dir_digest(Path(model_dir)) if model_dir else "",
+                                 path=model_dir or "", quantization=quant, validated=True,
+                                 gate_status=(res.get("outputs") or {}).get("gate_status"))
+                )  # fmt: skip
+        store.update_run(run.run_id, status=status, error=res.get("error"))
+        if row is not None and row.content_hash == run.content_hash:
+            outputs = dict(row.outputs)
+            outputs.update({"run_id": run.run_id, "result": res.get("outputs") or {}})
+            store.update_resource(run.address, status=status, outputs=outputs)
+        store.add_event(f"run_{status}", f"run {run.run_id} {status}", run.address)
+        done.append(run.run_id)
+    return done
+
+
+def _deployment(ctx: _Ctx, ch: Change) -> str:
+    _, tenant, name = _split(ch.address)
+    assert tenant is not None
+    current = [r for r in ctx.store.runs(ch.address) if r.status in ("running", "submitted", "intent")]
+    if ch.action is Action.DELETE or (ch.after and ch.after.get("state") == "stopped"):
+        for r in current:
+            if r.pid:
+                launcher.stop_process(launcher.ProcessRef(r.pid, r.start_time or 0))
+            ctx.store.update_run(r.run_id, status="cancelled")
+        if ch.action is Action.DELETE:
+            ctx.store.remove_resource(ch.address)
+            return "destroyed"
+        _record(ctx, ch, status="stopped", outputs={"instances": []})
+        return "stopped"
+    spec = _spec(ctx, ch.address)
+    mv = _resolve_model(ctx, tenant, spec.model)
+    # Instances of another content hash (replace) or another model version (upgrade) are stopped
+    # after the new ones start.
+    gen_key = f"{ch.content_hash}|v{mv.version}"
+    keep = [r for r in current if r.content_hash == gen_key]
+    old = [r for r in current if r.content_hash != gen_key]
+    alive: list[RunRow] = []
+    for r in keep:
+        ref = launcher.ProcessRef(r.pid, r.start_time or 0) if r.pid else launcher.find_run(r.run_id)
+        if ref is not None and launcher.is_alive(ref):
+            alive.append(r)
+        else:
+            ctx.store.update_run(r.run_id, status="failed", error="instance not running")
+    used = {r.run_id for r in alive}
+    i = 0
+    while len(alive) < spec.instances:
+        run_id = _run_id(ch.address, gen_key, f"i{i}")
+        i += 1
+        if run_id in used:
+            continue
+        workdir = ctx.artifacts / "runs" / tenant / "deployment" / name / run_id
+        if ctx.store.run(run_id) is None:
+            ctx.store.add_run(
+                RunRow(address=ch.address, run_id=run_id, content_hash=gen_key, workdir=str(workdir))
+            )
+        ref = launcher.find_run(run_id)
+        if ref is None:
+            envelope = {"run_id": run_id, "address": ch.address, "workdir": str(workdir), "output_dir": None,
+                        "device": ctx.loaded.stack.platform.device, "spec": ch.after,
+                        "inputs": {"model_dir": mv.path, "model_version": mv.version, "instance": i - 1},
+                        "resume": False}  # fmt: skip
+            workdir.mkdir(parents=True, exist_ok=True)
+            (workdir / "spec.json").write_text(json.dumps(envelope, indent=1))
+            ref = launcher.start_run(run_id, runner_module("deployment"), workdir / "spec.json", workdir)
+        run = ctx.store.update_run(run_id, status="running", pid=ref.pid, start_time=ref.start_time,
+                                   host=os.uname().nodename)  # fmt: skip
+        assert run is not None
+        alive.append(run)
+        used.add(run_id)
+    for r in alive[spec.instances :]:
+        if r.pid:
+            launcher.stop_process(launcher.ProcessRef(r.pid, r.start_time or 0))
+        ctx.store.update_run(r.run_id, status="cancelled")
+    for r in old:
+        if r.pid:
+            launcher.stop_process(launcher.ProcessRef(r.pid, r.start_time or 0))
+        ctx.store.update_run(r.run_id, status="cancelled")
+    instances = [{"run_id": r.run_id, "pid": r.pid, "workdir": r.workdir} for r in alive[: spec.instances]]
+    _record(ctx, ch, status="running", outputs={"instances": instances, "model_version": mv.version})
+    return f"{len(instances)} instance(s) of {spec.model} (v{mv.version})"
+
+
+def _service_group(ctx: _Ctx, ch: Change) -> str:
+    _, tenant, name = _split(ch.address)
+    assert tenant is not None
+    if ch.action is Action.DELETE:
+        ctx.store.revoke_api_keys(tenant, name)
+        ctx.store.remove_resource(ch.address)
+        return "destroyed (keys revoked)"
+    if ch.action is Action.REPLACE:
+        ctx.store.revoke_api_keys(tenant, name)
+    spec = _spec(ctx, ch.address)
+    active = [k for k in ctx.store.api_keys(tenant, name) if k.revoked_at is None]
+    new: list[str] = []
+    for _ in range(spec.keys - len(active)):
+        secret = "zs-" + secrets.token_urlsafe(30)[:40]
+        ctx.store.add_api_key(
+            ApiKey(id="ak-" + secrets.token_hex(6), tenant=tenant, group=name,
+                   key_hash=hashlib.sha256(secret.encode()).hexdigest(), prefix=secret[:10])
+        )  # fmt: skip
+        new.append(secret)
+    if len(active) > spec.keys:
+        from zsconf.state.models import utcnow
+
+        with ctx.store.session() as s:
+            for k in active[spec.keys :]:
+                k.revoked_at = utcnow()
+                s.add(k)
+            s.commit()
+    if new:
+        with ctx.lock:
+            ctx.secrets[ch.address] = new
+    keys = [
+        {"id": k.id, "prefix": k.prefix} for k in ctx.store.api_keys(tenant, name) if k.revoked_at is None
+    ]
+    _record(ctx, ch, outputs={"keys": keys})
+    return f"{len(keys)} key(s)" + (f", {len(new)} new" if new else "")
+
+
+_ACTIONS: dict[str, Callable[[_Ctx, Change], str]] = {
+    "tenant": _tenant,
+    "dataset": _dataset,
+    "model": _model,
+    "finetune": _job,
+    "compression": _job,
+    "evaluation": _job,
+    "deployment": _deployment,
+    "service_group": _service_group,
+}
+_ = JOB_KINDS

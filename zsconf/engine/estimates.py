@@ -1,0 +1,139 @@
+"""Estimates shown in the plan: job iterations/duration/cost, deployment instances for a QPS
+target, plan totals. Called by `zsconf.engine.plan`; uses the catalog when it is installed and
+says "unknown" otherwise (never guesses silently).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+__all__ = ["count_samples", "estimate"]
+
+
+def count_samples(path: Path, fmt: str) -> int | None:
+    """Samples in a dataset file: the dataset helper's counter if present, else lines/rows."""
+    try:
+        from schemas.samples import count  # type: ignore[import-not-found]
+
+        return int(count(path, fmt))
+    except Exception:
+        pass
+    try:
+        if fmt == "xlsx":
+            return None
+        with open(path, "rb") as f:
+            lines = sum(1 for line in f if line.strip())
+        if fmt == "csv":
+            lines -= 1  # header
+        if fmt in ("sharegpt", "moss") and path.suffix == ".json":
+            import json
+
+            data = json.loads(path.read_text())
+            return len(data) if isinstance(data, list) else None
+        return max(lines, 0)
+    except OSError:
+        return None
+
+
+def _catalog() -> Any:
+    try:
+        from zsconf.catalog import load_catalog  # type: ignore[import-not-found]
+
+        return load_catalog()
+    except Exception:
+        return None
+
+
+def _flavor(cat: Any, name: str) -> Any:
+    if cat is None:
+        return None
+    try:
+        return cat.flavor(name)
+    except Exception:
+        return None
+
+
+def _get(obj: Any, name: str, default: Any = None) -> Any:
+    if obj is None:
+        return default
+    if isinstance(obj, dict):
+        return obj.get(name, default)
+    return getattr(obj, name, default)
+
+
+def estimate(
+    kind: str, spec: Any, base: str | None, samples: dict[str, int | None], cat: Any
+) -> dict[str, Any]:
+    """Estimate for one resource; `samples` = dataset name -> sample count."""
+    if kind == "finetune":
+        return _finetune(spec, base, samples, cat)
+    if kind in ("compression", "evaluation"):
+        flavor = _flavor(cat, spec.resources.flavor)
+        out: dict[str, Any] = {"flavor": spec.resources.flavor}
+        if kind == "compression" and cat is not None and base:
+            try:
+                minutes = _get(_get(cat.model(base), "compression_minutes", {}), spec.strategy)
+                if minutes:
+                    lo, hi = minutes
+                    out["duration_hours"] = [lo / 60, hi / 60]
+            except Exception:
+                pass
+        price = _get(flavor, "price_per_hour")
+        if price is not None and "duration_hours" in out:
+            n = spec.resources.nodes
+            out["cost"] = [round(h * price * n, 2) for h in out["duration_hours"]]
+        return out
+    if kind == "deployment":
+        flavor = _flavor(cat, spec.flavor)
+        out = {"flavor": spec.flavor, "instances": spec.instances}
+        price = _get(flavor, "price_per_hour")
+        if price is not None:
+            out["cost_per_hour"] = round(price * spec.instances, 2)
+        if spec.qps and cat is not None and base:
+            try:
+                per = _get(cat.model(base), "qps_per_instance")
+                if per:
+                    need = math.ceil(spec.qps / per)
+                    out["instances_needed"] = need
+                    if spec.instances < need:
+                        out["warning"] = (
+                            f"qps {spec.qps:g} needs {need} instances at {per} QPS each; "
+                            f"{spec.instances} configured"
+                        )
+            except Exception:
+                pass
+        return out
+    return {}
+
+
+def _finetune(spec: Any, base: str | None, samples: dict[str, int | None], cat: Any) -> dict[str, Any]:
+    hp = spec.hyperparameters
+    n = samples.get(spec.datasets.train)
+    out: dict[str, Any] = {"flavor": spec.resources.flavor, "samples": n}
+    if hp.iterations != "auto":
+        out["iterations"] = hp.iterations
+    elif n is not None:
+        out["iterations"] = math.ceil(n / hp.global_batch_size) * hp.epochs
+    flavor = _flavor(cat, spec.resources.flavor)
+    if cat is not None and base and "iterations" in out:
+        try:
+            # The catalog helper's formula (table 6-6): hours from iterations and throughput.
+            hours = cat.job_hours(
+                base=base,
+                method=spec.method,
+                iterations=out["iterations"],
+                global_batch_size=hp.global_batch_size,
+                sequence_length=hp.sequence_length,
+                cards=max(_get(flavor, "cards", 1) or 1, 1) * spec.resources.nodes,
+            )
+            if hours is not None:
+                lo, hi = hours if isinstance(hours, list | tuple) else (hours, hours)
+                out["duration_hours"] = [round(lo, 3), round(hi, 3)]
+        except Exception as exc:
+            out["duration_note"] = f"no duration estimate: {exc}"
+    price = _get(flavor, "price_per_hour")
+    if price is not None and "duration_hours" in out:
+        out["cost"] = [round(h * price * spec.resources.nodes, 2) for h in out["duration_hours"]]
+    return out

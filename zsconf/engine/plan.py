@@ -1,0 +1,267 @@
+"""Make a plan: refresh, then diff the desired stack against state + observation.
+
+Called by the CLI (`zsconf plan`, `apply`, `destroy`) and the daemon through `zsconf.engine`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from schemas.stack import KINDS
+from zsconf.engine.diff import drop_paths, field_diffs
+from zsconf.engine.estimates import count_samples, estimate
+from zsconf.engine.hashing import file_digest, lineage_hashes
+from zsconf.engine.refresh import Observed, refresh
+from zsconf.plans import Action, Change, FieldDiff, Plan
+from zsconf.state import Store
+
+__all__ = ["MAX_VERSIONS", "make_plan"]
+
+MAX_VERSIONS = 10
+JOB_KINDS = ("finetune", "compression")
+
+
+def _spec_cls(kind: str) -> Any:
+    for singular, cls in KINDS.values():
+        if singular == kind:
+            return cls
+    raise KeyError(kind)
+
+
+def _replace_relevant(cls: Any, spec: dict[str, Any]) -> dict[str, Any]:
+    """The part of a spec whose change means a new thing (feeds the lineage hash)."""
+    return {k: v for k, v in spec.items() if cls.forces_replace(k)}
+
+
+def make_plan(
+    loaded: Any,
+    store: Store,
+    graph: Any,
+    *,
+    catalog: Any = None,
+    targets: Iterable[str] = (),
+    replace: Iterable[str] = (),
+    destroy: bool = False,
+    refresh_only: bool = False,
+    overrides: Iterable[str] = (),
+    observed: Observed | None = None,
+) -> Plan:
+    mask = loaded.secrets
+    serial = store.serial()
+    state = store.resources()
+    obs = observed if observed is not None else refresh(store)
+    plan = Plan(
+        changes=[],
+        state_serial=serial,
+        state_lineage=store.lineage(),
+        stack_hash=loaded.config_hash,
+        stack_dir=str(loaded.stack_dir),
+        overrides=list(overrides),
+        drift=obs.drift,
+        destroy=destroy,
+        refresh_only=refresh_only,
+    )
+    if refresh_only:
+        return plan
+
+    order = graph.topological_order()
+    desired: dict[str, dict[str, Any]] = {}
+    relevant: dict[str, dict[str, Any]] = {}
+    inputs: dict[str, str] = {}
+    samples: dict[tuple[str | None, str], int | None] = {}
+    for addr in order:
+        spec = graph.nodes[addr]
+        kind = addr.split("/", 1)[0]
+        cls = type(spec)
+        dumped = spec.model_dump(mode="json")
+        desired[addr] = dumped
+        ignore = dumped.get("lifecycle", {}).get("ignore_changes", [])
+        relevant[addr] = drop_paths(_replace_relevant(cls, dumped), ignore)
+        if kind == "dataset":
+            path = Path(loaded.stack_dir) / spec.path
+            inputs[addr] = file_digest(path)
+            samples[(spec.tenant, addr.rsplit("/", 1)[1])] = count_samples(path, spec.format)
+        elif kind == "model" and spec.path:
+            p = Path(spec.path)
+            inputs[addr] = str(p if p.is_absolute() else Path(loaded.stack_dir) / p)
+    hashes = lineage_hashes(order, relevant, graph.edges, inputs)
+
+    selected: set[str] | None = None
+    targets = list(targets)
+    if targets:
+        selected = set()
+        for t in targets:
+            if t not in graph.nodes and t not in state:
+                plan.errors.append(f"--target {t}: no such resource in the stack or the state")
+                continue
+            selected.add(t)
+            if t in graph.nodes:
+                selected |= graph.dependencies(t)
+    forced = set(replace)
+    for r in forced:
+        if r not in graph.nodes:
+            plan.errors.append(f"--replace {r}: no such resource in the stack")
+
+    def want(addr: str) -> bool:
+        return selected is None or addr in selected
+
+    # Desired resources, in dependency order.
+    if not destroy:
+        for addr in order:
+            if not want(addr):
+                continue
+            kind = addr.split("/", 1)[0]
+            cls = type(graph.nodes[addr])
+            after = desired[addr]
+            row = state.get(addr)
+            ch = Change(
+                address=addr,
+                kind=kind,
+                action=Action.NOOP,
+                before=row.spec if row else None,
+                after=mask.data(after) if mask else after,
+                content_hash=hashes[addr],
+                dependencies=sorted(graph.edges.get(addr, ())),
+            )
+            if row is None or row.status == "pending":
+                ch.action = Action.CREATE if row is None else Action.REPLACE
+                if row is not None:
+                    ch.reasons.append("a previous apply did not finish")
+            else:
+                ignore = after.get("lifecycle", {}).get("ignore_changes", [])
+                diffs = field_diffs(drop_paths(row.spec, ignore), drop_paths(after, ignore))
+                for path, b, a in diffs:
+                    top = path.split(".", 1)[0]
+                    fr = cls.forces_replace(top)
+                    ch.fields.append(
+                        FieldDiff(path, mask.data(b) if mask else b, mask.data(a) if mask else a, fr)
+                    )
+                    if fr:
+                        ch.action = Action.REPLACE
+                        ch.reasons.append(f"{path} forces replacement")
+                if ch.action is Action.NOOP and diffs:
+                    ch.action = Action.UPDATE
+                if row.content_hash != hashes[addr] and not ch.action.is_replace:
+                    why = _lineage_reason(addr, kind, graph, state, hashes, inputs, row)
+                    if kind in JOB_KINDS or kind == "evaluation" or kind == "model":
+                        ch.action = Action.REPLACE
+                    elif ch.action is Action.NOOP:
+                        ch.action = Action.UPDATE
+                    ch.reasons.append(why)
+                if addr in obs.broken and ch.action is Action.NOOP:
+                    ch.action = Action.REPLACE if kind == "model" or kind in JOB_KINDS else Action.UPDATE
+                    ch.reasons.append(f"changed outside zsconf: {obs.broken[addr]}")
+                if addr in forced:
+                    ch.action = Action.REPLACE
+                    ch.reasons.append("requested with --replace")
+            if ch.action.is_replace and _prevent_destroy(row.spec if row else None):
+                plan.errors.append(
+                    f"{addr}: lifecycle.prevent_destroy is set and the plan would replace it "
+                    f"({'; '.join(ch.reasons)})"
+                )
+            plan.changes.append(ch)
+
+    # Resources in state but not desired (or everything under --destroy): delete, dependents first.
+    gone = [a for a in state if (destroy or a not in graph.nodes) and want(a)]
+    gone.sort(key=lambda a: _kind_rank(a), reverse=True)
+    for addr in gone:
+        row = state[addr]
+        ch = Change(address=addr, kind=row.kind, action=Action.DELETE, before=row.spec,
+                    dependencies=list(row.dependencies or []))  # fmt: skip
+        ch.reasons.append("destroy requested" if destroy else "no longer in the stack")
+        if _prevent_destroy(row.spec):
+            plan.errors.append(f"{addr}: lifecycle.prevent_destroy is set and the plan would destroy it")
+        plan.changes.append(ch)
+
+    _check_versions(plan, store, graph)
+    _estimates(plan, graph, samples, catalog)
+    return plan
+
+
+def _kind_rank(addr: str) -> int:
+    ranks = {singular: i for i, (singular, _) in enumerate(KINDS.values())}
+    return ranks.get(addr.split("/", 1)[0], 0)
+
+
+def _prevent_destroy(spec: dict[str, Any] | None) -> bool:
+    return bool(spec and spec.get("lifecycle", {}).get("prevent_destroy"))
+
+
+def _lineage_reason(
+    addr: str, kind: str, graph: Any, state: dict, hashes: dict, inputs: dict, row: Any
+) -> str:
+    if kind == "dataset":
+        return "dataset file content changed"
+    if kind == "model":
+        return "imported model folder changed"
+    changed = [
+        d for d in sorted(graph.edges.get(addr, ()))
+        if not d.startswith("tenant/") and (d not in state or state[d].content_hash != hashes.get(d))
+    ]  # fmt: skip
+    if changed:
+        return "input changed: " + ", ".join(changed)
+    return "content hash changed"
+
+
+def _check_versions(plan: Plan, store: Store, graph: Any) -> None:
+    """At most MAX_VERSIONS versions per model: existing versions + the ones this plan adds."""
+    adds: dict[tuple[str, str], list[str]] = {}
+    for ch in plan.changes:
+        if ch.kind in JOB_KINDS and ch.action in (Action.CREATE, Action.REPLACE):
+            spec = graph.nodes[ch.address]
+            adds.setdefault((spec.tenant, spec.output.model), []).append(ch.address)
+        elif ch.kind == "model" and ch.action is Action.CREATE:
+            _, tenant, name = ch.address.split("/")
+            adds.setdefault((tenant, name), []).append(ch.address)
+    for (tenant, model), who in adds.items():
+        have = len(store.model_versions(tenant, model))
+        if have + len(who) > MAX_VERSIONS:
+            plan.errors.append(
+                f"model {tenant}/{model} has {have} versions and this plan adds {len(who)} "
+                f"({', '.join(who)}): a model has at most {MAX_VERSIONS} versions; remove the model "
+                "or old versions first"
+            )
+
+
+def _estimates(plan: Plan, graph: Any, samples: dict, catalog: Any) -> None:
+    one_off = [0.0, 0.0]
+    per_hour = 0.0
+    known = True
+    for ch in plan.changes:
+        if ch.action not in (Action.CREATE, Action.REPLACE, Action.UPDATE):
+            continue
+        if ch.kind not in ("finetune", "compression", "evaluation", "deployment"):
+            continue
+        spec = graph.nodes[ch.address]
+        base = graph.bases.get(ch.address) if hasattr(graph, "bases") else None
+        if base is None and ch.kind == "deployment":
+            base = _deployment_base(graph, ch.address)
+        tenant_samples = {name: n for (t, name), n in samples.items() if t == spec.tenant}
+        est = estimate(ch.kind, spec, base, tenant_samples, catalog)
+        ch.estimate = est
+        if "warning" in est:
+            plan.warnings.append(f"{ch.address}: {est['warning']}")
+        if ch.kind == "deployment":
+            if ch.action is not Action.UPDATE and "cost_per_hour" in est:
+                per_hour += est["cost_per_hour"]
+        elif ch.action is not Action.UPDATE:
+            if "cost" in est:
+                one_off[0] += est["cost"][0]
+                one_off[1] += est["cost"][1]
+            else:
+                known = False
+    plan.totals = {
+        "added_cost_per_hour": round(per_hour, 2),
+        "job_cost": [round(one_off[0], 2), round(one_off[1], 2)],
+        "job_cost_complete": known,
+    }
+
+
+def _deployment_base(graph: Any, addr: str) -> str | None:
+    for dep in graph.edges.get(addr, ()):
+        b = graph.bases.get(dep)
+        if b:
+            return b
+    return None

@@ -1,0 +1,170 @@
+"""The one place plans and apply results become text or JSON. Called by the CLI and the daemon.
+
+JSON format (`zsconf plan --json`, `format_version` 1)::
+
+    {"format_version": 1,
+     "state_serial": 12, "state_lineage": "…", "stack_hash": "…", "stack_dir": "/abs",
+     "overrides": [], "destroy": false, "refresh_only": false,
+     "changes": [{"address": "finetune/acme/x", "kind": "finetune", "action": "-/+",
+                  "before": {…spec…} | null, "after": {…spec…} | null,
+                  "fields": [{"path": "hyperparameters.epochs", "before": 3, "after": 5,
+                              "forces_replace": true}],
+                  "reasons": ["hyperparameters.epochs forces replacement"],
+                  "content_hash": "…", "dependencies": ["dataset/acme/faq", …],
+                  "estimate": {"samples": 40, "iterations": 15, "duration_hours": [lo, hi],
+                               "cost": [lo, hi], "flavor": "cpu.small", …}}],
+     "drift": [{"address": "deployment/acme/chat", "message": "1 of 2 instances not running"}],
+     "errors": [], "warnings": [], "capacity": [],
+     "totals": {"added_cost_per_hour": 0.5, "job_cost": [lo, hi], "job_cost_complete": true},
+     "summary": {"add": 3, "change": 1, "replace": 1, "destroy": 0}}
+
+`action` is one of "+", "~", "-/+", "-", " " (no-op). A saved plan (`plan -o FILE`) is this same
+document. Secret values are masked ("***") in `before`, `after` and `fields`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from zsconf.plans import Action, Plan
+
+__all__ = ["plan_json", "plan_text", "result_text", "summary_line"]
+
+_COLORS = {Action.CREATE: "green", Action.UPDATE: "yellow", Action.REPLACE: "magenta", Action.DELETE: "red"}
+
+
+def plan_json(plan: Plan) -> str:
+    return json.dumps(plan.as_dict(), indent=2, ensure_ascii=False, default=str)
+
+
+def summary_line(plan: Plan) -> str:
+    c = plan.counts()
+    return (
+        f"Plan: {c['add']} to add, {c['change']} to change, {c['replace']} to replace, "
+        f"{c['destroy']} to destroy."
+    )
+
+
+def _v(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _flat(spec: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for k, v in spec.items():
+        path = f"{prefix}.{k}" if prefix else k
+        if isinstance(v, dict) and v:
+            out.extend(_flat(v, path))
+        else:
+            out.append((path, v))
+    return out
+
+
+def _estimate_lines(est: dict[str, Any]) -> list[str]:
+    lines = []
+    if "iterations" in est:
+        samples = est.get("samples")
+        lines.append(
+            f"iterations: {est['iterations']}" + (f" ({samples} samples)" if samples is not None else "")
+        )
+    if "duration_hours" in est:
+        lo, hi = est["duration_hours"]
+        lines.append(f"duration: {_hours(lo)} - {_hours(hi)} on {est.get('flavor')}")
+    elif est.get("duration_note"):
+        lines.append(est["duration_note"])
+    if "cost" in est:
+        lines.append(f"cost: {est['cost'][0]:.2f} - {est['cost'][1]:.2f}")
+    if "instances_needed" in est:
+        lines.append(
+            f"instances for the QPS target: {est['instances_needed']} (configured {est['instances']})"
+        )
+    if "cost_per_hour" in est:
+        lines.append(f"cost per hour: {est['cost_per_hour']:.2f}")
+    return lines
+
+
+def _hours(h: float) -> str:
+    if h < 1:
+        return f"{h * 60:.0f} min" if h * 60 >= 1 else f"{h * 3600:.0f} s"
+    return f"{h:.1f} h"
+
+
+def plan_text(plan: Plan, color: bool = False) -> str:
+    """Human output: drift section, one block per change, errors/warnings, summary line."""
+
+    def c(text: str, style: str) -> str:
+        return f"[{style}]{text}[/{style}]" if color else text
+
+    lines: list[str] = []
+    if plan.drift:
+        lines.append(c("Changed outside zsconf:", "bold"))
+        for d in plan.drift:
+            lines.append(f"  {d.address}: {d.message}")
+        lines.append("")
+    changes = plan.actionable()
+    if not changes and not plan.errors:
+        lines.append("No changes. The platform matches the stack." if not plan.refresh_only else
+                     "Refresh only: no resource will change; drift above (if any) is recorded by apply.")  # fmt: skip
+    for ch in changes:
+        sym = ch.action.value
+        style = _COLORS.get(ch.action, "white")
+        head = f"{sym} {ch.address}"
+        verb = {Action.CREATE: "will be created", Action.UPDATE: "will be updated in-place",
+                Action.REPLACE: "must be replaced", Action.DELETE: "will be destroyed"}[ch.action]  # fmt: skip
+        lines.append(c(f"  # {ch.address} {verb}", "bold"))
+        lines.append(c(f"  {head}", style))
+        for r in ch.reasons:
+            lines.append(f"      # {r}")
+        if ch.action is Action.CREATE and ch.after:
+            for path, v in _flat(ch.after):
+                if v in (None, [], {}, ""):
+                    continue
+                lines.append(c(f"      + {path} = {_v(v)}", "green"))
+        elif ch.action is Action.DELETE and ch.before:
+            pass
+        else:
+            for f in ch.fields:
+                mark = c(" # forces replacement", "magenta") if f.forces_replace else ""
+                lines.append(c(f"      ~ {f.path}: {_v(f.before)} -> {_v(f.after)}", "yellow") + mark)
+        for e in _estimate_lines(ch.estimate):
+            lines.append(c(f"      ≈ {e}", "cyan"))
+        lines.append("")
+    for w in plan.warnings:
+        lines.append(c(f"Warning: {w}", "yellow"))
+    for cap in plan.capacity:
+        lines.append(f"Capacity: {cap}")
+    t = plan.totals
+    if t and (t.get("added_cost_per_hour") or t.get("job_cost", [0, 0])[1]):
+        lo, hi = t["job_cost"]
+        more = "" if t.get("job_cost_complete", True) else " (some jobs have no estimate)"
+        lines.append(
+            f"Cost: +{t['added_cost_per_hour']:.2f}/hour for services; jobs {lo:.2f} - {hi:.2f} one-off{more}"
+        )
+    for e in plan.errors:
+        lines.append(c(f"Error: {e}", "red"))
+    if not plan.refresh_only:
+        lines.append(c(summary_line(plan), "bold"))
+    return "\n".join(lines)
+
+
+def result_text(result: Any) -> str:
+    """Final summary of an apply, with new API keys shown once."""
+    c = result.counts()
+    lines = []
+    for d in result.diagnostics:
+        lines.append(f"Error: {d}")
+    for addr, keys in result.secrets.items():
+        lines.append(f"New API keys for {addr} (shown once, store them now):")
+        lines.extend(f"  {k}" for k in keys)
+    status = "Apply complete!" if result.ok else "Apply finished with errors."
+    lines.append(
+        f"{status} Resources: {c['added']} added, {c['changed']} changed, {c['replaced']} replaced, "
+        f"{c['destroyed']} destroyed"
+        + (f", {c['failed']} failed, {c['skipped']} skipped." if c["failed"] or c["skipped"] else ".")
+    )
+    return "\n".join(lines)
