@@ -101,6 +101,9 @@ class _Ctx:
         self.artifacts = (self.stack_dir / storage).resolve()
         self.secrets: dict[str, list[str]] = {}
         self.lock = threading.Lock()
+        # Jobs that another change of this plan depends on are followed to completion: their
+        # model version is the dependent's input.
+        self.needed = {d for c in plan.actionable() if c.action is not Action.DELETE for d in c.dependencies}
 
 
 def apply_plan(
@@ -165,6 +168,15 @@ def apply_plan(
     result.serial = store.serial()
     store.add_event("apply", f"apply finished: {result.counts()}", None, counts=result.counts())
     return result
+
+
+def _crash_point(name: str) -> None:
+    """Test-only: `ZSCONF_TEST_KILL_AT=<name>` kills this process with SIGKILL here, so the crash
+    tests can stop apply at exact points between intent, side effect and result."""
+    if os.environ.get("ZSCONF_TEST_KILL_AT") == name:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _run_one(ctx: _Ctx, ch: Change) -> ActionOutcome:
@@ -360,6 +372,7 @@ def _job(ctx: _Ctx, ch: Change) -> str:
         # Intent first: a crash after this line is resumed by adopting or starting this run id.
         run = ctx.store.add_run(RunRow(address=ch.address, run_id=run_id, content_hash=ch.content_hash,
                                        workdir=str(workdir), output_dir=str(out_dir) if out_dir else None))  # fmt: skip
+        _crash_point("after_intent")
     elif run.output_dir:
         out_dir = Path(run.output_dir)
     prev = ctx.store.resource(ch.address)
@@ -379,12 +392,16 @@ def _job(ctx: _Ctx, ch: Change) -> str:
             spec_path = workdir / "spec.json"
             spec_path.write_text(json.dumps(envelope, indent=1))
             ref = launcher.start_run(run_id, runner_module(kind), spec_path, workdir)
+            _crash_point("after_start")
             ctx.store.add_event("submitted", f"run {run_id} started (pid {ref.pid})", ch.address)
-        if ref is not None:
+        if ref is None:  # it finished before a crash: finish_runs records its result
+            ctx.store.update_run(run_id, status="running")
+        else:
             ctx.store.update_run(run_id, status="running", pid=ref.pid, start_time=ref.start_time,
                                  host=os.uname().nodename)  # fmt: skip
         ctx.store.put_resource(_row(ch, "running", {"run_id": run_id, "workdir": str(workdir)}, prev))
-    if ctx.wait:
+        _crash_point("after_submit")
+    if ctx.wait or ch.address in ctx.needed:
         return _wait_run(ctx, run_id)
     run = ctx.store.run(run_id)
     if run is not None and run.status in ("succeeded", "failed"):
@@ -416,7 +433,7 @@ def _wait_run(ctx: _Ctx, run_id: str, poll: float = 0.2) -> str:
             raise ExecutorError(f"run {run_id} vanished from state")
         if run.status in ("succeeded", "failed", "cancelled"):
             break
-        if run.pid and not launcher.is_alive(launcher.ProcessRef(run.pid, run.start_time or 0)):
+        if not run.pid or not launcher.is_alive(launcher.ProcessRef(run.pid, run.start_time or 0)):
             finish_runs(ctx.store)
             run = ctx.store.run(run_id)
             if run is not None and run.status == "running":  # died without result.json
@@ -433,35 +450,44 @@ def finish_runs(store: Store) -> list[str]:
     """Record job runs that ended since last seen: status, and the model version they produced.
     Idempotent (versions are keyed by tenant/model/version). Called by apply and the daemon."""
     done: list[str] = []
-    for run in refresh(store).finished:
-        res = read_result(run.workdir) or {}
-        row = store.resource(run.address)
-        status = res.get("status", "failed")
-        if status == "succeeded" and row is not None and row.kind in ("finetune", "compression"):
-            out = row.spec.get("output", {})
-            model_dir = (res.get("outputs") or {}).get("model_dir") or run.output_dir
-            existing = [
-                v for v in store.model_versions(row.tenant, out.get("model")) if v.source_run == run.run_id
-            ]
-            if not existing:
-                have = store.model_versions(row.tenant, out.get("model"))
-                version = (max(v.version for v in have) + 1) if have else 1
-                quant = row.spec.get("strategy") if row.kind == "compression" else None
-                store.add_model_version(
-                    ModelVersion(tenant=row.tenant or "", model=out.get("model"), version=version,
-                                 source_address=run.address, source_run=run.run_id,
-                                 content_hash=dir_digest(Path(model_dir)) if model_dir else "",
-                                 path=model_dir or "", quantization=quant, validated=True,
-                                 gate_status=(res.get("outputs") or {}).get("gate_status"))
-                )  # fmt: skip
-        store.update_run(run.run_id, status=status, error=res.get("error"))
-        if row is not None and row.content_hash == run.content_hash:
-            outputs = dict(row.outputs)
-            outputs.update({"run_id": run.run_id, "result": res.get("outputs") or {}})
-            store.update_resource(run.address, status=status, outputs=outputs)
-        store.add_event(f"run_{status}", f"run {run.run_id} {status}", run.address)
-        done.append(run.run_id)
+    with _FINISH_LOCK:  # parallel waits must not number two versions alike
+        for run in refresh(store).finished:
+            _finish_one(store, run)
+            done.append(run.run_id)
     return done
+
+
+_FINISH_LOCK = threading.Lock()
+
+
+def _finish_one(store: Store, run: RunRow) -> None:
+    res = read_result(run.workdir) or {}
+    row = store.resource(run.address)
+    status = res.get("status", "failed")
+    if status == "succeeded" and row is not None and row.kind in ("finetune", "compression"):
+        out = row.spec.get("output", {})
+        model_dir = (res.get("outputs") or {}).get("model_dir") or run.output_dir
+        existing = [
+            v for v in store.model_versions(row.tenant, out.get("model")) if v.source_run == run.run_id
+        ]
+        if not existing:
+            have = store.model_versions(row.tenant, out.get("model"))
+            version = (max(v.version for v in have) + 1) if have else 1
+            quant = row.spec.get("strategy") if row.kind == "compression" else None
+            store.add_model_version(
+                ModelVersion(tenant=row.tenant or "", model=out.get("model"), version=version,
+                             source_address=run.address, source_run=run.run_id,
+                             content_hash=dir_digest(Path(model_dir)) if model_dir else "",
+                             path=model_dir or "", quantization=quant, validated=True,
+                             gate_status=(res.get("outputs") or {}).get("gate_status"))
+            )  # fmt: skip
+            _crash_point("after_version")
+    store.update_run(run.run_id, status=status, error=res.get("error"))
+    if row is not None and row.content_hash == run.content_hash:
+        outputs = dict(row.outputs)
+        outputs.update({"run_id": run.run_id, "result": res.get("outputs") or {}})
+        store.update_resource(run.address, status=status, outputs=outputs)
+    store.add_event(f"run_{status}", f"run {run.run_id} {status}", run.address)
 
 
 def _deployment(ctx: _Ctx, ch: Change) -> str:
@@ -513,6 +539,7 @@ def _deployment(ctx: _Ctx, ch: Change) -> str:
             workdir.mkdir(parents=True, exist_ok=True)
             (workdir / "spec.json").write_text(json.dumps(envelope, indent=1))
             ref = launcher.start_run(run_id, runner_module("deployment"), workdir / "spec.json", workdir)
+            _crash_point("after_instance_start")
         run = ctx.store.update_run(run_id, status="running", pid=ref.pid, start_time=ref.start_time,
                                    host=os.uname().nodename)  # fmt: skip
         assert run is not None
@@ -531,6 +558,16 @@ def _deployment(ctx: _Ctx, ch: Change) -> str:
     return f"{len(instances)} instance(s) of {spec.model} (v{mv.version})"
 
 
+def _generate_key() -> tuple[str, str, str, str]:
+    """(secret, key_id, prefix, sha256) from zsconf.keys (the gateway helper's module)."""
+    try:
+        from zsconf.keys import generate_key
+    except ImportError:  # zsconf.keys not there yet: same format (CONTRACTS.md section 3)
+        secret = "zs-" + secrets.token_urlsafe(30)[:40]
+        return secret, "ak-" + secrets.token_hex(6), secret[:10], hashlib.sha256(secret.encode()).hexdigest()
+    return generate_key()
+
+
 def _service_group(ctx: _Ctx, ch: Change) -> str:
     _, tenant, name = _split(ch.address)
     assert tenant is not None
@@ -544,11 +581,8 @@ def _service_group(ctx: _Ctx, ch: Change) -> str:
     active = [k for k in ctx.store.api_keys(tenant, name) if k.revoked_at is None]
     new: list[str] = []
     for _ in range(spec.keys - len(active)):
-        secret = "zs-" + secrets.token_urlsafe(30)[:40]
-        ctx.store.add_api_key(
-            ApiKey(id="ak-" + secrets.token_hex(6), tenant=tenant, group=name,
-                   key_hash=hashlib.sha256(secret.encode()).hexdigest(), prefix=secret[:10])
-        )  # fmt: skip
+        secret, key_id, prefix, key_hash = _generate_key()
+        ctx.store.add_api_key(ApiKey(id=key_id, tenant=tenant, group=name, key_hash=key_hash, prefix=prefix))
         new.append(secret)
     if len(active) > spec.keys:
         from zsconf.state.models import utcnow

@@ -1,0 +1,138 @@
+"""State store tests, run against SQLite and a real PostgreSQL server.
+
+Also defines the `state_url` fixture the other engine tests import (`from test_state import
+state_url`). PostgreSQL: `bash .ci/postgres.sh` starts one; the URL is ZSCONF_TEST_PG_URL (default
+postgresql+psycopg://zs:zs@127.0.0.1:5432/postgres). Each test gets its own database.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+PG_URL = os.environ.get("ZSCONF_TEST_PG_URL", "postgresql+psycopg://zs:zs@127.0.0.1:5432/postgres")
+
+
+def _pg_conninfo(url: str) -> str:
+    return url.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+def _pg_error() -> str | None:
+    try:
+        import psycopg
+
+        with psycopg.connect(_pg_conninfo(PG_URL), connect_timeout=3):
+            return None
+    except Exception as exc:  # no server, no driver
+        return f"{type(exc).__name__}: {exc}".strip()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def state_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty state database URL: SQLite in tmp_path, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'state.db'}"
+        return
+    err = _pg_error()
+    if err is not None:
+        pytest.skip(f"no PostgreSQL server reachable at {PG_URL} ({err}); run `bash .ci/postgres.sh`")
+    import psycopg
+
+    name = "zst_" + uuid.uuid4().hex[:12]
+    with psycopg.connect(_pg_conninfo(PG_URL), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    base, _, _ = PG_URL.rpartition("/")
+    yield f"{base}/{name}"
+    with psycopg.connect(_pg_conninfo(PG_URL), autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def test_resources_runs_versions_events_roundtrip(state_url: str) -> None:
+    from zsconf.state import ModelVersion, ResourceRow, RunRow, open_store
+
+    store = open_store(state_url)
+    assert store.serial() == 0
+    store.put_resource(ResourceRow(address="dataset/a/x", kind="dataset", tenant="a", name="x",
+                                   spec={"path": "x.jsonl", "nested": {"k": [1, 2]}}, content_hash="h1"))  # fmt: skip
+    assert store.serial() == 1
+    row = store.resource("dataset/a/x")
+    assert row is not None and row.spec["nested"]["k"] == [1, 2] and row.generation == 1
+    store.update_resource("dataset/a/x", status="applied", outputs={"sha256": "abc"})
+    assert store.resource("dataset/a/x").outputs == {"sha256": "abc"}  # type: ignore[union-attr]
+    assert store.serial() == 2
+
+    store.add_run(RunRow(address="finetune/a/f", run_id="r-1", workdir="/w", pid=123, start_time=5.0))
+    store.update_run("r-1", status="running", checkpoints=["ck-1"])
+    assert store.run("r-1").checkpoints == ["ck-1"]  # type: ignore[union-attr]
+    assert store.last_run("finetune/a/f").run_id == "r-1"  # type: ignore[union-attr]
+
+    store.add_model_version(ModelVersion(tenant="a", model="m", version=1, path="/m/v1"))
+    again = store.add_model_version(ModelVersion(tenant="a", model="m", version=1, path="/other"))
+    assert again.path == "/m/v1"  # idempotent: a version is registered once
+    assert [v.version for v in store.model_versions("a", "m")] == [1]
+
+    e1 = store.add_event("applied", "x applied", "dataset/a/x", n=1)
+    store.add_event("drift", "y", None)
+    assert [e.event for e in store.events()] == ["applied", "drift"]
+    assert [e.event for e in store.events(since_id=e1.id or 0)] == ["drift"]
+    assert store.remove_resource("dataset/a/x") and store.resource("dataset/a/x") is None
+    store.close()
+
+
+def test_api_keys_and_usage(state_url: str) -> None:
+    import hashlib
+    import time
+
+    from zsconf.state import ApiKey, UsageRecord, open_store
+
+    store = open_store(state_url)
+    secret = "zs-" + "a" * 40
+    h = hashlib.sha256(secret.encode()).hexdigest()
+    store.add_api_key(ApiKey(id="ak-0123456789ab", tenant="t", group="g", key_hash=h, prefix=secret[:10]))
+    found = store.api_key_by_hash(h)
+    assert found is not None and found.id == "ak-0123456789ab" and found.revoked_at is None
+    store.add_usage([UsageRecord(ts=time.time(), tenant="t", group="g", key_id=found.id, model="m",
+                                 deployment="d", prompt_tokens=3, completion_tokens=4, latency_ms=1.5,
+                                 status=200, stream=True)])  # fmt: skip
+    assert store.revoke_api_keys("t", "g") == 1
+    assert store.api_key_by_hash(h).revoked_at is not None  # type: ignore[union-attr]
+    store.close()
+
+
+def test_newer_schema_is_refused(state_url: str) -> None:
+    from sqlmodel import Session
+
+    from zsconf.errors import StateError
+    from zsconf.state import open_store
+    from zsconf.state.models import Meta
+
+    store = open_store(state_url)
+    with Session(store.engine) as s:
+        s.merge(Meta(key="schema_version", value="999"))
+        s.commit()
+    store.close()
+    with pytest.raises(StateError, match="schema version 999, newer than this zsconf"):
+        open_store(state_url)
+
+
+def test_default_is_sqlite_wal_in_stack_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from zsconf.state import open_store
+
+    monkeypatch.delenv("ZSCONF_STATE_URL", raising=False)
+    store = open_store(None, tmp_path)
+    assert (tmp_path / ".zsconf" / "state.db").exists()
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    store.close()
+
+
+def test_bad_url_is_a_state_error() -> None:
+    from zsconf.errors import StateError
+    from zsconf.state import open_store
+
+    with pytest.raises(StateError, match="cannot open state database"):
+        open_store("nosuchdialect://x")
