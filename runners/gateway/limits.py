@@ -1,0 +1,155 @@
+"""Rate limits: exact sliding windows (requests and tokens per minute, QPS) kept in memory.
+
+Called by the request handlers (`Limiter.admit` before forwarding, `Limiter.settle` with the
+actual completion tokens afterwards). Window semantics, documented for users:
+
+- rpm: a request is admitted when fewer than `rpm` requests were admitted in the last 60 s
+  (sliding log of admission times); otherwise 429 with Retry-After = seconds until the oldest
+  one leaves the window (rounded up).
+- tpm: the tokens of a request are its prompt tokens (estimated up front: characters / 4,
+  at least 1) plus its actual completion tokens (added when the call ends). A request is admitted
+  when the tokens charged in the last 60 s plus its prompt estimate stay within `tpm`.
+- qps (deployment): sliding window of max(1 s, 1/qps); limit floor(qps * window) requests;
+  refused with 700004 MODEL_RPM_RATELIMITING (the table has no separate QPS code).
+- Refused requests are not charged. State is per gateway process (one gateway per stack).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+from runners.gateway.errors import PlatformError
+
+__all__ = ["Limiter", "Window"]
+
+MINUTE = 60.0
+
+
+class Window:
+    """Sliding log of [time, amount] entries; `total` is the sum inside the window."""
+
+    __slots__ = ("entries", "span", "total")
+
+    def __init__(self, span: float) -> None:
+        self.span = span
+        self.entries: deque[list[float]] = deque()
+        self.total = 0.0
+
+    def expire(self, now: float) -> None:
+        cut = now - self.span
+        entries = self.entries
+        while entries and entries[0][0] <= cut:
+            self.total -= entries.popleft()[1]
+
+    def retry_after(self, now: float, need: float, limit: float) -> int:
+        """Seconds until `need` more fits under `limit` (entries leave in order)."""
+        free = limit - self.total
+        for ts, amount in self.entries:
+            free += amount
+            if free >= need:
+                return max(1, math.ceil(ts + self.span - now))
+        return max(1, math.ceil(self.span))
+
+    def add(self, now: float, amount: float) -> list[float]:
+        entry = [now, amount]
+        self.entries.append(entry)
+        self.total += amount
+        return entry
+
+
+class Limiter:
+    def __init__(self) -> None:
+        self._windows: dict[tuple, Window] = {}
+
+    def _w(self, key: tuple, span: float) -> Window:
+        w = self._windows.get(key)
+        if w is None or w.span != span:
+            w = self._windows[key] = Window(span)
+        return w
+
+    def admit(
+        self,
+        now: float,
+        key_id: str,
+        group_key: tuple[str, str],
+        model: str,
+        key_rpm: int | None,
+        key_tpm: int | None,
+        model_rpm: int | None,
+        model_tpm: int | None,
+        dep_key: tuple[str, str],
+        qps_limit: int,
+        qps_window: float,
+        prompt_tokens: int,
+    ) -> list[list[float]]:
+        """Check every limit, then charge them all (all or nothing). Returns the token entries
+        to which `settle` adds completion tokens."""
+        checks = []
+        if key_rpm:
+            w = self._w(("kr", key_id), MINUTE)
+            w.expire(now)
+            if w.total + 1 > key_rpm:
+                raise PlatformError(
+                    "700001",
+                    f"requests per minute over the key's limit ({key_rpm})",
+                    w.retry_after(now, 1, key_rpm),
+                )
+            checks.append((w, 1))
+        if key_tpm:
+            w = self._w(("kt", key_id), MINUTE)
+            w.expire(now)
+            if w.total + prompt_tokens > key_tpm:
+                raise PlatformError(
+                    "700002",
+                    f"tokens per minute over the key's limit ({key_tpm})",
+                    w.retry_after(now, prompt_tokens, key_tpm),
+                )
+            checks.append((w, 0))
+        if model_rpm:
+            w = self._w(("mr", group_key, model), MINUTE)
+            w.expire(now)
+            if w.total + 1 > model_rpm:
+                raise PlatformError(
+                    "700004",
+                    f"requests per minute over the limit of model {model!r} ({model_rpm})",
+                    w.retry_after(now, 1, model_rpm),
+                )
+            checks.append((w, 1))
+        if model_tpm:
+            w = self._w(("mt", group_key, model), MINUTE)
+            w.expire(now)
+            if w.total + prompt_tokens > model_tpm:
+                raise PlatformError(
+                    "700005",
+                    f"tokens per minute over the limit of model {model!r} ({model_tpm})",
+                    w.retry_after(now, prompt_tokens, model_tpm),
+                )
+            checks.append((w, 0))
+        if qps_limit:
+            w = self._w(("q", dep_key), qps_window)
+            w.expire(now)
+            if w.total + 1 > qps_limit:
+                raise PlatformError(
+                    "700004", f"model {model!r} is over its QPS limit", w.retry_after(now, 1, qps_limit)
+                )
+            checks.append((w, 1))
+        token_entries = []
+        for w, is_req in checks:
+            if is_req:
+                w.add(now, 1)
+            else:
+                token_entries.append((w, w.add(now, prompt_tokens)))
+        return token_entries  # type: ignore[return-value]
+
+    @staticmethod
+    def settle(token_entries: list, now: float, completion: int) -> None:
+        """Charge the actual completion tokens on the token windows the request was admitted to
+        (only while its entry is still inside the window: an expired entry is already gone)."""
+        if completion <= 0:
+            return
+        for w, entry in token_entries:
+            w.expire(now)
+            if entry[0] > now - w.span:
+                entry[1] += completion
+                w.total += completion

@@ -1,0 +1,69 @@
+"""Usage metering: one UsageRecord per call, buffered in memory and written in batches.
+
+Called by the handlers (`record`, an append: no I/O on the request path) and by the app's
+lifespan (`run` flushes every `usage_flush_s` in an executor thread; `close` flushes what is left on
+graceful shutdown, after uvicorn has finished the in-flight requests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from zsconf.state import Store
+
+__all__ = ["Meter"]
+
+log = logging.getLogger("runners.gateway")
+
+
+class Meter:
+    def __init__(self, store: Store, interval: float) -> None:
+        self._store = store
+        self._interval = interval
+        self._buf: list[tuple] = []
+        self._lock = asyncio.Lock()
+
+    def record(self, *fields: object) -> None:
+        """fields: ts, tenant, group, key_id, model, deployment, instance, prompt_tokens,
+        completion_tokens, latency_ms, ttft_ms, status, error_code, stream."""
+        self._buf.append(fields)
+
+    def _write(self, batch: list[tuple]) -> None:
+        from zsconf.state import UsageRecord
+
+        names = (
+            "ts",
+            "tenant",
+            "group",
+            "key_id",
+            "model",
+            "deployment",
+            "instance",
+            "prompt_tokens",
+            "completion_tokens",
+            "latency_ms",
+            "ttft_ms",
+            "status",
+            "error_code",
+            "stream",
+        )
+        self._store.add_usage([UsageRecord(**dict(zip(names, f, strict=True))) for f in batch])
+
+    async def flush(self) -> None:
+        async with self._lock:
+            if not self._buf:
+                return
+            batch, self._buf = self._buf, []
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, self._write, batch)
+            except Exception as exc:  # keep the records for the next try; never crash the gateway
+                log.error("usage flush failed (%d records kept): %s", len(batch), exc)
+                self._buf[:0] = batch
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            await self.flush()

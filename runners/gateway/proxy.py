@@ -1,0 +1,381 @@
+"""The call path: checks, limits, moderation, routing, relay and metering of one OpenAI call.
+
+Called by the controllers in `runners.gateway.app` with the authenticated principal (set by the auth
+middleware) and the raw body. Bodies are decoded with msgspec into plain dicts and, when nothing
+needs to change, forwarded as the original bytes. Responses are relayed as raw bytes; only what
+metering and moderation need is decoded.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import msgspec
+
+from runners.gateway.checks import check_chat, check_completion, estimate_tokens
+from runners.gateway.errors import PlatformError, error_body
+
+if TYPE_CHECKING:
+    from runners.gateway.config import Deployment, Group, Instance, Table
+    from runners.gateway.keycache import KeyCache, KeyInfo
+    from runners.gateway.limits import Limiter
+    from runners.gateway.metering import Meter
+    from runners.gateway.metrics import Metrics
+    from runners.gateway.upstream import Upstream
+
+__all__ = ["Call", "Proxy"]
+
+_decode = msgspec.json.decode
+_encode = msgspec.json.encode
+_DONE = b"data: [DONE]"
+
+
+class Call:
+    """Per-call bookkeeping (one object per request; plain attributes)."""
+
+    __slots__ = (
+        "code",
+        "completion",
+        "dep",
+        "entries",
+        "estimate",
+        "group",
+        "inst",
+        "key",
+        "metered",
+        "model",
+        "prompt",
+        "start",
+        "status",
+        "stream",
+        "ttft",
+    )
+
+    def __init__(self, key: KeyInfo, group: Group, start: float) -> None:
+        self.key = key
+        self.group = group
+        self.start = start
+        self.model = "-"
+        self.dep: Deployment | None = None
+        self.inst: Instance | None = None
+        self.prompt = 0
+        self.completion = 0
+        self.status = 200
+        self.code: str | None = None
+        self.stream = False
+        self.ttft: float | None = None
+        self.entries: list = []
+        self.estimate = 0
+        self.metered = False
+
+
+def _blocked(text: str, words: tuple[str, ...]) -> str | None:
+    low = text.lower()
+    for w in words:
+        if w in low:
+            return w
+    return None
+
+
+class Proxy:
+    def __init__(
+        self, keys: KeyCache, limiter: Limiter, meter: Meter, metrics: Metrics, upstream: Upstream
+    ) -> None:
+        self.keys = keys
+        self.limiter = limiter
+        self.meter = meter
+        self.metrics = metrics
+        self.upstream = upstream
+        self.table: Table | None = None
+
+    # -- bookkeeping ------------------------------------------------------------------------
+    def finish(self, c: Call) -> None:
+        """Meter the call once: usage record, metrics, limits' completion tokens, trial total."""
+        if c.metered:
+            return
+        c.metered = True
+        now = time.monotonic()
+        latency = now - c.start
+        if c.inst is not None:
+            c.inst.outstanding -= 1
+        if c.entries:
+            self.limiter.settle(c.entries, now, c.completion)
+        total = c.prompt + c.completion
+        if total and c.status == 200:
+            used = self.keys.tokens_used
+            used[c.key.id] = used.get(c.key.id, 0) + total
+        dep = c.dep
+        self.meter.record(
+            time.time(),
+            c.key.tenant,
+            c.key.group,
+            c.key.id,
+            c.model,
+            dep.name if dep is not None else c.model,
+            c.inst.id if c.inst is not None else None,
+            c.prompt,
+            c.completion,
+            latency * 1000.0,
+            c.ttft * 1000.0 if c.ttft is not None else None,
+            c.status,
+            c.code,
+            c.stream,
+        )
+        self.metrics.observe(c.model, c.key.group, c.status, c.code, c.prompt, c.completion, latency, c.ttft)
+
+    def fail(self, c: Call, err: PlatformError) -> PlatformError:
+        if c.status != 404:  # "model not found" keeps its 404
+            c.status = err.status
+        c.code = err.code
+        self.finish(c)
+        return err
+
+    # -- entry point ------------------------------------------------------------------------
+    async def handle(
+        self, key: KeyInfo, group: Group, raw: bytes, kind: str
+    ) -> tuple[int, bytes, dict[str, str]] | AsyncIterator[bytes]:
+        """Returns (status, body, headers) for a JSON answer or an async iterator of SSE bytes."""
+        c = Call(key, group, time.monotonic())
+        try:
+            return await self._handle(c, raw, kind)
+        except PlatformError as err:
+            self.fail(c, err)
+            status = 404 if c.status == 404 else err.status
+            return status, err.body(), err.headers()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            err = PlatformError("500001", f"model service failed: {type(exc).__name__}")
+            self.fail(c, err)
+            return err.status, err.body(), {}
+
+    async def _handle(self, c: Call, raw: bytes, kind: str) -> Any:
+        try:
+            body = _decode(raw)
+        except msgspec.DecodeError as exc:
+            raise PlatformError("500002", f"request body is not valid JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise PlatformError("500002", "request body must be a JSON object")
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise PlatformError("500002", "model is required")
+        c.model = model
+        group = c.group
+        dep = group.services.get(model)
+        if dep is None:
+            c.status = 404
+            raise PlatformError("500002", f"model {model!r} not found")
+        c.dep = dep
+        chars, text = (check_chat if kind == "chat" else check_completion)(body, dep.max_tokens_cap)
+        stream = body.get("stream") is True
+        c.stream = stream
+        # Moderation of the input: 600002 when the hit is in the system prompt or the tool
+        # definitions (the request's setup), 600003 when it is in the question itself.
+        words = group.blocklist if dep.moderation else ()
+        if words:
+            hit = _blocked(text, words)
+            if hit is not None:
+                msgs = body.get("messages") or []
+                sys_hit = (
+                    bool(msgs)
+                    and msgs[0].get("role") == "system"
+                    and _blocked(str(msgs[0].get("content") or ""), words) is not None
+                )
+                raise PlatformError(
+                    "600002" if sys_hit else "600003", "the input did not pass content moderation"
+                )
+            tools = body.get("tools")
+            if tools and _blocked(_encode(tools).decode(), words) is not None:
+                raise PlatformError("600002", "the tool definitions did not pass content moderation")
+        if group.trial_tokens is not None and self.keys.tokens_used.get(c.key.id, 0) >= group.trial_tokens:
+            raise PlatformError(
+                "600005", f"the free trial allowance of {group.trial_tokens} tokens is used up"
+            )
+        c.estimate = estimate_tokens(chars)
+        mrpm, mtpm = group.model_limits.get(model, (None, None))
+        c.entries = self.limiter.admit(
+            time.monotonic(),
+            c.key.id,
+            (group.tenant, group.name),
+            model,
+            group.key_rpm,
+            group.key_tpm,
+            mrpm,
+            mtpm,
+            (dep.tenant, dep.name),
+            dep.qps_limit,
+            dep.qps_window,
+            c.estimate,
+        )
+        # The upstream body: the served model name, and usage always asked for when streaming.
+        client_usage = False
+        changed = False
+        if dep.served_model != model:
+            body["model"] = dep.served_model
+            changed = True
+        if stream:
+            opts = body.get("stream_options") or {}
+            client_usage = bool(opts.get("include_usage"))
+            if not client_usage:
+                opts = dict(opts)
+                opts["include_usage"] = True
+                body["stream_options"] = opts
+                changed = True
+        out = _encode(body) if changed else raw
+        path = "/chat/completions" if kind == "chat" else "/completions"
+        table = self.table
+        resp, inst = await self.upstream.post(dep, path, out, table.upstream_auth if table else None)
+        c.inst = inst
+        if resp.status != 200:
+            data = await resp.read()
+            resp.release()
+            msg = _upstream_message(data)
+            if resp.status < 500:
+                raise PlatformError("500002", f"rejected by the model service: {msg}")
+            raise PlatformError("500001", f"model service failed ({resp.status}): {msg}")
+        if not stream:
+            return await self._json(c, resp, words if group.check_output else ())
+        return self._relay(c, resp, client_usage, words if group.check_output else (), kind)
+
+    async def _json(
+        self, c: Call, resp: aiohttp.ClientResponse, words: tuple[str, ...]
+    ) -> tuple[int, bytes, dict[str, str]]:
+        try:
+            data = await resp.read()
+        finally:
+            resp.release()
+        try:
+            doc = _decode(data)
+            usage = doc.get("usage") or {}
+        except (msgspec.DecodeError, AttributeError):
+            raise PlatformError("500001", "the model service sent an invalid response") from None
+        c.prompt = int(usage.get("prompt_tokens") or c.estimate)
+        c.completion = int(usage.get("completion_tokens") or 0)
+        if words:
+            try:
+                text = "".join(
+                    (ch.get("message") or {}).get("content") or ch.get("text") or "" for ch in doc["choices"]
+                )
+            except (KeyError, TypeError, AttributeError):
+                raise PlatformError(
+                    "600001", "the answer could not be checked by content moderation"
+                ) from None
+            if _blocked(text, words) is not None:
+                raise PlatformError("600004", "the answer did not pass content moderation")
+        self.finish(c)
+        return 200, data, {}
+
+    async def _relay(
+        self, c: Call, resp: aiohttp.ClientResponse, client_usage: bool, words: tuple[str, ...], kind: str
+    ) -> AsyncIterator[bytes]:
+        """Relay SSE events as they arrive (each read is forwarded at once, cut at event
+        boundaries); strip or synthesize the usage chunk; meter at the end, also when the client
+        goes away (the generator is closed and `finally` runs).
+
+        Without a usage chunk from the backend, completion tokens = content-bearing chunks
+        (one token per chunk, as vLLM and the embedded engine stream)."""
+        buf = b""
+        seen_usage = False
+        counted = 0
+        tail = ""  # recent output text, for blocklist hits spanning chunks
+        keep = max((len(w) for w in words), default=0)
+        last_doc: dict | None = None
+        ok = False
+        try:
+            async for data in resp.content.iter_any():
+                if c.ttft is None:
+                    c.ttft = time.monotonic() - c.start
+                buf += data
+                if b"\n\n" not in buf:
+                    continue
+                *events, buf = buf.split(b"\n\n")
+                out = []
+                for ev in events:
+                    ev = ev.strip()
+                    if not ev.startswith(b"data:"):
+                        continue
+                    payload = ev[5:].strip()
+                    if payload == b"[DONE]":
+                        if client_usage and not seen_usage:
+                            c.completion = counted
+                            out.append(self._usage_event(c, last_doc))
+                        out.append(_DONE + b"\n\n")
+                        continue
+                    try:
+                        doc = _decode(payload)
+                    except msgspec.DecodeError:
+                        raise PlatformError("500001", "the model service sent an invalid event") from None
+                    if "error" in doc:
+                        raise PlatformError("500001", f"model service failed: {_upstream_message(payload)}")
+                    choices = doc.get("choices")
+                    usage = doc.get("usage")
+                    if usage and not choices:
+                        seen_usage = True
+                        c.prompt = int(usage.get("prompt_tokens") or c.estimate)
+                        c.completion = int(usage.get("completion_tokens") or 0)
+                        if client_usage:
+                            out.append(ev + b"\n\n")
+                        continue
+                    last_doc = doc
+                    if choices:
+                        for ch in choices:
+                            delta = ch.get("delta") or {}
+                            piece = delta.get("content") or ch.get("text") or ""
+                            if piece or delta.get("tool_calls"):
+                                counted += 1
+                            if piece and words:
+                                tail = (tail + piece.lower())[-(keep + len(piece)) :]
+                                if _blocked(tail, words) is not None:
+                                    raise PlatformError(
+                                        "600004", "the answer did not pass content moderation"
+                                    )
+                    out.append(ev + b"\n\n")
+                if out:
+                    yield b"".join(out)
+            ok = True
+        except PlatformError as err:
+            c.code = err.code  # the HTTP status (200) was already sent
+            yield b"data: " + error_body(err.code, err.message) + b"\n\n"
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            c.code = "500001"
+            yield b"data: " + error_body("500001", f"model service failed: {type(exc).__name__}") + b"\n\n"
+        finally:
+            if ok:
+                resp.release()
+            else:  # stop the upstream generating for a client that is gone or refused
+                resp.close()
+            if not seen_usage:
+                c.completion = counted
+            if not c.prompt:
+                c.prompt = c.estimate
+            self.finish(c)
+
+    def _usage_event(self, c: Call, last: dict | None) -> bytes:
+        """The include_usage chunk, computed by counting when the backend sent none."""
+        if not c.prompt:
+            c.prompt = c.estimate
+        head: dict[str, Any] = last or {}
+        doc = {
+            "id": head.get("id", "chatcmpl-gw"),
+            "object": head.get("object", "chat.completion.chunk"),
+            "created": head.get("created", int(time.time())),
+            "model": head.get("model", c.model),
+            "choices": [],
+            "usage": {
+                "prompt_tokens": c.prompt,
+                "completion_tokens": c.completion,
+                "total_tokens": c.prompt + c.completion,
+            },
+        }
+        return b"data: " + _encode(doc) + b"\n\n"
+
+
+def _upstream_message(data: bytes) -> str:
+    try:
+        doc = _decode(data)
+        err = doc.get("error", doc) if isinstance(doc, dict) else doc
+        msg = err.get("message") if isinstance(err, dict) else err
+        return str(msg)[:300]
+    except Exception:
+        return data[:300].decode(errors="replace")

@@ -1,0 +1,87 @@
+"""The gateway runner's spec (`python -m runners.gateway SPEC.json`) and the config file it serves.
+
+Written by the engine (it starts the gateway and rewrites `config_path` when deployments or service
+groups change); read by `runners.gateway`. The gateway re-reads `config_path` when its mtime changes
+(checked at most every 0.5 s, or at once on SIGHUP), so the engine must replace it atomically
+(write a temporary file, then rename).
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "GatewayConfig",
+    "GatewayDeployment",
+    "GatewayGroup",
+    "GatewayInstance",
+    "GatewaySpec",
+    "LimitPair",
+    "ModerationConfig",
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LimitPair(_Strict):
+    rpm: int | None = Field(default=None, ge=1, description="requests per minute")
+    tpm: int | None = Field(default=None, ge=1, description="tokens per minute (prompt + completion)")
+
+
+class ModerationConfig(_Strict):
+    blocklist: list[str] = Field(default_factory=list, description="case-insensitive substrings")
+    check_output: bool = True
+
+
+class GatewayInstance(_Strict):
+    id: str = Field(description="instance id, recorded in usage (e.g. 'chat-0')")
+    url: str = Field(description="OpenAI base URL of the model server, e.g. http://127.0.0.1:8101/v1")
+
+
+class GatewayDeployment(_Strict):
+    """One deployment; clients call it with `model` = its name."""
+
+    tenant: str
+    name: str
+    served_model: str | None = Field(default=None, description="model name sent upstream (default: name)")
+    instances: list[GatewayInstance] = Field(default_factory=list, description="[] = stopped")
+    qps: float | None = Field(default=None, gt=0, description="QPS limit of the whole deployment")
+    max_tokens_cap: int = Field(default=2048, ge=1, description="largest max_tokens accepted")
+    moderation: bool = Field(default=True, description="apply the group's blocklist to this service")
+
+
+class GatewayGroup(_Strict):
+    tenant: str
+    name: str
+    enabled: bool = True
+    services: list[str] = Field(default_factory=list, description="deployment names (same tenant)")
+    per_key: LimitPair = Field(default_factory=LimitPair)
+    per_model: dict[str, LimitPair] = Field(default_factory=dict, description="deployment name -> limits")
+    trial_tokens: int | None = Field(default=None, ge=1, description="tokens per key, then 600005")
+    moderation: ModerationConfig = Field(default_factory=ModerationConfig)
+
+
+class GatewayConfig(_Strict):
+    """The file at `GatewaySpec.config_path`."""
+
+    version: int = 1
+    upstream_api_key: str | None = Field(default=None, description="sent upstream as Bearer")
+    deployments: list[GatewayDeployment] = Field(default_factory=list)
+    groups: list[GatewayGroup] = Field(default_factory=list)
+
+
+class GatewaySpec(_Strict):
+    """The JSON file given to `python -m runners.gateway`."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=0, ge=0, le=65535, description="0 = pick a free port (printed)")
+    state_url: str = Field(description="state store URL (sqlite:///... or postgresql+psycopg://...)")
+    config_path: str = Field(description="absolute path of the GatewayConfig JSON file")
+    workdir: str = Field(description="runner directory (events.jsonl, ready.json)")
+    key_refresh_s: float = Field(default=0.5, gt=0, le=60)
+    usage_flush_s: float = Field(default=0.5, gt=0, le=60)
+    upstream_timeout_s: float = Field(default=600.0, gt=0)
+    unhealthy_after: int = Field(default=3, ge=1, description="consecutive failures -> unhealthy")
+    unhealthy_for_s: float = Field(default=5.0, ge=0, description="how long an instance is skipped")
