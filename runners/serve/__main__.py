@@ -1,0 +1,141 @@
+"""`python -m runners.serve SPEC.json`: one model server process.
+
+Started by the executor (one process per deployment instance). Reads a `ServeSpec` (schemas/
+run_serve.py). Engine `embedded`: binds host:port first (so `/health` answers 503 while loading),
+loads the model, then prints ONE line on stdout, `{"event": "ready", "port": P, ...}`; SIGTERM stops
+accepting connections, lets in-flight requests finish and exits 0. Engine `vllm`: execs `vllm serve`
+(the process becomes vLLM; readiness is its `/health`).
+Exit codes: 0 stopped cleanly, 1 bad spec or the model failed to load (user/data fault).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from schemas.run_serve import ServeSpec
+
+__all__ = ["main"]
+
+
+def _event(spec: ServeSpec, event: str, message: str = "") -> None:
+    """Append to workdir/events.jsonl (when the spec has a workdir)."""
+    if spec.workdir:
+        path = Path(spec.workdir) / "events.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps({"ts": time.time(), "event": event, "message": message}) + "\n")
+
+
+def _fail(message: str) -> int:
+    print(json.dumps({"event": "error", "message": message}), flush=True)
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    return 1
+
+
+def _exec_vllm(spec: ServeSpec) -> int:
+    from runners.serve.vllm_cmd import build_vllm_command, vllm_env
+
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        return _fail("engine vllm needs vLLM: install zsconf with the [gpu] extra (or [npu] for vllm-ascend)")
+    argv = build_vllm_command(spec)
+    if shutil.which(argv[0]) is None:
+        return _fail("the `vllm` command is not on PATH: install zsconf with the [gpu] extra")
+    _event(spec, "exec", " ".join(argv))
+    sys.stdout.flush()
+    os.execvpe(argv[0], argv, vllm_env(spec, os.environ))
+    return 1  # not reached
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
+
+
+async def _serve_embedded(spec: ServeSpec) -> int:
+    import uvicorn
+
+    from runners.serve.app import build_app
+    from runners.serve.engine import Engine
+
+    engine = Engine(spec.model_dir, spec.device, spec.max_model_len, dtype=spec.engine_args.get("dtype"))
+    try:
+        sock = _bind(spec.host, spec.port)
+    except OSError as exc:
+        return _fail(f"cannot bind {spec.host}:{spec.port}: {exc}")
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        build_app(engine, spec),
+        http="httptools",
+        lifespan="off",
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=None,  # SIGTERM: wait for every in-flight request to finish
+    )
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    _event(spec, "loading", spec.model_dir)
+    loading = asyncio.create_task(asyncio.to_thread(engine.load))
+    await asyncio.wait({serving, loading}, return_when=asyncio.FIRST_COMPLETED)
+    if loading.done() and loading.exception() is not None:
+        exc = loading.exception()
+        server.should_exit = True
+        await serving
+        _event(spec, "failed", f"loading the model failed: {exc}")
+        return _fail(f"loading the model from {spec.model_dir} failed: {type(exc).__name__}: {exc}")
+    if not serving.done():
+        while not server.started and not serving.done():
+            await asyncio.sleep(0.01)
+        if server.started:
+            print(json.dumps({"event": "ready", "port": port, "host": spec.host, "model": spec.served_model_name,
+                              "device": engine.device, "pid": os.getpid()}), flush=True)
+            _event(spec, "ready", f"serving {spec.served_model_name} on {spec.host}:{port}")
+    await serving
+    engine.close()
+    _event(spec, "stopped", "")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m runners.serve SPEC.json", file=sys.stderr)
+        return 2
+    path = Path(args[0])
+    try:
+        spec = ServeSpec.model_validate_json(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        return _fail(f"{path}: cannot read the spec: {exc.strerror}")
+    except ValidationError as exc:
+        first: Any = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        return _fail(f"{path}: {where}: {first['msg']}")
+    if spec.engine == "vllm":
+        try:
+            return _exec_vllm(spec)
+        except ValueError as exc:
+            return _fail(f"{path}: {exc}")
+    # uvicorn re-raises the signal it caught once it has shut down; with this no-op handler in
+    # place that re-raise is harmless and a graceful SIGTERM exits 0 instead of dying by signal.
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    return asyncio.run(_serve_embedded(spec))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""Build the `vllm serve` command line (and its environment) for one server instance.
+
+Called by `runners/serve/__main__.py` when the spec's engine is `vllm` (it then execs the command),
+and by the executor or tests that want to show the command. Pure: no vLLM import here, so it is
+unit-testable on a machine without an accelerator.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from schemas.run_serve import ServeSpec
+
+__all__ = ["MANAGED_FLAGS", "build_vllm_command", "vllm_env"]
+
+# Flags zsconf sets from the spec itself; engine_args may not override them (one source of truth).
+MANAGED_FLAGS = frozenset(
+    {"model", "served-model-name", "host", "port", "tensor-parallel-size", "max-model-len", "api-key"}
+)
+
+
+def _flag(key: str) -> str:
+    return key.strip().lstrip("-").replace("_", "-")
+
+
+def _engine_arg_flags(engine_args: Mapping[str, Any]) -> list[str]:
+    """`{"gpu_memory_utilization": 0.9, "enforce_eager": True, "hf_overrides": {...}}` -> flags.
+
+    True -> `--flag`; False -> `--no-flag` (vLLM's boolean flags are argparse BooleanOptionalAction);
+    None -> omitted; a list -> `--flag a b`; a dict -> `--flag '<json>'` (how vLLM takes
+    `--additional-config`, `--hf-overrides`, `--compilation-config`)."""
+    argv: list[str] = []
+    for key, value in engine_args.items():
+        flag = _flag(key)
+        if flag in MANAGED_FLAGS:
+            raise ValueError(
+                f"engine_args.{key}: set by zsconf from the deployment spec "
+                "(model, served name, host, port, cards, max_model_len, api key); remove it"
+            )
+        if value is None:
+            continue
+        if value is True:
+            argv.append(f"--{flag}")
+        elif value is False:
+            argv.append(f"--no-{flag}")
+        elif isinstance(value, dict):
+            argv += [f"--{flag}", json.dumps(value, separators=(",", ":"))]
+        elif isinstance(value, list | tuple):
+            argv += [f"--{flag}", *(str(v) for v in value)]
+        else:
+            argv += [f"--{flag}", str(value)]
+    return argv
+
+
+def build_vllm_command(spec: ServeSpec) -> list[str]:
+    """The argv of `vllm serve` for `spec` (vllm-ascend on NPU takes the same command).
+
+    The internal API key is NOT on the command line (argv is world-readable in /proc): vLLM reads it
+    from `VLLM_API_KEY`, which `vllm_env` sets."""
+    argv = [
+        "vllm",
+        "serve",
+        spec.model_dir,
+        "--served-model-name",
+        spec.served_model_name,
+        "--host",
+        spec.host,
+        "--port",
+        str(spec.port),
+        "--tensor-parallel-size",
+        str(max(spec.cards, 1)),
+    ]
+    if spec.max_model_len is not None:
+        argv += ["--max-model-len", str(spec.max_model_len)]
+    return argv + _engine_arg_flags(spec.engine_args)
+
+
+def vllm_env(spec: ServeSpec, base: Mapping[str, str]) -> dict[str, str]:
+    """The environment to exec `vllm serve` with: `base` plus the API key and device specifics.
+
+    Card visibility (`CUDA_VISIBLE_DEVICES` / `ASCEND_RT_VISIBLE_DEVICES`) is the executor's job and
+    passes through untouched. On NPU, vllm-ascend registers itself through vLLM's
+    `vllm.platform_plugins` entry point, so nothing enables it here; `VLLM_PLUGINS` is left unset
+    because setting it restricts vLLM to the plugins it lists. Its workers must be spawned, not
+    forked, once the NPU runtime is initialised (vllm-ascend's guidance)."""
+    env = dict(base)
+    if spec.api_key:
+        env["VLLM_API_KEY"] = spec.api_key
+    else:
+        env.pop("VLLM_API_KEY", None)  # an inherited key would lock the gateway out
+    if spec.device == "npu":
+        env.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+    return env
