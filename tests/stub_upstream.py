@@ -9,13 +9,14 @@ Endpoints: POST /v1/chat/completions, POST /v1/completions (JSON or SSE), GET /v
 
 Replies: `--chunks` words (one word = one completion token = one SSE chunk), prompt tokens =
 max(1, characters of the messages // 4). Markers in the request text steer a call:
-  [[say:TEXT]]      reply TEXT (split on spaces into chunks)
+  [[say:TEXT]]      reply TEXT (split on spaces into chunks; "~" also splits, without a space)
   [[fail:CODE]]     answer HTTP CODE with an OpenAI error body
   [[midfail]]       stream: two chunks, then `data: {"error": ...}` and the end
   [[drop]]          stream: two chunks, then the connection is cut
   [[nousage]]       never send usage (JSON or stream)
   [[delay:MS]]      wait before answering; [[chunkdelay:MS]] between chunks
   [[garbage]]       answer 200 with a body that is not JSON
+  [[badchoices]]    answer 200 JSON whose `choices` is not a list
 
 Usage: stub_upstream.py [--host 127.0.0.1] [--port 0] [--chunks 16] [--api-key KEY] [--id NAME]
 Prints one JSON line {"event": "ready", "port": P, "pid": N} when listening.
@@ -176,9 +177,12 @@ class Proto(asyncio.Protocol):
         marks = {k: v for k, v in _MARK.findall(text)}
         prompt_tokens = max(1, len(text) // 4)
         words = app.words
-        if "say" in marks:
+        if "say" in marks:  # "a b~c" -> chunks "a", " b", "c" ("~" splits a word across chunks)
             parts = marks["say"].split(" ")
-            words = [parts[0]] + [" " + w for w in parts[1:]]
+            words = []
+            for n, part in enumerate(parts):
+                pieces = part.split("~")
+                words += [(" " if n else "") + pieces[0], *pieces[1:]]
         if "delay" in marks:
             await asyncio.sleep(float(marks["delay"]) / 1000)
         if "fail" in marks:
@@ -189,6 +193,15 @@ class Proto(asyncio.Protocol):
                     json.dumps(
                         {"error": {"message": f"stub failure {code}", "type": "stub", "code": code}}
                     ).encode(),
+                    keep,
+                )
+            )
+        if "badchoices" in marks:
+            return await self.send(
+                _resp(
+                    200,
+                    b'{"id":"x","choices":"oops","usage":{"prompt_tokens":1,'
+                    b'"completion_tokens":1,"total_tokens":2}}',
                     keep,
                 )
             )
