@@ -16,7 +16,7 @@ import openai
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gateway_harness import GatewayEnv, start_stub  # noqa: E402
+from gateway_harness import GatewayEnv, start_stub
 
 
 def _free_port() -> int:
