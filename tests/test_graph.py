@@ -62,6 +62,7 @@ def test_quickstart_graph_order_and_closures(catalog) -> None:
     assert "evaluation/demo/eval-lora" not in deps
     assert "deployment/demo/faq-chat" in graph.dependents("model/demo/base")
     assert graph.bases["compression/demo/faq-w8a8"] == "debug/tiny-qwen2"
+    assert graph.bases["deployment/demo/faq-chat"] == "debug/tiny-qwen2"
     with pytest.raises(KeyError):
         graph.dependencies("deployment/demo/nope")
 

@@ -42,7 +42,7 @@ class Graph:
     model_creators: dict[tuple[str, str], str] = field(default_factory=dict)
     # (tenant, model name) -> jobs that add versions to it (output mode new_version).
     model_versioners: dict[tuple[str, str], list[str]] = field(default_factory=dict)
-    # address of a model or a job -> catalog base model name (None when unknown)
+    # address of a model, job, evaluation or deployment -> catalog base model (None when unknown)
     bases: dict[str, str | None] = field(default_factory=dict)
     _reverse: dict[str, set[str]] | None = field(default=None, repr=False)
 
@@ -333,6 +333,12 @@ def _is_quantized(b: _Builder, tenant: str | None, ref: str) -> bool:
     return kind == "compressions" or (kind == "models" and spec.quantization != "none")
 
 
+def compute_bases(b: _Builder) -> None:
+    """The catalog base model behind every model, job, evaluation and deployment."""
+    for _, _, _, addr in b.items("models", *_JOB_KINDS, "evaluations", "deployments"):
+        _base_of(b, addr)
+
+
 def check_catalog(b: _Builder) -> None:
     """Base models and flavors exist; the method or strategy is supported for the base model
     (tables 6-1 and 7-2); quantized models are for deployment only; a new version keeps the base."""
@@ -547,6 +553,7 @@ STEPS: tuple[Callable[[_Builder], None], ...] = (
     add_nodes,
     index_models,
     resolve_references,
+    compute_bases,
     check_catalog,
     check_dataset_formats,
     check_quotas,
