@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,69 +18,38 @@ import httpx
 import openai
 import pytest
 
+from runners.serve.process import ServeProcess
+
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parent.parent
 KEY = "internal-test-key"
 MAX_LEN = 256
 MESSAGES = [{"role": "user", "content": "你好, tell me about training data"}]
 
 
-class Server:
-    """A `python -m runners.serve SPEC.json` child process, ready (its ready line read)."""
-
-    def __init__(self, tmp: Path, model_dir: Path, **spec: Any) -> None:
-        body = {
-            "run_id": "r-test",
-            "address": "deployment/acme/chat",
-            "model_dir": str(model_dir),
-            "served_model_name": "tiny",
-            "port": 0,
-            "workdir": str(tmp),
-            **spec,
-        }
-        self.spec_path = tmp / "serve.json"
-        self.spec_path.write_text(json.dumps(body))
-        self.log = (tmp / "runner.log").open("w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "runners.serve", str(self.spec_path)],
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=self.log,
-            text=True,
-            env={**os.environ, "OMP_NUM_THREADS": "1"},
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()  # blocks until the ready line (or exit)
-        if not line:
-            self.stop()
-            raise AssertionError(f"server exited: {(tmp / 'runner.log').read_text()[-3000:]}")
-        self.ready = json.loads(line)
-        assert self.ready["event"] == "ready", self.ready
-        self.port = int(self.ready["port"])
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-        return self.proc.returncode
+def Server(tmp: Path, model_dir: Path, **spec: Any) -> ServeProcess:
+    """A ready server on `model_dir` whose run directory is `tmp`."""
+    body = {
+        "run_id": "r-test",
+        "address": "deployment/acme/chat",
+        "model_dir": str(model_dir),
+        "served_model_name": "tiny",
+        "port": 0,
+        "workdir": str(tmp),
+        **spec,
+    }
+    return ServeProcess(body, tmp / "serve.json", tmp / "runner.log", env={"OMP_NUM_THREADS": "1"})
 
 
 @pytest.fixture(scope="module")
-def server(tiny_qwen2: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(tiny_qwen2: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
     srv = Server(tmp_path_factory.mktemp("serve"), tiny_qwen2, api_key=KEY, max_model_len=MAX_LEN)
     yield srv
     assert srv.stop() == 0
 
 
 @pytest.fixture(scope="module")
-def client(server: Server) -> openai.OpenAI:
+def client(server: ServeProcess) -> openai.OpenAI:
     return openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=60)
 
 
@@ -123,7 +89,7 @@ def reference(tiny_qwen2: Path) -> Any:
     return Ref
 
 
-def test_health_models_and_auth(server: Server) -> None:
+def test_health_models_and_auth(server: ServeProcess) -> None:
     health = httpx.get(server.url + "/health")
     assert health.status_code == 200 and health.json()["status"] == "ok"
     assert httpx.get(server.url + "/v1/models").status_code == 401
@@ -152,10 +118,16 @@ def test_penalties_follow_openai_definition(client: openai.OpenAI, reference: An
     for presence, frequency in [(1.5, 0.0), (0.0, 2.0), (-1.0, 0.5)]:
         expected = reference.greedy(prompt, 16, presence=presence, frequency=frequency)
         resp = client.chat.completions.create(
-            model="tiny", messages=MESSAGES, max_tokens=16, temperature=0,
-            presence_penalty=presence, frequency_penalty=frequency,
+            model="tiny",
+            messages=MESSAGES,
+            max_tokens=16,
+            temperature=0,
+            presence_penalty=presence,
+            frequency_penalty=frequency,
         )
-        assert resp.choices[0].message.content == reference.tokenizer.decode(expected, skip_special_tokens=True)
+        assert resp.choices[0].message.content == reference.tokenizer.decode(
+            expected, skip_special_tokens=True
+        )
     plain = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=16, temperature=0)
     penalised = client.chat.completions.create(
         model="tiny", messages=MESSAGES, max_tokens=16, temperature=0, frequency_penalty=2.0
@@ -167,8 +139,12 @@ def test_stream_with_usage_equals_non_stream(client: openai.OpenAI) -> None:
     full = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=20, temperature=0)
     chunks = list(
         client.chat.completions.create(
-            model="tiny", messages=MESSAGES, max_tokens=20, temperature=0,
-            stream=True, stream_options={"include_usage": True},
+            model="tiny",
+            messages=MESSAGES,
+            max_tokens=20,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
         )
     )
     assert all(c.object == "chat.completion.chunk" for c in chunks)
@@ -185,10 +161,11 @@ def test_stream_with_usage_equals_non_stream(client: openai.OpenAI) -> None:
     assert all(c.usage is None for c in chunks[:-1])
 
 
-def test_raw_sse_framing(server: Server) -> None:
+def test_raw_sse_framing(server: ServeProcess) -> None:
     body = {"model": "tiny", "prompt": "hello", "max_tokens": 4, "temperature": 0, "stream": True}
-    with httpx.stream("POST", server.url + "/v1/completions", json=body,
-                      headers={"Authorization": f"Bearer {KEY}"}) as resp:
+    with httpx.stream(
+        "POST", server.url + "/v1/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}
+    ) as resp:
         assert resp.status_code == 200
         assert resp.headers["content-type"].startswith("text/event-stream")
         lines = [line for line in resp.iter_lines() if line]
@@ -198,9 +175,15 @@ def test_raw_sse_framing(server: Server) -> None:
 
 
 def test_completions_n_seed_and_usage(client: openai.OpenAI, reference: Any) -> None:
-    a = client.completions.create(model="tiny", prompt="The model", max_tokens=10, n=2, seed=7, temperature=1.0)
-    b = client.completions.create(model="tiny", prompt="The model", max_tokens=10, n=2, seed=7, temperature=1.0)
-    c = client.completions.create(model="tiny", prompt="The model", max_tokens=10, n=2, seed=8, temperature=1.0)
+    a = client.completions.create(
+        model="tiny", prompt="The model", max_tokens=10, n=2, seed=7, temperature=1.0
+    )
+    b = client.completions.create(
+        model="tiny", prompt="The model", max_tokens=10, n=2, seed=7, temperature=1.0
+    )
+    c = client.completions.create(
+        model="tiny", prompt="The model", max_tokens=10, n=2, seed=8, temperature=1.0
+    )
     texts = [x.text for x in a.choices]
     assert [x.index for x in a.choices] == [0, 1]
     assert texts == [x.text for x in b.choices]  # same seed, same samples
@@ -208,11 +191,16 @@ def test_completions_n_seed_and_usage(client: openai.OpenAI, reference: Any) -> 
     assert texts[0] != texts[1]  # n draws, not one copied
     prompt_ids = reference.tokenizer("The model")["input_ids"]
     assert a.usage is not None and a.usage.prompt_tokens == len(prompt_ids)
-    assert a.usage.completion_tokens <= 20 and a.usage.total_tokens == a.usage.prompt_tokens + a.usage.completion_tokens
+    assert (
+        a.usage.completion_tokens <= 20
+        and a.usage.total_tokens == a.usage.prompt_tokens + a.usage.completion_tokens
+    )
 
 
 def test_stop_sequences_trim_output(client: openai.OpenAI) -> None:
-    full = client.completions.create(model="tiny", prompt="数据", max_tokens=30, temperature=0).choices[0].text
+    full = (
+        client.completions.create(model="tiny", prompt="数据", max_tokens=30, temperature=0).choices[0].text
+    )
     clean = [i for i in range(3, len(full) - 3) if "\ufffd" not in full[: i + 3]]
     assert clean, full
     cut = clean[len(clean) // 2]
@@ -221,13 +209,19 @@ def test_stop_sequences_trim_output(client: openai.OpenAI) -> None:
     for stops in (stop, ["never-there", stop]):
         for stream in (False, True):
             if stream:
-                chunks = list(client.completions.create(model="tiny", prompt="数据", max_tokens=30, temperature=0,
-                                                        stop=stops, stream=True))
+                chunks = list(
+                    client.completions.create(
+                        model="tiny", prompt="数据", max_tokens=30, temperature=0, stop=stops, stream=True
+                    )
+                )
                 text = "".join(c.choices[0].text for c in chunks if c.choices)
-                reason = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+                reason = [
+                    c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+                ]
             else:
-                choice = client.completions.create(model="tiny", prompt="数据", max_tokens=30, temperature=0,
-                                                   stop=stops).choices[0]
+                choice = client.completions.create(
+                    model="tiny", prompt="数据", max_tokens=30, temperature=0, stop=stops
+                ).choices[0]
                 text, reason = choice.text, [choice.finish_reason]
             assert text == full[:first]
             assert reason == ["stop"]
@@ -235,8 +229,9 @@ def test_stop_sequences_trim_output(client: openai.OpenAI) -> None:
 
 def test_max_tokens_capped_by_max_model_len(client: openai.OpenAI, reference: Any) -> None:
     prompt = reference.chat_ids(MESSAGES)
-    resp = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=100000, temperature=0,
-                                          frequency_penalty=2.0)  # penalty: keeps a random model off EOS
+    resp = client.chat.completions.create(
+        model="tiny", messages=MESSAGES, max_tokens=100000, temperature=0, frequency_penalty=2.0
+    )  # penalty: keeps a random model off EOS
     assert resp.usage is not None
     if resp.choices[0].finish_reason == "length":
         assert resp.usage.total_tokens == MAX_LEN
@@ -261,7 +256,9 @@ def test_max_tokens_capped_by_max_model_len(client: openai.OpenAI, reference: An
         ({"messages": [{"role": "wizard", "content": "x"}]}, "messages"),
     ],
 )
-def test_bad_params_are_400_naming_the_field(client: openai.OpenAI, params: dict[str, Any], field: str) -> None:
+def test_bad_params_are_400_naming_the_field(
+    client: openai.OpenAI, params: dict[str, Any], field: str
+) -> None:
     kwargs: dict[str, Any] = {"model": "tiny", "messages": MESSAGES, "max_tokens": 2, **params}
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(**kwargs)
@@ -269,7 +266,7 @@ def test_bad_params_are_400_naming_the_field(client: openai.OpenAI, params: dict
     assert isinstance(error, dict) and error["param"] == field and field in error["message"]
 
 
-def test_bad_json_unknown_model_and_route(server: Server, client: openai.OpenAI) -> None:
+def test_bad_json_unknown_model_and_route(server: ServeProcess, client: openai.OpenAI) -> None:
     headers = {"Authorization": f"Bearer {KEY}"}
     bad = httpx.post(server.url + "/v1/chat/completions", content=b"{not json", headers=headers)
     assert bad.status_code == 400 and bad.json()["error"]["type"] == "invalid_request_error"
@@ -280,18 +277,28 @@ def test_bad_json_unknown_model_and_route(server: Server, client: openai.OpenAI)
 
 
 def test_tools_are_accepted(client: openai.OpenAI) -> None:
-    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}}}]
+    tools = [
+        {
+            "type": "function",
+            "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}},
+        }
+    ]
     messages = [
         *MESSAGES,
-        {"role": "assistant", "content": None,
-         "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}
+            ],
+        },
         {"role": "tool", "tool_call_id": "c1", "content": "42"},
     ]
     resp = client.chat.completions.create(model="tiny", messages=messages, tools=tools, max_tokens=3)
     assert resp.usage is not None and resp.usage.completion_tokens >= 1
 
 
-def test_concurrent_requests_are_not_interleaved(server: Server, client: openai.OpenAI) -> None:
+def test_concurrent_requests_are_not_interleaved(server: ServeProcess, client: openai.OpenAI) -> None:
     prompts = [f"{i} 训练 data number {i}" for i in range(8)]
     expected = [
         client.completions.create(model="tiny", prompt=p, max_tokens=24, temperature=0).choices[0].text
@@ -303,10 +310,13 @@ def test_concurrent_requests_are_not_interleaved(server: Server, client: openai.
 
         async def one(i: int) -> str:
             if i % 2:  # half streamed, half not: both kinds at once
-                stream = await aclient.completions.create(model="tiny", prompt=prompts[i], max_tokens=24,
-                                                          temperature=0, stream=True)
+                stream = await aclient.completions.create(
+                    model="tiny", prompt=prompts[i], max_tokens=24, temperature=0, stream=True
+                )
                 return "".join([c.choices[0].text async for c in stream if c.choices])
-            resp = await aclient.completions.create(model="tiny", prompt=prompts[i], max_tokens=24, temperature=0)
+            resp = await aclient.completions.create(
+                model="tiny", prompt=prompts[i], max_tokens=24, temperature=0
+            )
             return resp.choices[0].text
 
         try:
@@ -317,11 +327,17 @@ def test_concurrent_requests_are_not_interleaved(server: Server, client: openai.
     assert asyncio.run(run()) == expected
 
 
-def test_client_disconnect_cancels_generation(server: Server, client: openai.OpenAI) -> None:
+def test_client_disconnect_cancels_generation(server: ServeProcess, client: openai.OpenAI) -> None:
     headers = {"Authorization": f"Bearer {KEY}"}
     before = httpx.get(server.url + "/health").json()
-    body = {"model": "tiny", "prompt": "hello", "max_tokens": 10000, "temperature": 1.0, "stream": True,
-            "frequency_penalty": 2.0}
+    body = {
+        "model": "tiny",
+        "prompt": "hello",
+        "max_tokens": 10000,
+        "temperature": 1.0,
+        "stream": True,
+        "frequency_penalty": 2.0,
+    }
     with httpx.stream("POST", server.url + "/v1/completions", json=body, headers=headers) as resp:
         for line in resp.iter_lines():
             if line.startswith("data: {"):
@@ -335,8 +351,15 @@ def test_client_disconnect_cancels_generation(server: Server, client: openai.Ope
 
 def test_sigterm_finishes_in_flight_request(tiny_qwen2: Path, tmp_path: Path) -> None:
     srv = Server(tmp_path, tiny_qwen2, max_model_len=2048)
-    body = {"model": "tiny", "prompt": "hello", "max_tokens": 400, "temperature": 1.0, "seed": 1,
-            "frequency_penalty": 2.0, "stream": True}
+    body = {
+        "model": "tiny",
+        "prompt": "hello",
+        "max_tokens": 400,
+        "temperature": 1.0,
+        "seed": 1,
+        "frequency_penalty": 2.0,
+        "stream": True,
+    }
     lines: list[str] = []
     first = threading.Event()
 

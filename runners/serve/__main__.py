@@ -103,8 +103,19 @@ async def _serve_embedded(spec: ServeSpec) -> int:
         while not server.started and not serving.done():
             await asyncio.sleep(0.01)
         if server.started:
-            print(json.dumps({"event": "ready", "port": port, "host": spec.host, "model": spec.served_model_name,
-                              "device": engine.device, "pid": os.getpid()}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "event": "ready",
+                        "port": port,
+                        "host": spec.host,
+                        "model": spec.served_model_name,
+                        "device": engine.device,
+                        "pid": os.getpid(),
+                    }
+                ),
+                flush=True,
+            )
             _event(spec, "ready", f"serving {spec.served_model_name} on {spec.host}:{port}")
     await serving
     engine.close()

@@ -47,8 +47,9 @@ _DONE = b"data: [DONE]\n\n"
 _SSE_TYPE = "text/event-stream"
 
 
-def _resolve(engine: Engine, req: ChatRequest | CompletionRequest, prompt_len: int, max_tokens: int | None,
-             param: str) -> GenParams:
+def _resolve(
+    engine: Engine, req: ChatRequest | CompletionRequest, prompt_len: int, max_tokens: int | None, param: str
+) -> GenParams:
     """Request parameters -> generation parameters: OpenAI defaults (or the model's sampling
     defaults, as vLLM takes them), max_tokens capped by the room left in max_model_len."""
     room = engine.max_model_len - prompt_len
@@ -102,7 +103,9 @@ async def _events(jobs: list[Job]) -> AsyncIterator[tuple[int, Event]]:
             yield number, event
 
 
-async def _collect(request: Request[Any, Any, Any], jobs: list[Job]) -> tuple[dict[int, list[str]], dict[int, str], int]:
+async def _collect(
+    request: Request[Any, Any, Any], jobs: list[Job]
+) -> tuple[dict[int, list[str]], dict[int, str], int]:
     """Run jobs to the end for a non-streaming answer: texts and finish reasons by choice index."""
     n = jobs[0].params.n
     texts: dict[int, list[str]] = {}
@@ -136,8 +139,9 @@ def build_app(engine: Engine, spec: ServeSpec) -> Litestar:
             header = request.headers.get("authorization", "")
             scheme, _, token = header.partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key):
-                raise ApiError(401, "invalid or missing API key", type_="authentication_error",
-                               code="invalid_api_key")
+                raise ApiError(
+                    401, "invalid or missing API key", type_="authentication_error", code="invalid_api_key"
+                )
         if not engine.loaded.is_set():
             raise ApiError(503, "the model is still loading", type_="server_error", code="model_loading")
 
@@ -186,30 +190,37 @@ def build_app(engine: Engine, spec: ServeSpec) -> Litestar:
             prompt_ids = engine.chat_prompt(req.messages, req.tools)
         except Exception as exc:  # the template rejected the conversation (e.g. role order)
             raise ApiError(400, f"messages: the chat template failed: {exc}", param="messages") from None
-        params = _resolve(engine, req, len(prompt_ids), req.max_completion_tokens or req.max_tokens, "messages")
+        params = _resolve(
+            engine, req, len(prompt_ids), req.max_completion_tokens or req.max_tokens, "messages"
+        )
         jobs = await submit([prompt_ids], params)
         rid, created = new_id("chatcmpl"), now()
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return Stream(_chat_stream(jobs, rid, created, name, len(prompt_ids), include_usage),
-                          media_type=_SSE_TYPE, headers={"Cache-Control": "no-cache"})
+            return Stream(
+                _chat_stream(jobs, rid, created, name, len(prompt_ids), include_usage),
+                media_type=_SSE_TYPE,
+                headers={"Cache-Control": "no-cache"},
+            )
         texts, reasons, completion_tokens = await _collect(request, jobs)
-        return _json_response({
-            "id": rid,
-            "object": "chat.completion",
-            "created": created,
-            "model": name,
-            "choices": [
-                {
-                    "index": i,
-                    "message": {"role": "assistant", "content": "".join(texts.get(i, []))},
-                    "logprobs": None,
-                    "finish_reason": reasons.get(i, "stop"),
-                }
-                for i in range(params.n)
-            ],
-            "usage": usage(len(prompt_ids), completion_tokens),
-        })
+        return _json_response(
+            {
+                "id": rid,
+                "object": "chat.completion",
+                "created": created,
+                "model": name,
+                "choices": [
+                    {
+                        "index": i,
+                        "message": {"role": "assistant", "content": "".join(texts.get(i, []))},
+                        "logprobs": None,
+                        "finish_reason": reasons.get(i, "stop"),
+                    }
+                    for i in range(params.n)
+                ],
+                "usage": usage(len(prompt_ids), completion_tokens),
+            }
+        )
 
     @post("/v1/completions", status_code=200, media_type=_SSE_TYPE)
     async def completions(request: Request[Any, Any, Any]) -> Any:
@@ -238,26 +249,31 @@ def build_app(engine: Engine, spec: ServeSpec) -> Litestar:
         rid, created = new_id("cmpl"), now()
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return Stream(_completion_stream(jobs, rid, created, name, prompt_tokens, include_usage, echo),
-                          media_type=_SSE_TYPE, headers={"Cache-Control": "no-cache"})
+            return Stream(
+                _completion_stream(jobs, rid, created, name, prompt_tokens, include_usage, echo),
+                media_type=_SSE_TYPE,
+                headers={"Cache-Control": "no-cache"},
+            )
         texts, reasons, completion_tokens = await _collect(request, jobs)
         total = len(prompts) * params.n
-        return _json_response({
-            "id": rid,
-            "object": "text_completion",
-            "created": created,
-            "model": name,
-            "choices": [
-                {
-                    "index": i,
-                    "text": (echo[i // params.n] if echo else "") + "".join(texts.get(i, [])),
-                    "logprobs": None,
-                    "finish_reason": reasons.get(i, "stop"),
-                }
-                for i in range(total)
-            ],
-            "usage": usage(prompt_tokens, completion_tokens),
-        })
+        return _json_response(
+            {
+                "id": rid,
+                "object": "text_completion",
+                "created": created,
+                "model": name,
+                "choices": [
+                    {
+                        "index": i,
+                        "text": (echo[i // params.n] if echo else "") + "".join(texts.get(i, [])),
+                        "logprobs": None,
+                        "finish_reason": reasons.get(i, "stop"),
+                    }
+                    for i in range(total)
+                ],
+                "usage": usage(prompt_tokens, completion_tokens),
+            }
+        )
 
     return Litestar(
         route_handlers=[health, models, chat, completions],
@@ -267,8 +283,9 @@ def build_app(engine: Engine, spec: ServeSpec) -> Litestar:
     )
 
 
-async def _chat_stream(jobs: list[Job], rid: str, created: int, model: str, prompt_tokens: int,
-                       include_usage: bool) -> AsyncIterator[bytes]:
+async def _chat_stream(
+    jobs: list[Job], rid: str, created: int, model: str, prompt_tokens: int, include_usage: bool
+) -> AsyncIterator[bytes]:
     base: dict[str, Any] = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model}
     if include_usage:
         base["usage"] = None
@@ -300,8 +317,15 @@ async def _chat_stream(jobs: list[Job], rid: str, created: int, model: str, prom
             job.cancel()
 
 
-async def _completion_stream(jobs: list[Job], rid: str, created: int, model: str, prompt_tokens: int,
-                             include_usage: bool, echo: list[str] | None) -> AsyncIterator[bytes]:
+async def _completion_stream(
+    jobs: list[Job],
+    rid: str,
+    created: int,
+    model: str,
+    prompt_tokens: int,
+    include_usage: bool,
+    echo: list[str] | None,
+) -> AsyncIterator[bytes]:
     base: dict[str, Any] = {"id": rid, "object": "text_completion", "created": created, "model": model}
     if include_usage:
         base["usage"] = None
@@ -310,7 +334,9 @@ async def _completion_stream(jobs: list[Job], rid: str, created: int, model: str
     completion_tokens = 0
 
     def chunk(index: int, text: str, finish: str | None = None) -> bytes:
-        return _sse({**base, "choices": [{"index": index, "text": text, "logprobs": None, "finish_reason": finish}]})
+        return _sse(
+            {**base, "choices": [{"index": index, "text": text, "logprobs": None, "finish_reason": finish}]}
+        )
 
     try:
         async for number, event in _events(jobs):

@@ -96,7 +96,9 @@ def select_device(requested: str) -> str:
     if requested == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device cuda requested but torch sees no CUDA device")
     if requested == "npu" and not npu_ok():
-        raise RuntimeError("device npu requested but torch_npu is missing or sees no NPU (install the [npu] extra)")
+        raise RuntimeError(
+            "device npu requested but torch_npu is missing or sees no NPU (install the [npu] extra)"
+        )
     return requested
 
 
@@ -180,8 +182,9 @@ class _Choice:
 class Engine:
     """Loads the model, then runs jobs one at a time on its worker thread."""
 
-    def __init__(self, model_dir: str, device: str = "auto", max_model_len: int | None = None,
-                 dtype: str | None = None) -> None:
+    def __init__(
+        self, model_dir: str, device: str = "auto", max_model_len: int | None = None, dtype: str | None = None
+    ) -> None:
         self.model_dir = model_dir
         self.requested_device = device
         self.requested_max_len = max_model_len
@@ -227,21 +230,27 @@ class Engine:
         self._worker = threading.Thread(target=self._run, name="generation-worker", daemon=True)
         self._worker.start()
         self.loaded.set()
-        log.info("loaded %s on %s (max_model_len %d)", Path(self.model_dir).name, self.device, self.max_model_len)
+        log.info(
+            "loaded %s on %s (max_model_len %d)", Path(self.model_dir).name, self.device, self.max_model_len
+        )
 
     def generation_defaults(self) -> dict[str, Any]:
         """Sampling defaults from the model's generation_config (as vLLM uses them), when it samples."""
         cfg = self.model.generation_config
         if not getattr(cfg, "do_sample", False):
             return {}
-        return {k: getattr(cfg, k) for k in ("temperature", "top_p", "top_k") if getattr(cfg, k, None) is not None}
+        return {
+            k: getattr(cfg, k) for k in ("temperature", "top_p", "top_k") if getattr(cfg, k, None) is not None
+        }
 
     # -- prompts -------------------------------------------------------------------------------
     def chat_prompt(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> list[int]:
         """Render the model's chat template (with tools when given; a template that ignores them
         simply does) and tokenize. The template adds its own special tokens."""
         kwargs: dict[str, Any] = {"tools": tools} if tools else {}
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **kwargs)
+        text = self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False, **kwargs
+        )
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def text_prompt(self, prompt: str) -> list[int]:
@@ -295,7 +304,9 @@ class Engine:
             temperature=1.0,
             top_k=0,
             top_p=1.0,
-            pad_token_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos_ids),
+            pad_token_id=self.tokenizer.pad_token_id
+            if self.tokenizer.pad_token_id is not None
+            else min(self.eos_ids),
             eos_token_id=sorted(self.eos_ids),
         )
         for index in range(p.n):
@@ -327,4 +338,6 @@ class Engine:
             if choice.finish_reason == "cancelled":
                 self.stats["cancelled"] += 1
                 return
-            job.emit(Event("finish", index, finish_reason=choice.finish_reason, completion_tokens=len(choice.ids)))
+            job.emit(
+                Event("finish", index, finish_reason=choice.finish_reason, completion_tokens=len(choice.ids))
+            )

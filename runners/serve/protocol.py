@@ -27,8 +27,15 @@ __all__ = [
 class ApiError(Exception):
     """An error answered in OpenAI's shape: {"error": {message, type, param, code}}."""
 
-    def __init__(self, status: int, message: str, *, type_: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type_: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
 
@@ -88,7 +95,9 @@ class ChatRequest(_Sampling):
         for i, message in enumerate(messages):
             role = message.get("role")
             if role not in {"system", "developer", "user", "assistant", "tool"}:
-                raise ValueError(f"messages[{i}].role: expected system, user, assistant or tool, got {role!r}")
+                raise ValueError(
+                    f"messages[{i}].role: expected system, user, assistant or tool, got {role!r}"
+                )
             content = message.get("content")
             if isinstance(content, list):  # content parts: the embedded engine serves text only
                 texts = []
