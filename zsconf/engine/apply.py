@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,7 +156,7 @@ def apply_plan(
                     running[pool.submit(_run_one, ctx, ch)] = addr
             if not running:
                 continue
-            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            finished, _ = wait_futures(list(running), return_when=FIRST_COMPLETED)
             for fut in finished:
                 addr = running.pop(fut)
                 outcome = fut.result()
@@ -343,6 +344,9 @@ def _build_debug_base(ctx: _Ctx, base: str, path: Path) -> None:
         raise ExecutorError(f"building {base} failed: {proc.stderr[-800:]}")
 
 
+_ACTIVE = ("intent", "submitted", "running")
+
+
 def _run_id(addr: str, content_hash: str, suffix: str = "") -> str:
     return "r-" + hashlib.sha256(f"{addr}|{content_hash}|{suffix}".encode()).hexdigest()[:12]
 
@@ -361,8 +365,12 @@ def _job(ctx: _Ctx, ch: Change) -> str:
         _record(ctx, ch, status=(ctx.store.resource(ch.address) or _row(ch, "applied")).status)
         return "updated in place"
     spec = _spec(ctx, ch.address)
-    run_id = _run_id(ch.address, ch.content_hash)
-    run = ctx.store.run(run_id)
+    # Adopt an unfinished run of this content (a re-run after a crash); otherwise a new attempt.
+    # The run id is fixed before any side effect, so a crash after this point is resumable.
+    runs = ctx.store.runs(ch.address)
+    active = [r for r in runs if r.content_hash == ch.content_hash and r.status in _ACTIVE]
+    run = active[-1] if active else None
+    run_id = run.run_id if run else _run_id(ch.address, ch.content_hash, f"a{len(runs) + 1}")
     workdir = ctx.artifacts / "runs" / tenant / kind / name / run_id
     out_dir: Path | None = None
     if kind != "evaluation":
@@ -371,6 +379,7 @@ def _job(ctx: _Ctx, ch: Change) -> str:
     if run is None:
         # Intent first: a crash after this line is resumed by adopting or starting this run id.
         run = ctx.store.add_run(RunRow(address=ch.address, run_id=run_id, content_hash=ch.content_hash,
+                                       attempt=len(runs) + 1,
                                        workdir=str(workdir), output_dir=str(out_dir) if out_dir else None))  # fmt: skip
         _crash_point("after_intent")
     elif run.output_dir:

@@ -59,10 +59,15 @@ def lineage_hashes(
     """Hash of each address = H(spec JSON, own input digest, hashes of its dependencies).
 
     `order` is topological, so each dependency's hash is known before it is used. Tenants are
-    left out of dependency hashes: a tenant quota change must not rerun jobs.
+    left out of dependency hashes (a tenant quota change must not rerun jobs), and a service group
+    takes none (it routes to deployments by name; a new deployment generation changes nothing in it).
     """
     out: dict[str, str] = {}
     for addr in order:
-        deps = sorted(d for d in edges.get(addr, ()) if not d.startswith("tenant/"))
+        deps = (
+            []
+            if addr.startswith("service_group/")
+            else sorted(d for d in edges.get(addr, ()) if not d.startswith("tenant/"))
+        )
         out[addr] = json_hash([specs[addr], inputs.get(addr, ""), [(d, out.get(d, "")) for d in deps]])
     return out

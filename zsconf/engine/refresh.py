@@ -43,14 +43,19 @@ def refresh(store: Store) -> Observed:
     runs_by_addr: dict[str, list[RunRow]] = {}
     for run in store.runs():
         runs_by_addr.setdefault(run.address, []).append(run)
+    # Model folders: a missing folder is drift of whatever made that version (import or job).
+    # Only each owner's newest version counts: older ones are history a replace left behind.
+    newest: dict[str | None, Any] = {}
+    for mv in store.model_versions():
+        if mv.source_address not in newest or mv.version >= newest[mv.source_address].version:
+            newest[mv.source_address] = mv
+    for owner, mv in newest.items():
+        if owner in rows and mv.path and not Path(mv.path).exists():
+            msg = f"model folder of {mv.tenant}/{mv.model} v{mv.version} is missing: {mv.path}"
+            obs.drift.append(Drift(owner, msg))
+            obs.broken[owner] = msg
     for addr, row in rows.items():
-        if row.kind == "model":
-            for mv in store.model_versions(row.tenant, row.name):
-                if mv.path and not Path(mv.path).exists():
-                    msg = f"model folder of version {mv.version} is missing: {mv.path}"
-                    obs.drift.append(Drift(addr, msg))
-                    obs.broken[addr] = msg
-        elif row.kind == "deployment" and row.status == "running":
+        if row.kind == "deployment" and row.status == "running":
             live = [r for r in runs_by_addr.get(addr, []) if r.status in ("running", "submitted")]
             dead = [r for r in live if r.pid is None or not is_alive(ProcessRef(r.pid, r.start_time or 0))]
             if dead:
