@@ -20,8 +20,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Upstream"]
 
-# Failures that mean "the request never reached a server": safe to send to another instance.
-_CONNECT_ERRORS = (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError, ConnectionResetError)
+# Failures before any response byte (refused, reset, closed by a dying server): the call is sent
+# to another instance. A timeout is not retried: the server may still be working on it.
+_CONNECT_ERRORS = (aiohttp.ClientConnectionError, ConnectionResetError)
 
 
 class Upstream:
@@ -65,6 +66,9 @@ class Upstream:
             inst.outstanding += 1
             try:
                 resp = await self.session.post(inst.url + path, data=body, headers=headers)
+            except aiohttp.ServerTimeoutError:
+                inst.outstanding -= 1
+                raise
             except _CONNECT_ERRORS as exc:
                 inst.outstanding -= 1
                 inst.failures += 1
