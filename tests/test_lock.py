@@ -8,7 +8,9 @@ import time
 from pathlib import Path
 
 import pytest
-from test_state import state_url  # noqa: F401  (fixture: SQLite and PostgreSQL)
+import test_state
+
+state_url = test_state.state_url  # fixture: SQLite and PostgreSQL
 
 HOLDER = """
 import sys, time
@@ -31,7 +33,7 @@ def _holder(url: str, seconds: float) -> tuple[subprocess.Popen[str], str]:
     return proc, lock_id
 
 
-def test_second_locker_fails_at_once_naming_the_holder(state_url: str) -> None:  # noqa: F811
+def test_second_locker_fails_at_once_naming_the_holder(state_url: str) -> None:
     from zsconf.errors import StateLockedError
     from zsconf.state import open_store
 
@@ -49,7 +51,7 @@ def test_second_locker_fails_at_once_naming_the_holder(state_url: str) -> None: 
         proc.wait()
 
 
-def test_waiting_locker_gets_the_lock_when_released(state_url: str) -> None:  # noqa: F811
+def test_waiting_locker_gets_the_lock_when_released(state_url: str) -> None:
     from zsconf.state import open_store
 
     proc, _ = _holder(state_url, 1.0)
@@ -63,7 +65,7 @@ def test_waiting_locker_gets_the_lock_when_released(state_url: str) -> None:  # 
         proc.wait(timeout=10)
 
 
-def test_stale_lock_reported_and_force_unlocked(state_url: str) -> None:  # noqa: F811
+def test_stale_lock_reported_and_force_unlocked(state_url: str) -> None:
     from zsconf.errors import StateError, StateLockedError
     from zsconf.state import open_store
 

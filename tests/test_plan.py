@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_state import state_url  # noqa: F401  (fixture: SQLite and PostgreSQL)
+import test_state
 
+state_url = test_state.state_url  # fixture: SQLite and PostgreSQL
 REPO = Path(__file__).resolve().parent.parent
 TESTS = REPO / "tests"
 
@@ -88,7 +89,7 @@ def actions(plan: Any) -> dict[str, str]:
     return {c.address: c.action.value for c in plan.changes if c.action.value != " "}
 
 
-def test_first_plan_creates_everything_with_estimates(tmp_path: Path, state_url: str) -> None:  # noqa: F811
+def test_first_plan_creates_everything_with_estimates(tmp_path: Path, state_url: str) -> None:
     from zsconf.engine import Engine
     from zsconf.render import plan_json, plan_text
 
@@ -118,7 +119,7 @@ def _applied(tmp_path: Path, url: str, text: str = STACK) -> Any:
     return eng
 
 
-def test_changes_classified_with_reasons(tmp_path: Path, state_url: str, engine_env: Path) -> None:  # noqa: F811
+def test_changes_classified_with_reasons(tmp_path: Path, state_url: str, engine_env: Path) -> None:
     eng = _applied(tmp_path, state_url)
     try:
         assert actions(eng.plan()) == {}
@@ -163,7 +164,7 @@ def test_changes_classified_with_reasons(tmp_path: Path, state_url: str, engine_
         stop_all(eng)
 
 
-def test_dataset_edit_replaces_downstream_jobs(tmp_path: Path, state_url: str, engine_env: Path) -> None:  # noqa: F811
+def test_dataset_edit_replaces_downstream_jobs(tmp_path: Path, state_url: str, engine_env: Path) -> None:
     eng = _applied(tmp_path, state_url)
     try:
         with open(tmp_path / "s" / "data" / "faq.jsonl", "a") as f:
@@ -182,7 +183,7 @@ def test_dataset_edit_replaces_downstream_jobs(tmp_path: Path, state_url: str, e
         stop_all(eng)
 
 
-def test_drift_dead_server_and_missing_model_files(tmp_path: Path, state_url: str, engine_env: Path) -> None:  # noqa: F811
+def test_drift_dead_server_and_missing_model_files(tmp_path: Path, state_url: str, engine_env: Path) -> None:
     import shutil
 
     from zsconf.render import plan_text
@@ -226,7 +227,7 @@ def _wait_dead(pid: int) -> None:
 
 def test_target_replace_prevent_destroy_and_version_limit(
     tmp_path: Path, state_url: str, engine_env: Path
-) -> None:  # noqa: F811
+) -> None:
     from zsconf.engine import Engine
     from zsconf.state import ModelVersion
 
@@ -259,7 +260,7 @@ def test_target_replace_prevent_destroy_and_version_limit(
         stop_all(eng)
 
 
-def test_saved_plan_round_trip_and_staleness(tmp_path: Path, state_url: str, engine_env: Path) -> None:  # noqa: F811
+def test_saved_plan_round_trip_and_staleness(tmp_path: Path, state_url: str, engine_env: Path) -> None:
     from zsconf.engine import Engine
     from zsconf.errors import StalePlanError
     from zsconf.plans import Plan

@@ -183,6 +183,8 @@ def _crash_point(name: str) -> None:
 def _run_one(ctx: _Ctx, ch: Change) -> ActionOutcome:
     t0 = time.monotonic()
     try:
+        if ch.action is not Action.DELETE:
+            _await_running_inputs(ctx, ch)
         msg = _ACTIONS[ch.kind](ctx, ch) or ""
         ok = True
     except Exception as exc:  # an action's failure is a diagnostic, never an abort
@@ -192,6 +194,20 @@ def _run_one(ctx: _Ctx, ch: Change) -> ActionOutcome:
         )
         ctx.store.add_event("failed", msg, ch.address)
     return ActionOutcome(ch.address, ch.action, ok, msg, time.monotonic() - t0)
+
+
+def _await_running_inputs(ctx: _Ctx, ch: Change) -> None:
+    """A dependency that is a job still running from an earlier apply (not part of this plan)
+    produces this change's input: follow it to completion first."""
+    for dep in ch.dependencies:
+        row = ctx.store.resource(dep)
+        if (
+            row is not None
+            and row.kind in JOB_KINDS
+            and row.status == "running"
+            and row.outputs.get("run_id")
+        ):
+            _wait_run(ctx, row.outputs["run_id"])
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -621,4 +637,3 @@ _ACTIONS: dict[str, Callable[[_Ctx, Change], str]] = {
     "deployment": _deployment,
     "service_group": _service_group,
 }
-_ = JOB_KINDS
