@@ -349,8 +349,39 @@ def test_client_disconnect_cancels_generation(server: ServeProcess, client: open
     assert after["generated_tokens"] - before["generated_tokens"] < MAX_LEN - 2
 
 
-def test_sigterm_finishes_in_flight_request(tiny_qwen2: Path, tmp_path: Path) -> None:
-    srv = Server(tmp_path, tiny_qwen2, max_model_len=2048)
+def test_lifecycle_503_while_loading_then_sigterm_finishes_in_flight(
+    tiny_qwen2: Path, tmp_path: Path
+) -> None:
+    """Binds before loading (/health 503, then 200), prints ready; SIGTERM stops accepting, lets the
+    in-flight stream finish, exits 0. One process for the whole life cycle (starting one is slow)."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    spec = {
+        "run_id": "r",
+        "address": "deployment/acme/c",
+        "model_dir": str(tiny_qwen2),
+        "served_model_name": "tiny",
+        "port": port,
+        "api_key": KEY,
+        "workdir": str(tmp_path),
+    }
+    (tmp_path / "s.json").write_text(json.dumps(spec))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runners.serve", str(tmp_path / "s.json")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    seen: list[int] = []
+    lines: list[str] = []
+    first = threading.Event()
+    headers = {"Authorization": f"Bearer {KEY}"}
     body = {
         "model": "tiny",
         "prompt": "hello",
@@ -360,30 +391,72 @@ def test_sigterm_finishes_in_flight_request(tiny_qwen2: Path, tmp_path: Path) ->
         "frequency_penalty": 2.0,
         "stream": True,
     }
-    lines: list[str] = []
-    first = threading.Event()
 
     def call() -> None:
-        with httpx.stream("POST", srv.url + "/v1/completions", json=body, timeout=120) as resp:
+        with httpx.stream("POST", url + "/v1/completions", json=body, headers=headers, timeout=120) as resp:
             for line in resp.iter_lines():
                 if line:
                     lines.append(line)
                     first.set()
 
-    caller = threading.Thread(target=call)
-    caller.start()
     try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and 200 not in seen:
+            try:
+                seen.append(httpx.get(url + "/health", timeout=5).status_code)
+                if seen[-1] == 503:
+                    loading = httpx.get(url + "/v1/models", headers=headers)
+                    assert loading.status_code in (503, 200)  # 200 if it finished loading meanwhile
+            except httpx.TransportError:
+                time.sleep(0.02)
+        assert proc.stdout is not None
+        assert json.loads(proc.stdout.readline()) | {"pid": 0} == {
+            "event": "ready",
+            "port": port,
+            "host": "127.0.0.1",
+            "model": "tiny",
+            "device": "cpu",
+            "pid": 0,
+        }
+        caller = threading.Thread(target=call)
+        caller.start()
         assert first.wait(60)
-        srv.proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGTERM)
+        at_signal = len(lines)
         time.sleep(0.3)
         with pytest.raises(httpx.TransportError):  # no longer accepting
-            httpx.get(srv.url + "/health", timeout=2)
+            httpx.get(url + "/health", timeout=2)
         caller.join(120)
-        assert srv.proc.wait(60) == 0
+        assert proc.wait(60) == 0
     finally:
-        srv.stop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert seen[0] == 503 and seen[-1] == 200 and set(seen) == {503, 200}
+    assert len(lines) > at_signal + 1  # it went on generating after the signal
     assert lines[-1] == "data: [DONE]"
     finishes = [json.loads(x[6:])["choices"][0]["finish_reason"] for x in lines[:-1]]
     assert finishes[-1] in ("length", "stop")
     events = [json.loads(x)["event"] for x in (tmp_path / "events.jsonl").read_text().splitlines()]
     assert events == ["loading", "ready", "stopped"]
+
+
+def test_non_streaming_disconnect_cancels_generation(server: ServeProcess, client: openai.OpenAI) -> None:
+    before = httpx.get(server.url + "/health").json()
+    body = {
+        "model": "tiny",
+        "prompt": "hello",
+        "max_tokens": 10000,
+        "temperature": 1.0,
+        "frequency_penalty": 2.0,
+    }
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up before the answer: it hangs up
+        httpx.post(
+            server.url + "/v1/completions",
+            json=body,
+            headers={"Authorization": f"Bearer {KEY}"},
+            timeout=httpx.Timeout(5.0, read=0.05),
+        )
+    client.completions.create(model="tiny", prompt="x", max_tokens=1)
+    after = httpx.get(server.url + "/health").json()
+    assert after["cancelled"] == before["cancelled"] + 1
