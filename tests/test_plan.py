@@ -322,3 +322,17 @@ def test_cli_detailed_exitcode_json_saved_plan_and_apply(tmp_path: Path, engine_
         from zsconf.engine import Engine
 
         stop_all(Engine(stack))
+
+
+def test_capacity_says_what_a_job_queues_behind(tmp_path: Path) -> None:
+    from zsconf.engine import Engine
+    from zsconf.render import plan_text
+
+    text = STACK.replace("  acme: {}", "  acme: {quotas: {max_concurrent_jobs: 1}}")
+    eng = Engine(make_stack(tmp_path / "s", text), f"sqlite:///{tmp_path / 'state.db'}")
+    plan = eng.plan()
+    assert (
+        "compression/acme/cq will queue: tenant acme allows 1 concurrent jobs; behind finetune/acme/ft"
+        in (plan.capacity[0])
+    )
+    assert "Capacity: compression/acme/cq will queue" in plan_text(plan)

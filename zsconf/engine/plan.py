@@ -177,7 +177,70 @@ def make_plan(
 
     _check_versions(plan, store, graph)
     _estimates(plan, graph, samples, catalog)
+    _capacity(plan, store, graph, catalog, stack_tenants=loaded.stack.tenants)
     return plan
+
+
+def _host_cards() -> int | None:
+    """Accelerator cards of this host: the executor's count when it offers one, else unknown."""
+    try:
+        from zsconf.executors import host_cards  # type: ignore[attr-defined]
+
+        return int(host_cards())
+    except Exception:
+        return None
+
+
+def _capacity(plan: Plan, store: Store, graph: Any, catalog: Any, stack_tenants: dict[str, Any]) -> None:
+    """Say which new jobs will queue, and behind what: a tenant's max_concurrent_jobs / max_cards,
+    or the host's cards. Jobs already running come first, then this plan's jobs in order."""
+
+    def cards_of(flavor: str, nodes: int) -> int:
+        try:
+            return int(getattr(catalog.flavor(flavor), "cards", 0) or 0) * nodes
+        except Exception:
+            return 0
+
+    running: list[tuple[str, str | None, int]] = []  # (address, tenant, cards)
+    rows = store.resources()
+    for addr, row in rows.items():
+        if row.kind in ("finetune", "compression", "evaluation") and row.status == "running":
+            res = row.spec.get("resources", {})
+            running.append((addr, row.tenant, cards_of(res.get("flavor", ""), res.get("nodes", 1))))
+    host = _host_cards()
+    for ch in plan.changes:
+        if ch.kind not in ("finetune", "compression", "evaluation") or ch.action not in (
+            Action.CREATE,
+            Action.REPLACE,
+        ):
+            continue
+        spec = graph.nodes[ch.address]
+        need = cards_of(spec.resources.flavor, spec.resources.nodes)
+        tenant = stack_tenants.get(spec.tenant)
+        mine = [r for r in running if r[1] == spec.tenant and r[0] != ch.address]
+        why = None
+        quotas = getattr(tenant, "quotas", None)
+        if (
+            quotas is not None
+            and quotas.max_concurrent_jobs is not None
+            and len(mine) >= quotas.max_concurrent_jobs
+        ):
+            why = f"tenant {spec.tenant} allows {quotas.max_concurrent_jobs} concurrent jobs"
+        elif (
+            quotas is not None
+            and quotas.max_cards is not None
+            and need
+            and sum(r[2] for r in mine) + need > quotas.max_cards
+        ):
+            why = f"tenant {spec.tenant} may use {quotas.max_cards} cards and this job needs {need}"
+        elif host is not None and need and sum(r[2] for r in running) + need > host:
+            why = f"the host has {host} cards and this job needs {need}"
+            mine = [r for r in running if r[2]]
+        if why:
+            behind = ", ".join(r[0] for r in mine) or "nothing"
+            plan.capacity.append(f"{ch.address} will queue: {why}; behind {behind}")
+            ch.estimate["queued_behind"] = [r[0] for r in mine]
+        running.append((ch.address, spec.tenant, need))
 
 
 def _kind_rank(addr: str) -> int:
