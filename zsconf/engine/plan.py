@@ -51,7 +51,7 @@ def make_plan(
     mask = loaded.secrets
     serial = store.serial()
     state = store.resources()
-    obs = observed if observed is not None else refresh(store)
+    obs = observed if observed is not None else refresh(store, state)
     plan = Plan(
         changes=[],
         state_serial=serial,
@@ -177,7 +177,7 @@ def make_plan(
 
     _check_versions(plan, store, graph)
     _estimates(plan, graph, samples, catalog)
-    _capacity(plan, store, graph, catalog, stack_tenants=loaded.stack.tenants)
+    _capacity(plan, state, graph, catalog, stack_tenants=loaded.stack.tenants)
     return plan
 
 
@@ -191,7 +191,7 @@ def _host_cards() -> int | None:
         return None
 
 
-def _capacity(plan: Plan, store: Store, graph: Any, catalog: Any, stack_tenants: dict[str, Any]) -> None:
+def _capacity(plan: Plan, rows: dict[str, Any], graph: Any, catalog: Any, stack_tenants: dict[str, Any]) -> None:
     """Say which new jobs will queue, and behind what: a tenant's max_concurrent_jobs / max_cards,
     or the host's cards. Jobs already running come first, then this plan's jobs in order."""
 
@@ -202,7 +202,6 @@ def _capacity(plan: Plan, store: Store, graph: Any, catalog: Any, stack_tenants:
             return 0
 
     running: list[tuple[str, str | None, int]] = []  # (address, tenant, cards)
-    rows = store.resources()
     for addr, row in rows.items():
         if row.kind in ("finetune", "compression", "evaluation") and row.status == "running":
             res = row.spec.get("resources", {})

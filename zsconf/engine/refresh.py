@@ -37,9 +37,10 @@ def read_result(workdir: str) -> dict[str, Any] | None:
         return None
 
 
-def refresh(store: Store) -> Observed:
+def refresh(store: Store, rows: dict[str, Any] | None = None) -> Observed:
+    """`rows`: the resource rows when the caller has read them already."""
     obs = Observed()
-    rows = store.resources()
+    rows = store.resources() if rows is None else rows
     runs_by_addr: dict[str, list[RunRow]] = {}
     for run in store.runs():
         runs_by_addr.setdefault(run.address, []).append(run)

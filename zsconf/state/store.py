@@ -151,8 +151,12 @@ class Store:
 
     # -- resources ---------------------------------------------------------------------------
     def resources(self) -> dict[str, ResourceRow]:
-        with self.session() as s:
-            return {r.address: r for r in s.exec(select(ResourceRow)).all()}
+        """Every resource row. Read with a Core select and built without validation: plan reads
+        the whole table each time (10,000 rows through the ORM took ~10x longer)."""
+        table = ResourceRow.__table__  # type: ignore[attr-defined]
+        with self.engine.connect() as conn:
+            rows = conn.execute(table.select()).mappings().all()
+        return {r["address"]: ResourceRow.model_construct(**r) for r in rows}
 
     def resource(self, address: str) -> ResourceRow | None:
         with self.session() as s:
