@@ -11,6 +11,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "ERROR_CODES",
     "GatewayConfig",
     "GatewayDeployment",
     "GatewayGroup",
@@ -19,6 +20,26 @@ __all__ = [
     "LimitPair",
     "ModerationConfig",
 ]
+
+
+# The platform's error table (REFERENCE.md): code -> (type, HTTP status, meaning). One copy, read
+# by the gateway (responses) and by `zsconf usage` (failure messages).
+ERROR_CODES: dict[str, tuple[str, int, str]] = {
+    "500001": ("INVOKE_MODEL_ERROR", 500, "model service failed"),
+    "500002": ("PARAM_ERROR", 400, "invalid parameters"),
+    "500003": ("SYSTEM_ERROR", 500, "system error"),
+    "500004": ("INCORRECT_API_KEY_PROVIDED", 401, "wrong AppKey"),
+    "600001": ("INVOKE_TEXT_AUDIT_ERROR", 400, "content moderation could not check the call"),
+    "600002": ("TEXT_AUDIT_NOT_PASS", 400, "content moderation blocked the call"),
+    "600003": ("TEXT_AUDIT_QUESTION_NOT_PASS", 400, "content moderation blocked the question"),
+    "600004": ("TEXT_AUDIT_ANSWER_NOT_PASSED", 400, "content moderation blocked the answer"),
+    "600005": ("RESOURCES_TIPS", 429, "free trial quota used up"),
+    "700001": ("AK_RPM_RATELIMITING", 429, "requests per minute over the key's limit"),
+    "700002": ("AK_TPM_RATELIMITING", 429, "tokens per minute over the key's limit"),
+    "700003": ("AK_BANNED", 429, "key banned"),
+    "700004": ("MODEL_RPM_RATELIMITING", 429, "requests per minute over the model's limit"),
+    "700005": ("MODEL_TPM_RATELIMITING", 429, "tokens per minute over the model's limit"),
+}
 
 
 class _Strict(BaseModel):

@@ -1,6 +1,7 @@
 """API key secrets: generation and hashing (CONTRACTS.md section 3).
 
-Called by the `zsconf keys` commands and by the engine when it applies a service group. The secret is
+Called by the `zsconf keys` commands and by the engine when it applies a service group (the
+management functions below take an open `zsconf.state.Store`; SQLModel is imported inside them). The secret is
 returned once to the caller and never stored: the state store keeps only its sha256 and a display
 prefix. The gateway hashes the bearer token of each request with `hash_key` and looks it up.
 """
@@ -9,8 +10,28 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from typing import TYPE_CHECKING
 
-__all__ = ["KEY_PREFIX", "PREFIX_LEN", "generate_key", "hash_key", "new_key_id"]
+from zsconf.errors import StateError
+
+if TYPE_CHECKING:
+    from zsconf.state import ApiKey, Store
+
+__all__ = [
+    "KEY_PREFIX",
+    "MAX_KEYS_PER_GROUP",
+    "PREFIX_LEN",
+    "active_keys",
+    "create_key",
+    "generate_key",
+    "hash_key",
+    "known_groups",
+    "new_key_id",
+    "resolve_group",
+    "revoke_keys",
+    "rotate_key",
+    "set_banned",
+]
 
 KEY_PREFIX = "zs-"
 PREFIX_LEN = 10  # characters of the secret kept for display
@@ -30,3 +51,93 @@ def generate_key() -> tuple[str, str, str, str]:
     """A fresh key: (secret, key_id, prefix, sha256). Secret = "zs-" + 40 url-safe characters."""
     secret = KEY_PREFIX + secrets.token_urlsafe(30)[:40]
     return secret, new_key_id(), secret[:PREFIX_LEN], hash_key(secret)
+
+
+# -- service-group key management (the CLI and the engine call these) --------------------------
+MAX_KEYS_PER_GROUP = 5  # the studio manual: at most 5 keys
+
+
+def known_groups(store: Store) -> set[tuple[str, str]]:
+    """(tenant, group) pairs the state knows: applied service groups and groups with keys."""
+    from sqlmodel import select
+
+    from zsconf.state import ApiKey, ResourceRow
+
+    with store.session() as s:
+        rows = s.exec(select(ResourceRow).where(ResourceRow.kind == "service_group")).all()
+        groups = {(r.tenant or "", r.name) for r in rows}
+        groups |= {(t, g) for t, g in s.exec(select(ApiKey.tenant, ApiKey.group)).all()}
+    return groups
+
+
+def resolve_group(store: Store, ref: str) -> tuple[str, str]:
+    """`tenant/group`, or `group` when exactly one tenant has a group of that name."""
+    if "/" in ref:
+        tenant, _, group = ref.partition("/")
+        if not tenant or not group or "/" in group:
+            raise StateError(f"bad service group {ref!r}: expected TENANT/GROUP or GROUP")
+        return tenant, group
+    matches = sorted(t for t, g in known_groups(store) if g == ref)
+    if not matches:
+        known = ", ".join(sorted(f"{t}/{g}" for t, g in known_groups(store))) or "none"
+        raise StateError(f"no service group named {ref!r} in the state (known: {known}); use TENANT/GROUP")
+    if len(matches) > 1:
+        raise StateError(f"service group {ref!r} is ambiguous: {', '.join(f'{t}/{ref}' for t in matches)}")
+    return matches[0], ref
+
+
+def active_keys(store: Store, tenant: str, group: str) -> list[ApiKey]:
+    return [k for k in store.api_keys(tenant=tenant, group=group) if k.revoked_at is None]
+
+
+def create_key(store: Store, tenant: str, group: str) -> tuple[str, ApiKey]:
+    """A new key for the group: (secret, row). The secret is returned once and never stored."""
+    from zsconf.state import ApiKey
+
+    if len(active_keys(store, tenant, group)) >= MAX_KEYS_PER_GROUP:
+        raise StateError(
+            f"service group {tenant}/{group} already has {MAX_KEYS_PER_GROUP} keys (the most allowed); "
+            "revoke or rotate one"
+        )
+    secret, key_id, prefix, digest = generate_key()
+    row = store.add_api_key(ApiKey(id=key_id, tenant=tenant, group=group, key_hash=digest, prefix=prefix))
+    return secret, row
+
+
+def revoke_keys(store: Store, tenant: str, group: str, key_id: str | None = None) -> list[str]:
+    """Revoke one key (by id) or every active key of the group; returns the ids revoked."""
+    from zsconf.state import ApiKey
+    from zsconf.state.models import utcnow
+
+    targets = [k for k in active_keys(store, tenant, group) if key_id is None or k.id == key_id]
+    if key_id is not None and not targets:
+        raise StateError(f"no active key {key_id!r} in service group {tenant}/{group}")
+    with store.session() as s:
+        for k in targets:
+            row = s.get(ApiKey, k.id)
+            if row is not None:
+                row.revoked_at = utcnow()
+                s.add(row)
+        s.commit()
+    return [k.id for k in targets]
+
+
+def rotate_key(
+    store: Store, tenant: str, group: str, key_id: str | None = None
+) -> tuple[str, ApiKey, list[str]]:
+    """Revoke one key (or all) and create a new one: (secret, new row, revoked ids)."""
+    revoked = revoke_keys(store, tenant, group, key_id)
+    secret, row = create_key(store, tenant, group)
+    return secret, row, revoked
+
+
+def set_banned(store: Store, tenant: str, group: str, key_id: str, banned: bool = True) -> None:
+    from zsconf.state import ApiKey
+
+    with store.session() as s:
+        row = s.get(ApiKey, key_id)
+        if row is None or (row.tenant, row.group) != (tenant, group):
+            raise StateError(f"no key {key_id!r} in service group {tenant}/{group}")
+        row.banned = banned
+        s.add(row)
+        s.commit()

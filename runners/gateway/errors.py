@@ -8,25 +8,12 @@ from __future__ import annotations
 
 import msgspec
 
+from schemas.run_gateway import ERROR_CODES
+
 __all__ = ["CODES", "PlatformError", "error_body"]
 
-# code -> (type, http status)
-CODES: dict[str, tuple[str, int]] = {
-    "500001": ("INVOKE_MODEL_ERROR", 500),
-    "500002": ("PARAM_ERROR", 400),
-    "500003": ("SYSTEM_ERROR", 500),
-    "500004": ("INCORRECT_API_KEY_PROVIDED", 401),
-    "600001": ("INVOKE_TEXT_AUDIT_ERROR", 400),
-    "600002": ("TEXT_AUDIT_NOT_PASS", 400),
-    "600003": ("TEXT_AUDIT_QUESTION_NOT_PASS", 400),
-    "600004": ("TEXT_AUDIT_ANSWER_NOT_PASSED", 400),
-    "600005": ("RESOURCES_TIPS", 429),
-    "700001": ("AK_RPM_RATELIMITING", 429),
-    "700002": ("AK_TPM_RATELIMITING", 429),
-    "700003": ("AK_BANNED", 429),
-    "700004": ("MODEL_RPM_RATELIMITING", 429),
-    "700005": ("MODEL_TPM_RATELIMITING", 429),
-}
+# code -> (type, http status), from the one table in schemas.run_gateway
+CODES: dict[str, tuple[str, int]] = {code: (t, status) for code, (t, status, _m) in ERROR_CODES.items()}
 
 _encode = msgspec.json.encode
 

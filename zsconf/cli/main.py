@@ -29,6 +29,8 @@ app = typer.Typer(
 COMMAND_MODULES = (
     "zsconf.cli.stack_cmds",
     "zsconf.cli.plan_cmds",
+    "zsconf.cli.keys_cmds",
+    "zsconf.cli.usage_cmds",
 )
 
 
