@@ -20,7 +20,7 @@ from runners.compress.runfiles import RunFiles, UserError
 from runners.compress.strategies import build_recipe, plan_strategy
 from schemas.run_compress import CompressRunSpec
 
-__all__ = ["compress", "folder_weight_bytes", "render_text"]
+__all__ = ["compress", "folder_weight_bytes", "gate_passed", "render_text"]
 
 # Held-out texts for perplexity: never among the calibration samples.
 MAX_HELDOUT = 32
@@ -76,6 +76,11 @@ def _tokenized_dataset(texts: list[str], tokenizer: Any, max_length: int) -> Any
     if not rows:
         raise UserError("no calibration sample has any tokens")
     return Dataset.from_dict({"input_ids": [r[0] for r in rows], "attention_mask": [r[1] for r in rows]})
+
+
+def gate_passed(increase: float, limit: float | None) -> bool:
+    """The compression gate: passed unless the perplexity rose by more than `limit` (a fraction)."""
+    return True if limit is None else increase <= limit
 
 
 def _device(requested: str) -> str:
@@ -153,7 +158,7 @@ def compress(run: CompressRunSpec, files: RunFiles) -> dict[str, Any]:
     tmp.rename(out)
     increase = (ppl_after - ppl_before) / ppl_before
     limit = spec.gate.max_perplexity_increase
-    passed = True if limit is None else increase <= limit
+    passed = gate_passed(increase, limit)
     files.event(
         "gate", f"perplexity {ppl_before:.4g} -> {ppl_after:.4g} ({increase:+.2%}); gate passed={passed}"
     )
