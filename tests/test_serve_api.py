@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import signal
 import threading
 import time
@@ -43,7 +44,14 @@ def Server(tmp: Path, model_dir: Path, **spec: Any) -> ServeProcess:
 
 @pytest.fixture(scope="module")
 def server(tiny_qwen2: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
-    srv = Server(tmp_path_factory.mktemp("serve"), tiny_qwen2, api_key=KEY, max_model_len=MAX_LEN)
+    # The served copy's generation_config carries processors a request never asked for; the
+    # server must not let transformers merge them in (the reference below ignores the file).
+    model = tmp_path_factory.mktemp("model") / "tiny"
+    shutil.copytree(tiny_qwen2, model)
+    gen = json.loads((model / "generation_config.json").read_text())
+    gen.update(repetition_penalty=3.0, no_repeat_ngram_size=2)
+    (model / "generation_config.json").write_text(json.dumps(gen))
+    srv = Server(tmp_path_factory.mktemp("serve"), model, api_key=KEY, max_model_len=MAX_LEN)
     yield srv
     assert srv.stop() == 0
 
@@ -133,6 +141,30 @@ def test_penalties_follow_openai_definition(client: openai.OpenAI, reference: An
         model="tiny", messages=MESSAGES, max_tokens=16, temperature=0, frequency_penalty=2.0
     )
     assert plain.choices[0].message.content != penalised.choices[0].message.content
+
+
+def test_top_k_1_and_tiny_top_p_sample_the_greedy_token(client: openai.OpenAI) -> None:
+    greedy = (
+        client.completions.create(model="tiny", prompt="hello", max_tokens=12, temperature=0).choices[0].text
+    )
+    for extra in ({"top_k": 1}, {"top_p": 1e-9}):
+        resp = (
+            client.completions.create(
+                model="tiny", prompt="hello", max_tokens=12, temperature=1.5, extra_body=extra
+            )
+            if "top_k" in extra
+            else client.completions.create(
+                model="tiny", prompt="hello", max_tokens=12, temperature=1.5, **extra
+            )
+        )
+        assert resp.choices[0].text == greedy, extra
+    sampled = {
+        client.completions.create(model="tiny", prompt="hello", max_tokens=12, temperature=1.5, seed=s)
+        .choices[0]
+        .text
+        for s in range(3)
+    }
+    assert sampled != {greedy}
 
 
 def test_stream_with_usage_equals_non_stream(client: openai.OpenAI) -> None:

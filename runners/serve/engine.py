@@ -295,19 +295,26 @@ class Engine:
             torch.manual_seed(p.seed)  # one worker thread: the global generator is ours alone
         greedy = p.temperature == 0.0
         input_ids = torch.tensor([job.prompt_ids], device=self.device)
-        # A config of our own, so the checkpoint's defaults (top_k=50, repetition_penalty, ...) do
-        # not silently add processors; ours run in OpenAI's order: penalties, then temperature,
-        # top-k, top-p.
+        # generate() fills every unset field of our config from the checkpoint's generation_config
+        # (a Qwen instruct model brings top_k=20, repetition_penalty=1.05, ...), which would add
+        # processors behind the request's back: set them neutral. Ours run in OpenAI's order:
+        # penalties, then temperature, top-k, top-p. (Greedy leaves top_k alone: unused.)
+        neutral: dict[str, Any] = {
+            "temperature": 1.0,
+            "top_p": 1.0,
+            "repetition_penalty": 1.0,
+            "no_repeat_ngram_size": 0,
+            "min_new_tokens": 0,
+        }
+        if not greedy:
+            neutral["top_k"] = 0
+        pad = self.tokenizer.pad_token_id
         config = GenerationConfig(
             do_sample=not greedy,
             max_new_tokens=p.max_tokens,
-            temperature=1.0,
-            top_k=0,
-            top_p=1.0,
-            pad_token_id=self.tokenizer.pad_token_id
-            if self.tokenizer.pad_token_id is not None
-            else min(self.eos_ids),
+            pad_token_id=pad if pad is not None else min(self.eos_ids),
             eos_token_id=sorted(self.eos_ids),
+            **neutral,
         )
         for index in range(p.n):
             if job.cancelled.is_set():  # the client left while this job waited in the queue
