@@ -93,3 +93,31 @@ def test_force_unlock_cli(tmp_path: Path) -> None:
                          capture_output=True, text=True, env={**__import__("os").environ, "ZSCONF_STATE_URL": env_url})  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert store.lock_info() is None
+
+
+def test_second_apply_cli_fails_at_once_then_waits_with_lock_timeout(tmp_path: Path) -> None:
+    import os
+
+    from test_plan import make_stack
+
+    stack = make_stack(tmp_path / "s", "platform: {default_tenant: acme}\ntenants:\n  acme: {}\n")
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    env = {**os.environ, "ZSCONF_STATE_URL": url}
+    argv = [sys.executable, "-m", "zsconf.cli.main", "apply", str(stack), "--auto-approve"]
+    proc, lock_id = _holder(url, 3)
+    try:
+        t0 = time.monotonic()
+        busy = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60)
+        assert busy.returncode == 1
+        assert (
+            "state is locked" in busy.stderr and lock_id in busy.stderr and f"pid {proc.pid}" in busy.stderr
+        )
+        assert time.monotonic() - t0 < 10  # failed at once (process start-up included)
+        waited = subprocess.run(
+            [*argv, "--lock-timeout", "30s"], capture_output=True, text=True, env=env, timeout=60
+        )
+        assert waited.returncode == 0, waited.stderr
+        assert "Apply complete! Resources: 1 added" in waited.stdout
+    finally:
+        proc.kill()
+        proc.wait()

@@ -485,6 +485,14 @@ def finish_runs(store: Store) -> list[str]:
 _FINISH_LOCK = threading.Lock()
 
 
+def _gate_status(res: dict[str, Any]) -> str | None:
+    """ "passed" / "failed" from a runner's `outputs.gate.passed`; None when it has no gate."""
+    gate = (res.get("outputs") or {}).get("gate")
+    if not isinstance(gate, dict) or "passed" not in gate:
+        return None
+    return "passed" if gate["passed"] else "failed"
+
+
 def _finish_one(store: Store, run: RunRow) -> None:
     res = read_result(run.workdir) or {}
     row = store.resource(run.address)
@@ -504,7 +512,7 @@ def _finish_one(store: Store, run: RunRow) -> None:
                              source_address=run.address, source_run=run.run_id,
                              content_hash=dir_digest(Path(model_dir)) if model_dir else "",
                              path=model_dir or "", quantization=quant, validated=True,
-                             gate_status=(res.get("outputs") or {}).get("gate_status"))
+                             gate_status=_gate_status(res))
             )  # fmt: skip
             _crash_point("after_version")
     store.update_run(run.run_id, status=status, error=res.get("error"))

@@ -191,7 +191,9 @@ def _host_cards() -> int | None:
         return None
 
 
-def _capacity(plan: Plan, rows: dict[str, Any], graph: Any, catalog: Any, stack_tenants: dict[str, Any]) -> None:
+def _capacity(
+    plan: Plan, rows: dict[str, Any], graph: Any, catalog: Any, stack_tenants: dict[str, Any]
+) -> None:
     """Say which new jobs will queue, and behind what: a tenant's max_concurrent_jobs / max_cards,
     or the host's cards. Jobs already running come first, then this plan's jobs in order."""
 
