@@ -20,6 +20,7 @@ from zsconf.executors.base import (
     ProcessHandle,
     Submission,
 )
+from zsconf.executors.supervise import enforce_auto_stop, ensure_instances, should_restart
 
 if TYPE_CHECKING:
     from zsconf.executors.local import LocalExecutor
@@ -33,8 +34,11 @@ __all__ = [
     "Observation",
     "ProcessHandle",
     "Submission",
+    "enforce_auto_stop",
+    "ensure_instances",
     "get_executor",
     "host_cards",
+    "should_restart",
 ]
 
 
@@ -49,8 +53,10 @@ def get_executor(name: str = "local", root: str | Path | None = None) -> LocalEx
     return LocalExecutor(root=root)
 
 
-def host_cards() -> int:
-    """Accelerator cards of this host (0 on a CPU-only host); cheap, no torch."""
+def host_cards() -> int | None:
+    """Accelerator cards of this host; None on a CPU-only host, where the local executor does not
+    count cards (every job runs at once on the CPU). Cheap: no torch."""
     from zsconf.executors.cards import detect_host_cards
 
-    return detect_host_cards()[1]
+    device, count = detect_host_cards()
+    return None if device == "cpu" else count

@@ -1,0 +1,515 @@
+"""The local executor: runner processes on this host, in their own sessions, with a card queue.
+
+Called by `zsconf.engine` (submit, observe, cancel, adopt) and the daemon (supervision and
+deployment instances), through `zsconf.executors.get_executor("local", root=...)`.
+
+How it works:
+- Every process is started as `python -m zsconf.executors.wrap WORKDIR -- ARGV` with
+  `start_new_session=True`: the wrapper is the session and process-group leader, outlives the CLI
+  or daemon that started it, and writes `WORKDIR/exit_code` when the runner ends, so any later
+  executor learns the exit status of a process that is not its child. stdout and stderr go to
+  `WORKDIR/runner.log`; `ZSCONF_RUN_ID` is set in the environment.
+- A process is pid + start time (/proc/PID/stat field 22): adoption after a restart succeeds only
+  when both match, so a reused pid is never taken for our runner.
+- The executor itself persists what it knows under `root` (one JSON record per run in
+  `root/runs/`, guarded by a file lock): the queue lives there, so a CLI and a daemon sharing a
+  root see the same queue. The engine keeps its own copy of the handles in its runs table and
+  passes them back to `adopt` after a restart.
+- Cards: the host's cards (`zsconf.executors.cards`) are handed out by index through
+  `ASCEND_RT_VISIBLE_DEVICES` / `CUDA_VISIBLE_DEVICES`. A job that does not fit the free cards, or
+  its tenant's `max_cards`, waits; the queue is ordered by priority (higher first) then age. A job
+  blocked by the host's cards also blocks lower queued jobs that need cards (no starvation of big
+  jobs); one blocked by its tenant's quota blocks nobody else. On a host without accelerators
+  (device cpu) cards are not counted: every job runs at once on the CPU.
+- `runners.train` jobs needing more than one card run under torchrun (one process per card; on
+  this single host `nodes` multiplies the process count): `runners.train.launch.build_command` when
+  that module exists, else `python -m torch.distributed.run --standalone`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from zsconf.errors import ExecutorError
+from zsconf.executors.base import (
+    Capacity,
+    InstanceHandle,
+    InstanceRequest,
+    JobRequest,
+    Observation,
+    ProcessHandle,
+    Submission,
+)
+from zsconf.executors.cards import VISIBLE_ENV, detect_host_cards
+from zsconf.executors.procs import is_alive, kill_group, process_start_time
+
+__all__ = ["RUN_ID_ENV", "LocalExecutor", "free_port", "read_exit_code"]
+
+RUN_ID_ENV = "ZSCONF_RUN_ID"
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 now (bind port 0). Another process could take it before the
+    server binds: `start_instance` callers treat an instance that dies at once as a retry."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def read_exit_code(workdir: str | Path) -> tuple[int, float] | None:
+    """(exit_code, ended_at) written by the wrapper, None when absent."""
+    try:
+        d = json.loads((Path(workdir) / "exit_code").read_text())
+        return int(d["exit_code"]), float(d["ended_at"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _read_result(workdir: str | Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((Path(workdir) / "result.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _atomic_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+class LocalExecutor:
+    """Runs jobs and deployment instances as processes on this host (see the module docstring)."""
+
+    name = "local"
+
+    def __init__(self, root: str | Path | None = None) -> None:
+        if root is None:
+            root = os.environ.get("ZSCONF_EXECUTOR_ROOT") or Path.home() / ".zsconf" / "executor"
+        self.root = Path(root)
+        (self.root / "runs").mkdir(parents=True, exist_ok=True)
+        (self.root / "instances").mkdir(parents=True, exist_ok=True)
+        self.host = socket.gethostname()
+
+    # ---- bookkeeping -------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        with open(self.root / ".lock", "a+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _rec_path(self, run_id: str) -> Path:
+        return self.root / "runs" / f"{_safe(run_id)}.json"
+
+    def _load(self, run_id: str) -> dict[str, Any] | None:
+        try:
+            return json.loads(self._rec_path(run_id).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def _save(self, rec: dict[str, Any]) -> None:
+        _atomic_json(self._rec_path(rec["request"]["run_id"]), rec)
+
+    def _records(self) -> list[dict[str, Any]]:
+        out = []
+        for p in (self.root / "runs").glob("*.json"):
+            with contextlib.suppress(OSError, ValueError):
+                out.append(json.loads(p.read_text()))
+        return out
+
+    def _instance_records(self) -> list[dict[str, Any]]:
+        out = []
+        for p in (self.root / "instances").glob("*.json"):
+            with contextlib.suppress(OSError, ValueError):
+                out.append(json.loads(p.read_text()))
+        return out
+
+    # ---- processes ---------------------------------------------------------------------------
+
+    def _spawn(
+        self, argv: list[str], workdir: Path, env: dict[str, str], run_id: str, cards: list[int]
+    ) -> ProcessHandle:
+        workdir.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            (workdir / "exit_code").unlink()  # from an earlier attempt in the same workdir
+        full_env = dict(os.environ)
+        full_env.update(env)
+        full_env[RUN_ID_ENV] = run_id
+        device, _ = detect_host_cards()
+        if device in VISIBLE_ENV:
+            full_env[VISIBLE_ENV[device]] = ",".join(str(c) for c in cards)
+        wrapped = [sys.executable, "-m", "zsconf.executors.wrap", str(workdir), "--", *argv]
+        try:
+            with open(workdir / "runner.log", "ab") as log:
+                proc = subprocess.Popen(
+                    wrapped,
+                    cwd=str(workdir),
+                    env=full_env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+        except OSError as e:
+            raise ExecutorError(f"cannot start {argv[0]} for {run_id}: {e}") from e
+        st = None
+        for _ in range(200):
+            st = process_start_time(proc.pid)
+            if st is not None:
+                break
+            time.sleep(0.005)
+        # The wrapper records the exit code, so nobody needs wait()'s status; a thread reaps the
+        # child while this process lives so it does not linger as a zombie.
+        threading.Thread(target=proc.wait, daemon=True).start()
+        return ProcessHandle(
+            pid=proc.pid,
+            start_time=st or 0.0,
+            pgid=proc.pid,
+            host=self.host,
+            workdir=str(workdir),
+            cards=cards,
+            started_at=time.time(),
+        )
+
+    def _job_argv(self, req: JobRequest) -> list[str]:
+        if req.argv:
+            return list(req.argv)
+        nproc = max(req.cards, 1) * max(req.nodes, 1)
+        if nproc > 1 and req.module == "runners.train":
+            return self._torchrun_argv(req, nproc)
+        return [sys.executable, "-m", req.module, req.spec_path]
+
+    @staticmethod
+    def _torchrun_argv(req: JobRequest, nproc: int) -> list[str]:
+        try:
+            from runners.train.launch import build_command  # optional, must not import torch
+        except ImportError:
+            build_command = None
+        if build_command is not None:
+            return list(
+                build_command(
+                    module=req.module,
+                    spec_path=req.spec_path,
+                    nproc_per_node=nproc,
+                    nnodes=1,
+                    node_rank=0,
+                    master_port=free_port(),
+                )
+            )
+        return [
+            sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+            "-m", req.module, req.spec_path,
+        ]  # fmt: skip
+
+    # ---- state of a record ---------------------------------------------------------------------
+
+    def _refresh(self, rec: dict[str, Any]) -> bool:
+        """Bring a running record up to date with the process; True when it changed."""
+        if rec["state"] != "running":
+            return False
+        h = rec["handle"]
+        if is_alive(h["pid"], h["start_time"]):
+            return False
+        workdir = h["workdir"]
+        ec = read_exit_code(workdir)
+        result = _read_result(workdir)
+        rec["ended_at"] = ec[1] if ec else time.time()
+        rec["exit_code"] = ec[0] if ec else None
+        if rec.get("cancelled"):
+            rec["state"] = "stopped"
+        elif ec is not None:
+            ok = ec[0] == 0 and (result is None or result.get("status") == "succeeded")
+            rec["state"] = "succeeded" if ok else "failed"
+            if ec[0] == 0 and result is None:
+                rec["message"] = "exited 0 without writing result.json"
+                rec["state"] = "failed"
+        elif result is not None:
+            rec["state"] = "succeeded" if result.get("status") == "succeeded" else "failed"
+        else:
+            rec["state"] = "lost"
+            rec["message"] = "process is gone and left no exit code"
+        return True
+
+    def _schedule(self) -> None:
+        """Start queued jobs that fit now. Caller holds the lock."""
+        recs = self._records()
+        for rec in recs:
+            if self._refresh(rec):
+                self._save(rec)
+        device, total = detect_host_cards()
+        running = [r for r in recs if r["state"] == "running"]
+        used = {c for r in running for c in r["handle"].get("cards", [])}
+        used |= {
+            c
+            for r in self._instance_records()
+            if self._instance_alive(r)
+            for c in r["process"].get("cards", [])
+        }
+        free = [c for c in range(total) if c not in used]
+        tenant_used: dict[str | None, int] = {}
+        for r in running:
+            tenant_used[r["request"]["tenant"]] = tenant_used.get(r["request"]["tenant"], 0) + len(
+                r["handle"].get("cards", [])
+            )
+        queued = sorted(
+            (r for r in recs if r["state"] == "queued"),
+            key=lambda r: (-r["request"]["priority"], r["request"]["submitted_at"]),
+        )
+        blocked_by_host: list[str] = []
+        for pos, rec in enumerate(queued, start=1):
+            req = JobRequest.from_dict(rec["request"])
+            need = self._cards_needed(req, device)
+            quota = req.max_cards_for_tenant
+            if quota is not None and need and tenant_used.get(req.tenant, 0) + need > quota:
+                rec["waiting_behind"] = [
+                    r["request"]["run_id"] for r in running if r["request"]["tenant"] == req.tenant
+                ]
+                rec["message"] = f"tenant {req.tenant} may use {quota} cards and this job needs {need}"
+            elif need and (blocked_by_host or need > len(free)):
+                rec["waiting_behind"] = [r["request"]["run_id"] for r in running if r["handle"].get("cards")]
+                rec["waiting_behind"] += blocked_by_host
+                rec["message"] = f"needs {need} {device} cards, {len(free)} free of {total}"
+                blocked_by_host.append(req.run_id)
+            else:
+                cards, free = free[:need], free[need:]
+                try:
+                    handle = self._spawn(self._job_argv(req), Path(req.workdir), req.env, req.run_id, cards)
+                except ExecutorError as e:
+                    rec.update(state="failed", message=str(e), ended_at=time.time())
+                    self._save(rec)
+                    continue
+                rec.update(state="running", handle=handle.as_dict(), waiting_behind=[], message="")
+                tenant_used[req.tenant] = tenant_used.get(req.tenant, 0) + need
+                running.append(rec)
+            rec["queue_position"] = pos if rec["state"] == "queued" else None
+            self._save(rec)
+
+    @staticmethod
+    def _cards_needed(req: JobRequest, device: str) -> int:
+        if device == "cpu" or req.device == "cpu":
+            return 0
+        return req.cards * req.nodes
+
+    def _observation(self, rec: dict[str, Any]) -> Observation:
+        h = rec.get("handle") or {}
+        result = _read_result(h["workdir"]) if h and rec["state"] != "queued" else None
+        return Observation(
+            run_id=rec["request"]["run_id"],
+            state=rec["state"],
+            exit_code=rec.get("exit_code"),
+            pid=h.get("pid"),
+            start_time=h.get("start_time"),
+            started_at=h.get("started_at"),
+            ended_at=rec.get("ended_at"),
+            result=result,
+            queue_position=rec.get("queue_position"),
+            waiting_behind=list(rec.get("waiting_behind") or []),
+            message=rec.get("message", ""),
+        )
+
+    # ---- the Executor protocol: jobs ----------------------------------------------------------
+
+    def submit(self, req: JobRequest) -> Submission:
+        device, total = detect_host_cards()
+        need = self._cards_needed(req, device)
+        if need > total:
+            raise ExecutorError(f"{req.address} needs {need} {device} cards; this host has {total}")
+        if not req.submitted_at:
+            req = replace(req, submitted_at=time.time())
+        with self._locked():
+            rec = self._load(req.run_id)
+            if rec is None or rec["state"] not in ("queued", "running"):
+                rec = {"request": req.as_dict(), "state": "queued", "handle": None, "cancelled": False}
+                self._save(rec)
+            self._schedule()
+            rec = self._load(req.run_id) or rec
+        if rec["state"] == "running":
+            return Submission(req.run_id, "running", handle=ProcessHandle.from_dict(rec["handle"]))
+        if rec["state"] == "queued":
+            return Submission(
+                req.run_id, "queued", queue_position=rec.get("queue_position"),
+                waiting_behind=list(rec.get("waiting_behind") or []),
+            )  # fmt: skip
+        raise ExecutorError(f"{req.address}: {rec.get('message') or 'could not start'}")
+
+    def observe(self, run_id: str) -> Observation:
+        with self._locked():
+            self._schedule()
+            rec = self._load(run_id)
+        if rec is None:
+            return Observation(run_id=run_id, state="lost", message="this executor has no record of the run")
+        return self._observation(rec)
+
+    def cancel(self, run_id: str, grace_s: float = 10.0) -> Observation:
+        with self._locked():
+            rec = self._load(run_id)
+            if rec is None:
+                return Observation(
+                    run_id=run_id, state="lost", message="this executor has no record of the run"
+                )
+            if rec["state"] == "queued":
+                rec.update(state="stopped", cancelled=True, ended_at=time.time(), queue_position=None)
+                self._save(rec)
+            elif rec["state"] == "running":
+                rec["cancelled"] = True
+                self._save(rec)
+        if rec["state"] == "running":
+            h = rec["handle"]
+            if is_alive(h["pid"], h["start_time"]):
+                kill_group(h["pgid"], grace_s)
+        return self.observe(run_id)
+
+    def adopt(self, run_id: str, handle: ProcessHandle) -> bool:
+        alive = is_alive(handle.pid, handle.start_time)
+        with self._locked():
+            rec = self._load(run_id)
+            if rec is None:
+                req = JobRequest(run_id=run_id, address="", spec_path="", workdir=handle.workdir)
+                rec = {"request": req.as_dict(), "cancelled": False}
+            if rec.get("state") in ("succeeded", "failed", "stopped") and not alive:
+                return False
+            if alive or rec.get("state") != "lost":
+                rec.update(state="running", handle=handle.as_dict())
+                if not alive:
+                    self._refresh(rec)  # finished while nobody watched: exit_code tells how
+            self._save(rec)
+        return alive
+
+    def capacity(self) -> Capacity:
+        device, total = detect_host_cards()
+        with self._locked():
+            self._schedule()
+            used = {
+                c for r in self._records() if r["state"] == "running" for c in r["handle"].get("cards", [])
+            }
+            used |= {
+                c for r in self._instance_records() if self._instance_alive(r) for c in r["process"]["cards"]
+            }
+        return Capacity(device=device, cards_total=total, cards_free=total - len(used))
+
+    def list_adoptable(self) -> list[ProcessHandle]:
+        out = []
+        for rec in self._records():
+            h = rec.get("handle")
+            if rec.get("state") == "running" and h and is_alive(h["pid"], h["start_time"]):
+                out.append(ProcessHandle.from_dict(h))
+        return out
+
+    # ---- deployment instances -----------------------------------------------------------------
+
+    def _inst_path(self, deployment: str, index: int) -> Path:
+        return self.root / "instances" / f"{_safe(deployment)}#{index}.json"
+
+    @staticmethod
+    def _instance_alive(rec: dict[str, Any]) -> bool:
+        p = rec["process"]
+        return is_alive(p["pid"], p["start_time"])
+
+    def start_instance(self, req: InstanceRequest) -> InstanceHandle:
+        """Start one server process (no waiting for health: call `instance_healthy`/`wait_healthy`)."""
+        port = req.port or free_port()
+        if req.argv:
+            argv = [a.replace("{port}", str(port)) for a in req.argv]
+        else:
+            argv = [sys.executable, "-m", req.module, req.spec_path]
+        env = dict(req.env)
+        env["ZSCONF_PORT"] = str(port)
+        device, total = detect_host_cards()
+        need = 0 if device == "cpu" or req.device == "cpu" else req.cards
+        with self._locked():
+            cards: list[int] = []
+            if need:
+                self._schedule()
+                used = {
+                    c
+                    for r in self._records()
+                    if r["state"] == "running"
+                    for c in r["handle"].get("cards", [])
+                }
+                used |= {
+                    c
+                    for r in self._instance_records()
+                    if self._instance_alive(r)
+                    for c in r["process"]["cards"]
+                }
+                free = [c for c in range(total) if c not in used]
+                if len(free) < need:
+                    raise ExecutorError(
+                        f"{req.instance_id} needs {need} {device} cards, {len(free)} free of {total}"
+                    )
+                cards = free[:need]
+            proc = self._spawn(argv, Path(req.workdir), env, req.instance_id, cards)
+            handle = InstanceHandle(
+                deployment=req.deployment, index=req.index, port=port, url=f"http://127.0.0.1:{port}",
+                process=proc, health_path=req.health_path,
+            )  # fmt: skip
+            _atomic_json(self._inst_path(req.deployment, req.index), handle.as_dict())
+        return handle
+
+    def stop_instance(self, handle: InstanceHandle, grace_s: float = 10.0) -> None:
+        """SIGTERM the server's group (it drains in-flight requests), SIGKILL after `grace_s`."""
+        p = handle.process
+        if is_alive(p.pid, p.start_time):
+            kill_group(p.pgid, grace_s)
+        with self._locked():
+            path = self._inst_path(handle.deployment, handle.index)
+            with contextlib.suppress(OSError, ValueError):
+                if json.loads(path.read_text())["process"]["pid"] == p.pid:
+                    path.unlink()
+
+    def instance_alive(self, handle: InstanceHandle) -> bool:
+        return is_alive(handle.process.pid, handle.process.start_time)
+
+    def instance_healthy(self, handle: InstanceHandle, timeout_s: float = 2.0) -> bool:
+        """Process alive and `GET health_path` answers 200 (stdlib client: cheap to import)."""
+        if not self.instance_alive(handle):
+            return False
+        import http.client
+
+        conn = http.client.HTTPConnection("127.0.0.1", handle.port, timeout=timeout_s)
+        try:
+            conn.request("GET", handle.health_path)
+            return conn.getresponse().status == 200
+        except OSError:
+            return False
+        finally:
+            conn.close()
+
+    def wait_healthy(self, handle: InstanceHandle, timeout_s: float = 120.0) -> bool:
+        """Poll health until it answers 200 (True) or the process dies / time runs out (False)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.instance_healthy(handle, timeout_s=2.0):
+                return True
+            if not self.instance_alive(handle):
+                return False
+            time.sleep(0.1)
+        return False
+
+    def list_instances(self) -> list[InstanceHandle]:
+        """Instances this executor started that are still alive (for adoption by a new daemon)."""
+        return [InstanceHandle.from_dict(r) for r in self._instance_records() if self._instance_alive(r)]
+
+    def adopt_instance(self, handle: InstanceHandle) -> bool:
+        """True when the instance's process (pid + start time) is still the one started."""
+        return self.instance_alive(handle)

@@ -1,0 +1,50 @@
+"""`python -m zsconf.executors.wrap WORKDIR -- ARGV...`: run ARGV, then write WORKDIR/exit_code.
+
+Started by `zsconf.executors.local` as the session leader of every runner. A runner outlives the
+executor that started it, so its exit status cannot be collected with wait() by a later executor;
+this wrapper waits for it and writes `{"exit_code": N, "ended_at": T}` atomically (tmp + rename).
+N is negative (-signal) when the runner died from a signal, as in `subprocess`.
+Kept tiny: standard library only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+__all__ = ["main"]
+
+
+def main(args: list[str]) -> int:
+    workdir, sep, argv = args[0], args[1], args[2:]
+    if sep != "--" or not argv:
+        print("usage: python -m zsconf.executors.wrap WORKDIR -- ARGV...", file=sys.stderr)
+        return 2
+    # A cancel signals the whole process group: the runner gets SIGTERM itself; the wrapper stays
+    # to record how it ended (a SIGKILL of the group takes both, and then no exit code is left).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        proc = subprocess.Popen(argv, restore_signals=True, preexec_fn=_default_signals)
+        code = proc.wait()
+    except OSError as e:
+        print(f"zsconf: cannot start {argv[0]}: {e}", file=sys.stderr, flush=True)
+        code = 127
+    tmp = os.path.join(workdir, f".exit_code.{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump({"exit_code": code, "ended_at": time.time()}, f)
+    os.replace(tmp, os.path.join(workdir, "exit_code"))
+    return 0
+
+
+def _default_signals() -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
