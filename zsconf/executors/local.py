@@ -55,7 +55,7 @@ from zsconf.executors.base import (
 from zsconf.executors.cards import VISIBLE_ENV, detect_host_cards
 from zsconf.executors.procs import is_alive, kill_group, process_start_time
 
-__all__ = ["RUN_ID_ENV", "LocalExecutor", "free_port", "read_exit_code"]
+__all__ = ["RUN_ID_ENV", "LocalExecutor", "free_port", "read_exit_code", "torchrun_argv"]
 
 RUN_ID_ENV = "ZSCONF_RUN_ID"
 
@@ -66,6 +66,13 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def torchrun_argv(nproc: int, target: list[str]) -> list[str]:
+    """torchrun on this host: `nproc` processes of `target` (["-m", module, ...] or [script, ...])."""
+    return [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *target,
+    ]  # fmt: skip
 
 
 def read_exit_code(workdir: str | Path) -> tuple[int, float] | None:
@@ -204,22 +211,13 @@ class LocalExecutor:
         try:
             from runners.train.launch import build_command  # optional, must not import torch
         except ImportError:
-            build_command = None
-        if build_command is not None:
-            return list(
-                build_command(
-                    module=req.module,
-                    spec_path=req.spec_path,
-                    nproc_per_node=nproc,
-                    nnodes=1,
-                    node_rank=0,
-                    master_port=free_port(),
-                )
+            return torchrun_argv(nproc, ["-m", req.module, req.spec_path])
+        return list(
+            build_command(
+                module=req.module, spec_path=req.spec_path, nproc_per_node=nproc, nnodes=1, node_rank=0,
+                master_port=free_port(),
             )
-        return [
-            sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-            "-m", req.module, req.spec_path,
-        ]  # fmt: skip
+        )  # fmt: skip
 
     # ---- state of a record ---------------------------------------------------------------------
 
