@@ -246,7 +246,11 @@ class Engine:
     # -- prompts -------------------------------------------------------------------------------
     def chat_prompt(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> list[int]:
         """Render the model's chat template (with tools when given; a template that ignores them
-        simply does) and tokenize. The template adds its own special tokens."""
+        simply does) and tokenize. The template adds its own special tokens.
+
+        Runs on the event loop while the worker decodes with the same tokenizer: safe because
+        neither side changes the fast tokenizer's truncation/padding state (the only mutation
+        that makes concurrent use of a Rust tokenizer fail with "Already borrowed")."""
         kwargs: dict[str, Any] = {"tools": tools} if tools else {}
         text = self.tokenizer.apply_chat_template(
             messages, add_generation_prompt=True, tokenize=False, **kwargs
