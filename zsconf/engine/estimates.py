@@ -5,6 +5,7 @@ says "unknown" otherwise (never guesses silently).
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import Any
@@ -14,12 +15,12 @@ __all__ = ["count_samples", "estimate"]
 
 def count_samples(path: Path, fmt: str) -> int | None:
     """Samples in a dataset file: the dataset helper's counter if present, else lines/rows."""
-    try:
-        from schemas.samples import count  # type: ignore[import-not-found]
-
-        return int(count(path, fmt))
-    except Exception:
-        pass
+    counter = _sample_counter()
+    if counter is not None:
+        try:
+            return int(counter(path, fmt))
+        except Exception:
+            pass
     try:
         if fmt == "xlsx":
             return None
@@ -35,6 +36,16 @@ def count_samples(path: Path, fmt: str) -> int | None:
         return max(lines, 0)
     except OSError:
         return None
+
+
+@functools.cache
+def _sample_counter() -> Any:
+    """`schemas.samples.count(path, format)` when the dataset helper provides it (looked up once)."""
+    try:
+        from schemas.samples import count  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    return count
 
 
 def _catalog() -> Any:

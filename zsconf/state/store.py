@@ -37,7 +37,7 @@ from zsconf.state.models import (
     utcnow,
 )
 
-__all__ = ["SCHEMA_VERSION", "LockInfo", "Store", "default_url", "open_store"]
+__all__ = ["SCHEMA_VERSION", "LockInfo", "ResourceView", "Store", "default_url", "open_store"]
 
 SCHEMA_VERSION = 1
 STATE_URL_ENV = "ZSCONF_STATE_URL"
@@ -61,6 +61,38 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+class ResourceView:
+    """A read-only resource row (what `Store.resources()` returns); same fields as ResourceRow."""
+
+    __slots__ = (
+        "address",
+        "content_hash",
+        "created_at",
+        "dependencies",
+        "generation",
+        "kind",
+        "name",
+        "outputs",
+        "spec",
+        "status",
+        "tenant",
+        "updated_at",
+    )  # fmt: skip
+
+    def __init__(self, **fields: Any) -> None:
+        for k in self.__slots__:
+            object.__setattr__(self, k, fields.get(k))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("ResourceView is read-only; write with Store.put_resource/update_resource")
+
+    def model_dump(self, mode: str = "json") -> dict[str, Any]:
+        out = {k: getattr(self, k) for k in self.__slots__}
+        if mode == "json":
+            out = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in out.items()}
+        return out
 
 
 @dataclass(frozen=True)
@@ -94,6 +126,7 @@ class Store:
         self.engine = engine
         self.url = url
         self.held_lock: str | None = None
+        self._rows_cache: tuple[int, dict[str, ResourceView]] | None = None
 
     # -- setup -------------------------------------------------------------------------------
     def init_schema(self) -> None:
@@ -150,13 +183,22 @@ class Store:
             s.add(row)
 
     # -- resources ---------------------------------------------------------------------------
-    def resources(self) -> dict[str, ResourceRow]:
-        """Every resource row. Read with a Core select and built without validation: plan reads
-        the whole table each time (10,000 rows through the ORM took ~10x longer)."""
+    def resources(self) -> dict[str, ResourceView]:
+        """Every resource, read-only, keyed by address (plan and refresh read the whole table).
+
+        Read with a Core select into plain objects (10,000 rows through the ORM took ~10x
+        longer) and cached by the serial, which every resource write bumps: a re-plan of an
+        unchanged state costs one small query."""
+        serial = self.serial()
+        if self._rows_cache is not None and self._rows_cache[0] == serial:
+            return dict(self._rows_cache[1])
         table = ResourceRow.__table__  # type: ignore[attr-defined]
         with self.engine.connect() as conn:
-            rows = conn.execute(table.select()).mappings().all()
-        return {r["address"]: ResourceRow.model_construct(**r) for r in rows}
+            result = conn.execute(table.select())
+            names = list(result.keys())
+            rows = {r[0]: ResourceView(**dict(zip(names, r, strict=True))) for r in result.all()}
+        self._rows_cache = (serial, rows)
+        return dict(rows)
 
     def resource(self, address: str) -> ResourceRow | None:
         with self.session() as s:
