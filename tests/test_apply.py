@@ -44,6 +44,16 @@ def _live(run_ids: set[str]) -> dict[str, list[int]]:
     return out
 
 
+def _wait_file(path: Path) -> str:
+    import time
+
+    for _ in range(200):
+        if path.exists() and path.read_text():
+            return path.read_text()
+        time.sleep(0.05)
+    return ""
+
+
 def _starts(log: Path) -> list[str]:
     return [line.split()[0] for line in log.read_text().splitlines()] if log.exists() else []
 
@@ -78,6 +88,8 @@ def test_apply_every_kind_then_scale_and_destroy(tmp_path: Path, state_url: str,
         assert dep is not None and dep.outputs["model_version"] == 1
         (inst,) = dep.outputs["instances"]
         assert list(_live({inst["run_id"]})) == [inst["run_id"]]
+        port = _wait_file(Path(inst["workdir"]) / "ready")
+        assert port and inst["endpoint"] == f"http://127.0.0.1:{port}"  # the port given to the server
         # keys: shown once, stored hashed only
         (secrets,) = result.secrets.values()
         keys = st.api_keys("acme", "app")

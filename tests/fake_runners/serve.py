@@ -17,7 +17,7 @@ def main() -> int:
         with open(starts, "a") as f:
             f.write(f"{spec['run_id']} {os.getpid()}\n")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    (Path(spec["workdir"]) / "ready").write_text(str(os.getpid()))
+    (Path(spec["workdir"]) / "ready").write_text(os.environ.get("ZSCONF_PORT", ""))
     while True:
         time.sleep(0.5)
 

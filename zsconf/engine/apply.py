@@ -565,13 +565,17 @@ def _deployment(ctx: _Ctx, ch: Change) -> str:
             )
         ref = launcher.find_run(run_id)
         if ref is None:
+            port = _free_port()
             envelope = {"run_id": run_id, "address": ch.address, "workdir": str(workdir), "output_dir": None,
                         "device": ctx.loaded.stack.platform.device, "spec": ch.after,
-                        "inputs": {"model_dir": mv.path, "model_version": mv.version, "instance": i - 1},
+                        "inputs": {"model_dir": mv.path, "model_version": mv.version, "instance": i - 1,
+                                   "port": port},
                         "resume": False}  # fmt: skip
             workdir.mkdir(parents=True, exist_ok=True)
             (workdir / "spec.json").write_text(json.dumps(envelope, indent=1))
-            ref = launcher.start_run(run_id, runner_module("deployment"), workdir / "spec.json", workdir)
+            # runners.serve reads its port from ZSCONF_PORT (schemas/run_serve.py).
+            ref = launcher.start_run(run_id, runner_module("deployment"), workdir / "spec.json", workdir,
+                                     env={"ZSCONF_PORT": str(port)})  # fmt: skip
             _crash_point("after_instance_start")
         run = ctx.store.update_run(run_id, status="running", pid=ref.pid, start_time=ref.start_time,
                                    host=os.uname().nodename)  # fmt: skip
@@ -586,7 +590,10 @@ def _deployment(ctx: _Ctx, ch: Change) -> str:
         if r.pid:
             launcher.stop_process(launcher.ProcessRef(r.pid, r.start_time or 0))
         ctx.store.update_run(r.run_id, status="cancelled")
-    instances = [{"run_id": r.run_id, "pid": r.pid, "workdir": r.workdir} for r in alive[: spec.instances]]
+    instances = [
+        {"run_id": r.run_id, "pid": r.pid, "workdir": r.workdir, "endpoint": _endpoint(r.workdir)}
+        for r in alive[: spec.instances]
+    ]
     _record(ctx, ch, status="running", outputs={"instances": instances, "model_version": mv.version})
     return f"{len(instances)} instance(s) of {spec.model} (v{mv.version})"
 
@@ -599,6 +606,23 @@ def _generate_key() -> tuple[str, str, str, str]:
         secret = "zs-" + secrets.token_urlsafe(30)[:40]
         return secret, "ak-" + secrets.token_hex(6), secret[:10], hashlib.sha256(secret.encode()).hexdigest()
     return generate_key()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _endpoint(workdir: str) -> str | None:
+    """http://127.0.0.1:PORT of an instance, from the port written in its spec."""
+    try:
+        port = json.loads((Path(workdir) / "spec.json").read_text())["inputs"]["port"]
+    except (OSError, ValueError, KeyError):
+        return None
+    return f"http://127.0.0.1:{port}"
 
 
 def _service_group(ctx: _Ctx, ch: Change) -> str:
