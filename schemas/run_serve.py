@@ -3,15 +3,17 @@
 Written by the executor (one file per instance, each with its own port) and read by
 `runners/serve/__main__.py`. Follows the runner envelope of CONTRACTS.md §2, adapted to a server:
 a server has no `output_dir` or `result.json`; it binds `host:port` and prints one ready line.
+The generic envelope itself is accepted too (`serve_spec_from_envelope`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["ServeSpec"]
+__all__ = ["ServeSpec", "serve_spec_from_envelope"]
 
 
 class ServeSpec(BaseModel):
@@ -32,3 +34,44 @@ class ServeSpec(BaseModel):
     api_key: str | None = Field(default=None, description="internal key the gateway sends as a Bearer token")
     engine_args: dict[str, Any] = Field(default_factory=dict)
     workdir: str | None = Field(default=None, description="run directory (events.jsonl goes here when set)")
+
+
+def _visible_cards(env: Mapping[str, str]) -> int:
+    for var in ("ASCEND_RT_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES"):
+        value = env.get(var, "").strip()
+        if value:
+            return len([c for c in value.split(",") if c.strip()])
+    return 0
+
+
+def serve_spec_from_envelope(data: Mapping[str, Any], env: Mapping[str, str]) -> ServeSpec:
+    """The generic runner envelope (CONTRACTS.md §2) the engine writes for a deployment -> ServeSpec.
+
+    `spec` is the Deployment's model_dump, `inputs.model_dir` the model version's folder. The served
+    name is `inputs.served_model_name`, else the deployment's name (what clients send as `model`).
+    The port comes from `ZSCONF_PORT` (set by the executor), the internal key from
+    `ZSCONF_SERVE_API_KEY` (secrets stay out of spec files), cards from the visible-devices
+    variable the executor set. engine `auto` = vLLM on cuda/npu, embedded otherwise."""
+    spec = dict(data.get("spec") or {})
+    inputs = dict(data.get("inputs") or {})
+    address = str(data.get("address", ""))
+    device = str(data.get("device") or "auto")
+    engine = spec.get("engine", "auto")
+    if engine == "auto":
+        engine = "vllm" if device in ("cuda", "npu") else "embedded"
+    return ServeSpec.model_validate(
+        {
+            "run_id": data.get("run_id"),
+            "address": address,
+            "model_dir": inputs.get("model_dir"),
+            "served_model_name": inputs.get("served_model_name") or address.rsplit("/", 1)[-1],
+            "port": int(env.get("ZSCONF_PORT") or 0),
+            "engine": engine,
+            "device": device,
+            "cards": int(inputs.get("cards") or _visible_cards(env)),
+            "max_model_len": spec.get("max_model_len"),
+            "api_key": env.get("ZSCONF_SERVE_API_KEY") or inputs.get("api_key"),
+            "engine_args": spec.get("engine_args") or {},
+            "workdir": data.get("workdir"),
+        }
+    )

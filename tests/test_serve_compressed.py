@@ -8,8 +8,11 @@ transformers' own generate on the same folder.
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
+from typing import Any
 
+import httpx
 import openai
 import pytest
 
@@ -49,17 +52,39 @@ def test_compressed_tensors_model_serves(scheme: str, tiny_qwen2: Path, tmp_path
         out = model.generate(ids, max_new_tokens=10, do_sample=False)[0, ids.shape[1] :].tolist()
     expected = tok.decode(out, skip_special_tokens=True)
 
-    (tmp_path / "run").mkdir()
-    spec = {
-        "run_id": "r-q",
-        "address": "deployment/acme/q",
-        "model_dir": str(folder),
-        "served_model_name": "tiny",
-    }
-    srv = ServeProcess(spec, tmp_path / "run" / "serve.json")
+    run = tmp_path / "run"
+    run.mkdir()
+    env: dict[str, str] = {}
+    if scheme == "W8A8":
+        # this one is started the way the engine's apply starts a deployment: the generic envelope,
+        # the port and the internal key from the environment
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        spec: dict[str, Any] = {
+            "run_id": "r-q", "address": "deployment/acme/q", "workdir": str(run), "output_dir": None,
+            "device": "cpu", "spec": {"model": "bot@1", "engine": "auto", "max_model_len": 512},
+            "inputs": {"model_dir": str(folder), "model_version": 1}, "resume": False,
+        }  # fmt: skip
+        env = {"ZSCONF_PORT": str(port), "ZSCONF_SERVE_API_KEY": "k-internal"}
+        name, key = "q", "k-internal"
+    else:
+        spec = {
+            "run_id": "r-q",
+            "address": "deployment/acme/q",
+            "model_dir": str(folder),
+            "served_model_name": "tiny",
+        }
+        name, key = "tiny", "unused"
+    srv = ServeProcess(spec, run / "serve.json", env=env)
     try:
-        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0, timeout=60)
-        resp = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=10, temperature=0)
+        if env:
+            assert srv.port == port
+            assert json.loads((run / "endpoint.json").read_text())["url"] == f"http://127.0.0.1:{port}"
+            assert httpx.get(srv.url + "/v1/models").status_code == 401
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key=key, max_retries=0, timeout=60)
+        assert [m.id for m in client.models.list().data] == [name]
+        resp = client.chat.completions.create(model=name, messages=MESSAGES, max_tokens=10, temperature=0)
         assert resp.choices[0].message.content == expected
         assert resp.usage is not None
         assert resp.usage.prompt_tokens == ids.shape[1] and resp.usage.completion_tokens == len(out)

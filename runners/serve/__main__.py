@@ -1,8 +1,10 @@
 """`python -m runners.serve SPEC.json`: one model server process.
 
 Started by the executor (one process per deployment instance). Reads a `ServeSpec` (schemas/
-run_serve.py). Engine `embedded`: binds host:port first (so `/health` answers 503 while loading),
-loads the model, then prints ONE line on stdout, `{"event": "ready", "port": P, ...}`; SIGTERM stops
+run_serve.py), or the generic runner envelope (CONTRACTS.md §2), which it maps to one; `ZSCONF_PORT`
+gives the port when the spec says 0. Engine `embedded`: binds host:port first (so `/health` answers 503 while loading),
+loads the model, then prints ONE line on stdout, `{"event": "ready", "port": P, ...}` (and writes
+workdir/endpoint.json); SIGTERM stops
 accepting connections, lets in-flight requests finish and exits 0. Engine `vllm`: execs `vllm serve`
 (the process becomes vLLM; readiness is its `/health`).
 Exit codes: 0 stopped cleanly, 1 bad spec or the model failed to load (user/data fault).
@@ -23,7 +25,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from schemas.run_serve import ServeSpec
+from schemas.run_serve import ServeSpec, serve_spec_from_envelope
 
 __all__ = ["main"]
 
@@ -35,6 +37,22 @@ def _event(spec: ServeSpec, event: str, message: str = "") -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a", encoding="utf-8") as f:
             f.write(json.dumps({"ts": time.time(), "event": event, "message": message}) + "\n")
+
+
+def _write_endpoint(spec: ServeSpec, port: int) -> None:
+    """workdir/endpoint.json (atomic): where this instance listens, for whoever did not read stdout."""
+    if spec.workdir:
+        path = Path(spec.workdir) / "endpoint.json"
+        tmp = path.with_suffix(".json.tmp")
+        body = {
+            "host": spec.host,
+            "port": port,
+            "url": f"http://{spec.host}:{port}",
+            "pid": os.getpid(),
+            "model": spec.served_model_name,
+        }
+        tmp.write_text(json.dumps(body), encoding="utf-8")
+        tmp.rename(path)
 
 
 def _fail(message: str) -> int:
@@ -117,6 +135,7 @@ async def _serve_embedded(spec: ServeSpec) -> int:
                 flush=True,
             )
             _event(spec, "ready", f"serving {spec.served_model_name} on {spec.host}:{port}")
+            _write_endpoint(spec, port)
     await serving
     engine.close()
     _event(spec, "stopped", "")
@@ -130,9 +149,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     path = Path(args[0])
     try:
-        spec = ServeSpec.model_validate_json(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(data, dict) and "spec" in data and "inputs" in data:  # the generic envelope
+            spec = serve_spec_from_envelope(data, os.environ)
+        else:
+            spec = ServeSpec.model_validate(data)
+            if spec.port == 0 and os.environ.get("ZSCONF_PORT"):  # the executor's port
+                spec = spec.model_copy(update={"port": int(os.environ["ZSCONF_PORT"])})
     except OSError as exc:
         return _fail(f"{path}: cannot read the spec: {exc.strerror}")
+    except json.JSONDecodeError as exc:
+        return _fail(f"{path}: line {exc.lineno}: not valid JSON: {exc.msg}")
     except ValidationError as exc:
         first: Any = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
