@@ -187,8 +187,9 @@ class Executor(Protocol):
         """Current state of a run (queued, running, or finished with exit code and result)."""
         ...
 
-    def cancel(self, run_id: str, grace_s: float = 10.0) -> Observation:
-        """Dequeue, or SIGTERM the whole process group and SIGKILL after `grace_s`."""
+    def cancel(self, run_id: str, grace_s: float = 10.0, reason: str = "cancelled") -> Observation:
+        """Dequeue, or SIGTERM the whole process group and SIGKILL after `grace_s`; the run ends
+        `stopped` with `reason` as its message."""
         ...
 
     def adopt(self, run_id: str, handle: ProcessHandle) -> bool:
@@ -202,7 +203,19 @@ class Executor(Protocol):
 
     def stop_instance(self, handle: InstanceHandle, grace_s: float = 10.0) -> None: ...
 
-    def instance_healthy(self, handle: InstanceHandle, timeout_s: float = 2.0) -> bool: ...
+    def instance_alive(self, handle: InstanceHandle) -> bool:
+        """The instance's process (pid + start time) still runs; also the adoption check."""
+        ...
+
+    def instance_healthy(self, handle: InstanceHandle, timeout_s: float = 2.0) -> bool:
+        """Alive and `GET health_path` answers 200."""
+        ...
+
+    def wait_healthy(self, handle: InstanceHandle, timeout_s: float = 120.0) -> bool: ...
+
+    def list_instances(self) -> list[InstanceHandle]:
+        """Live instances this executor started (records under its root)."""
+        ...
 
     def list_adoptable(self) -> list[ProcessHandle]:
         """Live processes this executor started (found by their run records), for a daemon that

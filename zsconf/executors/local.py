@@ -32,6 +32,7 @@ import contextlib
 import fcntl
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -166,6 +167,10 @@ class LocalExecutor:
         if device in VISIBLE_ENV:
             full_env[VISIBLE_ENV[device]] = ",".join(str(c) for c in cards)
         wrapped = [sys.executable, "-m", "zsconf.executors.wrap", str(workdir), "--", *argv]
+        # SIGTERM is blocked while forking, so the child starts with it blocked: a cancel that
+        # arrives before the wrapper has set SIGTERM to ignored stays pending instead of killing
+        # the wrapper (which would then leave no exit code). The wrapper unblocks it.
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
         try:
             with open(workdir / "runner.log", "ab") as log:
                 proc = subprocess.Popen(
@@ -179,6 +184,8 @@ class LocalExecutor:
                 )
         except OSError as e:
             raise ExecutorError(f"cannot start {argv[0]} for {run_id}: {e}") from e
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         st = None
         for _ in range(200):
             st = process_start_time(proc.pid)
@@ -358,7 +365,7 @@ class LocalExecutor:
             return Observation(run_id=run_id, state="lost", message="this executor has no record of the run")
         return self._observation(rec)
 
-    def cancel(self, run_id: str, grace_s: float = 10.0) -> Observation:
+    def cancel(self, run_id: str, grace_s: float = 10.0, reason: str = "cancelled") -> Observation:
         with self._locked():
             rec = self._load(run_id)
             if rec is None:
@@ -366,10 +373,12 @@ class LocalExecutor:
                     run_id=run_id, state="lost", message="this executor has no record of the run"
                 )
             if rec["state"] == "queued":
-                rec.update(state="stopped", cancelled=True, ended_at=time.time(), queue_position=None)
+                rec.update(
+                    state="stopped", cancelled=True, ended_at=time.time(), queue_position=None, message=reason
+                )
                 self._save(rec)
             elif rec["state"] == "running":
-                rec["cancelled"] = True
+                rec.update(cancelled=True, message=reason)
                 self._save(rec)
         if rec["state"] == "running":
             h = rec["handle"]

@@ -77,7 +77,7 @@ def enforce_auto_stop(
         return None
     if (now or time.time()) - obs.started_at < max_seconds:
         return None
-    return executor.cancel(run_id, grace_s=grace_s)
+    return executor.cancel(run_id, grace_s=grace_s, reason=f"auto_stop: ran longer than {max_seconds:g} s")
 
 
 def ensure_instances(

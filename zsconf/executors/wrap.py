@@ -9,6 +9,7 @@ Kept tiny: standard library only.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -26,10 +27,17 @@ def main(args: list[str]) -> int:
         return 2
     # A cancel signals the whole process group: the runner gets SIGTERM itself; the wrapper stays
     # to record how it ended (a SIGKILL of the group takes both, and then no exit code is left).
+    # Read what is pending first: setting a blocked signal to ignored discards it.
+    early = bool({signal.SIGTERM, signal.SIGINT} & signal.sigpending())
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The executor starts us with SIGTERM blocked (see local._spawn), so a cancel that raced our
+    # startup was pending: it is passed on to the runner as soon as the runner exists.
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
     try:
         proc = subprocess.Popen(argv, restore_signals=True, preexec_fn=_default_signals)
+        if early:
+            proc.terminate()
         code = proc.wait()
     except OSError as e:
         print(f"zsconf: cannot start {argv[0]}: {e}", file=sys.stderr, flush=True)
@@ -38,6 +46,10 @@ def main(args: list[str]) -> int:
     with open(tmp, "w") as f:
         json.dump({"exit_code": code, "ended_at": time.time()}, f)
     os.replace(tmp, os.path.join(workdir, "exit_code"))
+    # Leave no strays: whatever the runner started in this group (torchrun workers, a server's
+    # helpers) ends with it. The wrapper ignores SIGTERM, so this does not stop it.
+    with contextlib.suppress(OSError):
+        os.killpg(os.getpgid(0), signal.SIGTERM)
     return 0
 
 
