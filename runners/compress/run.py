@@ -70,9 +70,11 @@ def _tokenized_dataset(texts: list[str], tokenizer: Any, max_length: int) -> Any
 
     enc = tokenizer(texts, truncation=True, max_length=max_length, add_special_tokens=False)
     rows = [(i, m) for i, m in zip(enc["input_ids"], enc["attention_mask"], strict=True) if len(i) > 0]
-    # Why drop empty rows: an empty sample becomes torch.tensor([]) in the collator, which is
-    # float32, and the embedding then fails with "Expected tensor for argument #1 'indices' ...
-    # FloatTensor" (seen with Qwen2, whose tokenizer adds no BOS token to an empty text).
+    # Why drop empty rows: an empty sample becomes torch.tensor([[]]) in transformers'
+    # default_data_collator (llm-compressor's default), which is float32, and the embedding then
+    # fails with "Expected tensor for argument #1 'indices' ... FloatTensor". Seen with Qwen2, whose
+    # tokenizer adds no BOS token to an empty text (Llama's adds one, so its rows are never empty);
+    # GPTQ fails the same way as AWQ once the empty sample is among those drawn.
     if not rows:
         raise UserError("no calibration sample has any tokens")
     return Dataset.from_dict({"input_ids": [r[0] for r in rows], "attention_mask": [r[1] for r in rows]})
