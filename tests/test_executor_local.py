@@ -246,3 +246,22 @@ def test_train_runner_under_torchrun(ex: LocalExecutor, tmp_path: Path) -> None:
     )
     assert any("nproc" in a for a in argv), argv
     assert os.path.basename(argv[0]).startswith(("python", "torchrun"))
+
+
+def test_import_is_light() -> None:
+    code = (
+        "import sys, zsconf.executors, zsconf.executors.local, zsconf.executors.supervise\n"
+        "heavy = [m for m in ('torch', 'httpx', 'transformers', 'litestar', 'psutil') if m in sys.modules]\n"
+        "print(heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_history_does_not_slow_a_pass(ex: LocalExecutor, tmp_path: Path) -> None:
+    for i in range(3):
+        ex.submit(req(tmp_path, f"r-h{i}", "ok"))
+        wait_done(ex, f"r-h{i}")
+    assert ex._records() == []
+    assert len(list((ex.root / "runs").glob("*.json"))) == 3
+    assert ex.observe("r-h1").state == "succeeded"  # finished runs stay observable

@@ -113,6 +113,7 @@ class LocalExecutor:
         self.root = Path(root)
         (self.root / "runs").mkdir(parents=True, exist_ok=True)
         (self.root / "instances").mkdir(parents=True, exist_ok=True)
+        (self.root / "active").mkdir(parents=True, exist_ok=True)
         self.host = socket.gethostname()
 
     # ---- bookkeeping -------------------------------------------------------------------------
@@ -136,13 +137,24 @@ class LocalExecutor:
             return None
 
     def _save(self, rec: dict[str, Any]) -> None:
-        _atomic_json(self._rec_path(rec["request"]["run_id"]), rec)
+        run_id = rec["request"]["run_id"]
+        _atomic_json(self._rec_path(run_id), rec)
+        # `active/` names the queued and running runs: each pass reads only those, so the cost
+        # of a pass does not grow with the history of finished runs.
+        marker = self.root / "active" / _safe(run_id)
+        if rec.get("state") in ("queued", "running"):
+            marker.touch()
+        else:
+            marker.unlink(missing_ok=True)
 
     def _records(self) -> list[dict[str, Any]]:
+        """Records of queued and running runs."""
         out = []
-        for p in (self.root / "runs").glob("*.json"):
+        for m in (self.root / "active").iterdir():
             with contextlib.suppress(OSError, ValueError):
-                out.append(json.loads(p.read_text()))
+                rec = json.loads((self.root / "runs" / f"{m.name}.json").read_text())
+                if rec.get("state") in ("queued", "running"):
+                    out.append(rec)
         return out
 
     def _instance_records(self) -> list[dict[str, Any]]:
