@@ -244,7 +244,7 @@ def test_runner_process_with_dataset_and_empty_samples(tmp_path: Path, tiny_qwen
     # Empty texts among the calibration samples are dropped, not fed to the model as float tensors.
     tmp2 = tmp_path / "second"
     out = _compress(tmp2, tiny_qwen2, "gptq-w4a16", calibration={"path": str(pre), "format": "pretrain"})
-    assert out["calibration"]["samples"] < 9
+    assert out["calibration"]["samples"] == 5  # 9 read, 1 held out, 3 of the 8 left are empty
 
 
 def test_gate_verdict() -> None:
