@@ -265,3 +265,10 @@ def test_history_does_not_slow_a_pass(ex: LocalExecutor, tmp_path: Path) -> None
     assert ex._records() == []
     assert len(list((ex.root / "runs").glob("*.json"))) == 3
     assert ex.observe("r-h1").state == "succeeded"  # finished runs stay observable
+
+
+def test_observe_many(ex: LocalExecutor, tmp_path: Path) -> None:
+    ex.submit(req(tmp_path, "r-m1", "ok"))
+    wait_done(ex, "r-m1")
+    got = ex.observe_many(["r-m1", "r-unknown"])
+    assert got["r-m1"].state == "succeeded" and got["r-unknown"].state == "lost"

@@ -377,6 +377,18 @@ class LocalExecutor:
             return Observation(run_id=run_id, state="lost", message="this executor has no record of the run")
         return self._observation(rec)
 
+    def observe_many(self, run_ids: list[str]) -> dict[str, Observation]:
+        """`observe` for many runs with one scheduling pass (the engine's refresh)."""
+        with self._locked():
+            self._schedule()
+            recs = {r: self._load(r) for r in run_ids}
+        return {
+            r: self._observation(rec)
+            if rec is not None
+            else Observation(run_id=r, state="lost", message="this executor has no record of the run")
+            for r, rec in recs.items()
+        }
+
     def cancel(self, run_id: str, grace_s: float = 10.0, reason: str = "cancelled") -> Observation:
         with self._locked():
             rec = self._load(run_id)
