@@ -124,3 +124,13 @@ def test_auto_stop(ex: LocalExecutor, tmp_path: Path) -> None:
     assert obs is not None and obs.state == "stopped" and obs.message == "auto_stop: ran longer than 10 s"
     assert obs.exit_code == -15  # the runner got SIGTERM; the wrapper recorded it
     assert obs.pid is not None and group_pids(obs.pid) == []
+
+
+def test_latest_checkpoint(tmp_path: Path) -> None:
+    from zsconf.executors.supervise import latest_checkpoint
+
+    assert latest_checkpoint(tmp_path) is None
+    for step in (5, 40, 120, 9):
+        (tmp_path / "checkpoints" / f"checkpoint-{step}").mkdir(parents=True)
+    (tmp_path / "checkpoints" / ".checkpoint-200.tmp").mkdir()  # being written: not a checkpoint
+    assert latest_checkpoint(tmp_path).name == "checkpoint-120"

@@ -9,8 +9,10 @@ executor removes the previous attempt's `exit_code` file before starting).
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from zsconf.executors.base import Executor, InstanceHandle, InstanceRequest, Observation
@@ -20,6 +22,7 @@ __all__ = [
     "enforce_auto_stop",
     "ensure_instances",
     "is_environment_fault",
+    "latest_checkpoint",
     "should_restart",
 ]
 
@@ -47,7 +50,8 @@ def should_restart(exit_code: int | None, attempts: int, consecutive_failures: i
     when an attempt wrote a new checkpoint, i.e. made progress). `exit_code` None = the process
     was lost (counts as an environment fault). Rules (manual, auto-restart): at most
     `max_restarts` restarts; normally only environment faults restart; unconditional mode also
-    restarts user failures (exit 1) but never more than 3 times in a row.
+    restarts user failures (exit 1) but never more than 3 times in a row. Call it for runs that
+    ended `failed` or `lost` only: a `stopped` run (cancel, auto-stop) is never restarted.
     """
     if exit_code == 0 or not _get(policy, "enabled", True):
         return False
@@ -56,6 +60,25 @@ def should_restart(exit_code: int | None, attempts: int, consecutive_failures: i
     if _get(policy, "unconditional", False):
         return consecutive_failures <= UNCONDITIONAL_MAX_IN_A_ROW
     return is_environment_fault(exit_code)
+
+
+def latest_checkpoint(workdir: str | Path) -> Path | None:
+    """The newest checkpoint folder under `workdir/checkpoints/` (highest trailing step number,
+    e.g. `checkpoint-120`; else the newest by time), None when there is none. Shown by
+    `zsconf job checkpoints` and recorded by the engine before a restart with `resume: true`."""
+    root = Path(workdir) / "checkpoints"
+    try:
+        dirs = [d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")]
+    except OSError:
+        return None
+    if not dirs:
+        return None
+
+    def key(d: Path) -> tuple[int, float]:
+        m = re.search(r"(\d+)$", d.name)
+        return (int(m.group(1)) if m else -1, d.stat().st_mtime)
+
+    return max(dirs, key=key)
 
 
 def enforce_auto_stop(
