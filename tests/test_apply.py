@@ -22,26 +22,40 @@ engine_env = test_plan.engine_env  # fixture: fake runners on PYTHONPATH, start 
 
 
 def _live(run_ids: set[str]) -> dict[str, list[int]]:
-    """run id -> pids of live processes carrying it (the process table, not the state)."""
-    from zsconf.engine.launcher import RUN_ID_ENV
-
+    """run id -> pids of live fake runner processes working on it (the process table, not the
+    state): a runner's argv ends with <workdir named after the run id>/spec.json."""
     out: dict[str, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
-            env = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
             state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if state == "Z":
+        args = [a.decode() for a in argv if a]
+        if (
+            state == "Z"
+            or "zsconf.executors.wrap" in args
+            or not any(a.startswith("fake_runners.") for a in args)
+        ):
             continue
-        for var in env:
-            if var.startswith(f"{RUN_ID_ENV}=".encode()):
-                rid = var.split(b"=", 1)[1].decode()
-                if rid in run_ids:
-                    out.setdefault(rid, []).append(int(entry))
+        rid = Path(args[-1]).parent.name
+        if rid in run_ids:
+            out.setdefault(rid, []).append(int(entry))
     return out
+
+
+def _eventually(check: Any, seconds: float = 10.0) -> bool:
+    """True once `check()` is (a started process needs a moment to exec its runner)."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return bool(check())
 
 
 def _wait_file(path: Path) -> str:
@@ -87,7 +101,7 @@ def test_apply_every_kind_then_scale_and_destroy(tmp_path: Path, state_url: str,
         dep = st.resource("deployment/acme/chat")
         assert dep is not None and dep.outputs["model_version"] == 1
         (inst,) = dep.outputs["instances"]
-        assert list(_live({inst["run_id"]})) == [inst["run_id"]]
+        assert _eventually(lambda: list(_live({inst["run_id"]})) == [inst["run_id"]])
         port = _wait_file(Path(inst["workdir"]) / "ready")
         assert port and inst["endpoint"] == f"http://127.0.0.1:{port}"  # the port given to the server
         # keys: shown once, stored hashed only
@@ -106,10 +120,11 @@ def test_apply_every_kind_then_scale_and_destroy(tmp_path: Path, state_url: str,
         (stack / "stack.yaml").write_text(STACK.replace("instances: 1", "instances: 2"))
         assert eng.apply(eng.plan()).ok
         ids = {i["run_id"] for i in st.resource("deployment/acme/chat").outputs["instances"]}  # type: ignore[union-attr]
-        assert len(ids) == 2 and len(_live(ids)) == 2 and inst["run_id"] in ids  # the first one kept
+        assert len(ids) == 2 and inst["run_id"] in ids  # the first one kept
+        assert _eventually(lambda: len(_live(ids)) == 2)
         (stack / "stack.yaml").write_text(STACK)
         assert eng.apply(eng.plan()).ok
-        assert len(_live(ids)) == 1
+        assert _eventually(lambda: len(_live(ids)) == 1)
         # nothing left to do; destroy stops and revokes everything
         assert not eng.plan().actionable()
         gone = eng.apply(eng.plan(destroy=True))
@@ -178,7 +193,8 @@ def test_kill_9_during_apply_then_rerun_starts_nothing_twice(
         assert {r.run_id for r in runs} == set(starts)
         for model in ("bot", "bot-q"):
             assert [v.version for v in eng.store.model_versions("acme", model)] == [1]
-        assert all(len(p) == 1 for p in _live({r.run_id for r in runs}).values())
+        live = _live({r.run_id for r in runs})
+        assert all(len(p) == 1 for p in live.values()), live
     finally:
         stop_all(eng)
 

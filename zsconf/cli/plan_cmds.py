@@ -244,7 +244,7 @@ def show(
     eng = _engine(directory)
     try:
         with eng.store.locked("show", 5):
-            finish_runs(eng.store)
+            finish_runs(eng.store, eng.executor)
     except Exception:
         pass  # someone else is applying: show what the state says
     addrs = [address] if address else sorted(eng.store.resources())

@@ -45,13 +45,26 @@ def _fingerprint(stack_dir: Path, overrides: Sequence[str]) -> tuple[Any, ...]:
 class Engine:
     """One stack directory + its state store."""
 
-    def __init__(self, stack_dir: str | Path, state_url: str | None = None, catalog: Any = None) -> None:
+    def __init__(
+        self, stack_dir: str | Path, state_url: str | None = None, catalog: Any = None, executor: Any = None
+    ) -> None:
         from zsconf.state import open_store
 
         self.stack_dir = Path(stack_dir).resolve()
         self._catalog = catalog
         self._cache: tuple[tuple[Any, ...], Any, Any] | None = None
         self.store = open_store(state_url, self.stack_dir)
+        self._executor = executor
+
+    @property
+    def executor(self) -> Any:
+        """The executor apply and refresh use (default: local, under <stack>/.zsconf/executor or
+        $ZSCONF_EXECUTOR_ROOT); created on first use."""
+        if self._executor is None:
+            from zsconf.engine.apply import default_executor
+
+            self._executor = default_executor(self.stack_dir)
+        return self._executor
 
     @property
     def catalog(self) -> Any:
@@ -89,7 +102,7 @@ class Engine:
         loaded, graph = self.load(overrides)
         return make_plan(
             loaded, self.store, graph, catalog=self.catalog, targets=targets, replace=replace,
-            destroy=destroy, refresh_only=refresh_only, overrides=overrides,
+            destroy=destroy, refresh_only=refresh_only, overrides=overrides, executor=self.executor,
         )  # fmt: skip
 
     def check_fresh(self, plan: Plan) -> None:
@@ -126,18 +139,18 @@ class Engine:
                 self.check_fresh(plan)
             loaded, graph = self.load(plan.overrides)
             if plan.refresh_only:
-                finish_runs(self.store)
+                finish_runs(self.store, self.executor)
                 from zsconf.engine.apply import ApplyResult as _R
 
                 return _R(serial=self.store.serial())
             return apply_plan(
                 plan, loaded, graph, self.store, parallelism=parallelism, wait=wait,
-                catalog=self.catalog, on_event=on_event,
+                catalog=self.catalog, executor=self.executor, on_event=on_event,
             )  # fmt: skip
 
     def finish_runs(self) -> list[str]:
         with self.store.locked("finish-runs", 30):
-            return finish_runs(self.store)
+            return finish_runs(self.store, self.executor)
 
     def close(self) -> None:
         self.store.close()

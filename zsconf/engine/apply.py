@@ -6,7 +6,8 @@ to show once) - a partial apply is a result, not an exception.
 
 Crash safety: every side effect is preceded by an intent row (a RunRow in status "intent", with a
 run id derived from the address and the content hash) and followed by the result. A re-run finds
-the intent, adopts a process already started for that run id (see `launcher.find_run`) or a
+the intent, adopts a process already started for that run id (the executor's records, else
+`launcher.find_run` by the run id in the environment) or a
 result already written, and starts nothing twice.
 """
 
@@ -30,7 +31,7 @@ from typing import Any
 from schemas.common import parse_model_ref
 from zsconf.engine import launcher
 from zsconf.engine.hashing import dir_digest
-from zsconf.engine.refresh import JOB_KINDS, read_result, refresh
+from zsconf.engine.refresh import JOB_KINDS, instance_alive, read_result, refresh
 from zsconf.errors import ExecutorError, PlanError
 from zsconf.plans import Action, Change, Plan
 from zsconf.state import ApiKey, ModelVersion, ResourceRow, RunRow, Store
@@ -90,8 +91,11 @@ class ApplyResult:
 
 
 class _Ctx:
-    def __init__(self, plan: Plan, loaded: Any, graph: Any, store: Store, wait: bool, catalog: Any) -> None:
+    def __init__(
+        self, plan: Plan, loaded: Any, graph: Any, store: Store, wait: bool, catalog: Any, executor: Any
+    ) -> None:
         self.plan = plan
+        self.executor = executor
         self.loaded = loaded
         self.graph = graph
         self.store = store
@@ -116,15 +120,20 @@ def apply_plan(
     parallelism: int = 4,
     wait: bool = False,
     catalog: Any = None,
+    executor: Any = None,
     on_event: Callable[[str, str, str], None] | None = None,
 ) -> ApplyResult:
-    """Execute `plan`. `on_event(address, phase, message)` feeds a progress display."""
+    """Execute `plan` with `executor` (a `zsconf.executors.Executor`; default: the local one
+    under `<stack>/.zsconf/executor`). `on_event(address, phase, message)` feeds a progress
+    display."""
     if not plan.can_apply():
         raise PlanError("the plan has errors and cannot be applied:\n" + "\n".join(plan.errors))
+    if executor is None:
+        executor = default_executor(Path(plan.stack_dir))
     result = ApplyResult()
-    ctx = _Ctx(plan, loaded, graph, store, wait, catalog)
+    ctx = _Ctx(plan, loaded, graph, store, wait, catalog, executor)
     emit = on_event or (lambda a, p, m: None)
-    finish_runs(store)
+    finish_runs(store, executor)
     todo = {c.address: c for c in plan.actionable()}
     # Creates/updates wait for their dependencies; deletes wait for their dependents' deletes.
     deps: dict[str, set[str]] = {}
@@ -169,6 +178,15 @@ def apply_plan(
     result.serial = store.serial()
     store.add_event("apply", f"apply finished: {result.counts()}", None, counts=result.counts())
     return result
+
+
+def default_executor(stack_dir: Path) -> Any:
+    """The local executor, its bookkeeping under $ZSCONF_EXECUTOR_ROOT or <stack>/.zsconf/executor
+    (so the CLI and the daemon of one stack share one queue)."""
+    from zsconf.executors import get_executor
+
+    root = os.environ.get("ZSCONF_EXECUTOR_ROOT") or Path(stack_dir) / ".zsconf" / "executor"
+    return get_executor("local", root=root)
 
 
 def _crash_point(name: str) -> None:
@@ -360,20 +378,30 @@ def _build_debug_base(ctx: _Ctx, base: str, path: Path) -> None:
         raise ExecutorError(f"building {base} failed: {proc.stderr[-800:]}")
 
 
-_ACTIVE = ("intent", "submitted", "running")
+_ACTIVE = ("intent", "submitted", "queued", "running")
 
 
 def _run_id(addr: str, content_hash: str, suffix: str = "") -> str:
     return "r-" + hashlib.sha256(f"{addr}|{content_hash}|{suffix}".encode()).hexdigest()[:12]
 
 
+def _cards(ctx: _Ctx, flavor: str) -> tuple[int, str]:
+    """(cards per node, device) of a catalog flavor; (0, "cpu") when unknown."""
+    try:
+        fl = ctx.catalog.flavor(flavor)
+    except Exception:
+        return 0, "cpu"
+    return int(getattr(fl, "cards", 0) or 0), str(getattr(fl, "device", "cpu") or "cpu")
+
+
 def _job(ctx: _Ctx, ch: Change) -> str:
     kind, tenant, name = _split(ch.address)
     assert tenant is not None
+    ex = ctx.executor
     if ch.action is Action.DELETE:
         for r in ctx.store.runs(ch.address):
-            if r.status in ("running", "submitted") and r.pid:
-                launcher.stop_process(launcher.ProcessRef(r.pid, r.start_time or 0))
+            if r.status in _ACTIVE:
+                ex.cancel(r.run_id, grace_s=5.0, reason="destroyed")
                 ctx.store.update_run(r.run_id, status="cancelled")
         ctx.store.remove_resource(ch.address)
         return "destroyed"
@@ -395,43 +423,60 @@ def _job(ctx: _Ctx, ch: Change) -> str:
     if run is None:
         # Intent first: a crash after this line is resumed by adopting or starting this run id.
         run = ctx.store.add_run(RunRow(address=ch.address, run_id=run_id, content_hash=ch.content_hash,
-                                       attempt=len(runs) + 1,
-                                       workdir=str(workdir), output_dir=str(out_dir) if out_dir else None))  # fmt: skip
+                                       attempt=len(runs) + 1, workdir=str(workdir),
+                                       output_dir=str(out_dir) if out_dir else None))  # fmt: skip
         _crash_point("after_intent")
     elif run.output_dir:
         out_dir = Path(run.output_dir)
     prev = ctx.store.resource(ch.address)
-    if run.status in ("intent", "submitted", "running"):
-        ref = None
-        if run.pid and launcher.is_alive(launcher.ProcessRef(run.pid, run.start_time or 0)):
-            ref = launcher.ProcessRef(run.pid, run.start_time or 0)
-        if ref is None:
-            ref = launcher.find_run(run_id)  # started before a crash, pid not yet recorded
-        if ref is None and read_result(str(workdir)) is None:
-            inputs = _job_inputs(ctx, spec, tenant, kind)
-            envelope = {"run_id": run_id, "address": ch.address, "workdir": str(workdir),
-                        "output_dir": str(out_dir) if out_dir else None,
-                        "device": ctx.loaded.stack.platform.device, "spec": ch.after, "inputs": inputs,
-                        "resume": (workdir / "checkpoints").exists()}  # fmt: skip
-            workdir.mkdir(parents=True, exist_ok=True)
-            spec_path = workdir / "spec.json"
-            spec_path.write_text(json.dumps(envelope, indent=1))
-            ref = launcher.start_run(run_id, runner_module(kind), spec_path, workdir)
-            _crash_point("after_start")
-            ctx.store.add_event("submitted", f"run {run_id} started (pid {ref.pid})", ch.address)
-        if ref is None:  # it finished before a crash: finish_runs records its result
-            ctx.store.update_run(run_id, status="running")
-        else:
-            ctx.store.update_run(run_id, status="running", pid=ref.pid, start_time=ref.start_time,
-                                 host=os.uname().nodename)  # fmt: skip
-        ctx.store.put_resource(_row(ch, "running", {"run_id": run_id, "workdir": str(workdir)}, prev))
-        _crash_point("after_submit")
+    obs = ex.observe(run_id)
+    if obs.state == "lost":
+        ref = launcher.find_run(run_id)  # started before a crash, never recorded by the executor
+        if ref is not None:
+            from zsconf.executors import ProcessHandle
+
+            ex.adopt(run_id, ProcessHandle(pid=ref.pid, start_time=ref.start_time, pgid=ref.pid,
+                                           host=os.uname().nodename, workdir=str(workdir)))  # fmt: skip
+            obs = ex.observe(run_id)
+    if obs.state == "lost" and read_result(str(workdir)) is None:
+        inputs = _job_inputs(ctx, spec, tenant, kind)
+        envelope = {"run_id": run_id, "address": ch.address, "workdir": str(workdir),
+                    "output_dir": str(out_dir) if out_dir else None,
+                    "device": ctx.loaded.stack.platform.device, "spec": ch.after, "inputs": inputs,
+                    "resume": (workdir / "checkpoints").exists()}  # fmt: skip
+        workdir.mkdir(parents=True, exist_ok=True)
+        spec_path = workdir / "spec.json"
+        spec_path.write_text(json.dumps(envelope, indent=1))
+        cards, device = _cards(ctx, spec.resources.flavor)
+        quotas = ctx.loaded.stack.tenants[tenant].quotas
+        from zsconf.executors import JobRequest
+
+        sub = ex.submit(
+            JobRequest(run_id=run_id, address=ch.address, spec_path=str(spec_path), workdir=str(workdir),
+                       module=runner_module(kind), kind=kind, cards=cards, nodes=spec.resources.nodes,
+                       device=device, priority=spec.resources.priority, tenant=tenant,
+                       max_cards_for_tenant=quotas.max_cards)
+        )  # fmt: skip
+        _crash_point("after_start")
+        where = f"pid {sub.handle.pid}" if sub.handle else f"queued behind {', '.join(sub.waiting_behind)}"
+        ctx.store.add_event("submitted", f"run {run_id} submitted ({where})", ch.address)
+        obs = ex.observe(run_id)
+    handle = {}
+    if obs.pid:
+        handle = {"pid": obs.pid, "start_time": obs.start_time, "pgid": obs.pid,
+                  "host": os.uname().nodename, "workdir": str(workdir)}  # fmt: skip
+    status = "queued" if obs.state == "queued" else "running"  # a finished one is recorded below
+    ctx.store.update_run(run_id, status=status, pid=obs.pid, start_time=obs.start_time,
+                         host=os.uname().nodename, handle=handle)  # fmt: skip
+    ctx.store.put_resource(_row(ch, "running", {"run_id": run_id, "workdir": str(workdir)}, prev))
+    _crash_point("after_submit")
     if ctx.wait or ch.address in ctx.needed:
         return _wait_run(ctx, run_id)
+    finish_runs(ctx.store, ex)
     run = ctx.store.run(run_id)
     if run is not None and run.status in ("succeeded", "failed"):
         return f"run {run_id} {run.status}"
-    return f"run {run_id} submitted"
+    return f"run {run_id} {'queued' if status == 'queued' else 'submitted'}"
 
 
 def _job_inputs(ctx: _Ctx, spec: Any, tenant: str, kind: str) -> dict[str, Any]:
@@ -453,31 +498,25 @@ def _job_inputs(ctx: _Ctx, spec: Any, tenant: str, kind: str) -> dict[str, Any]:
 
 def _wait_run(ctx: _Ctx, run_id: str, poll: float = 0.2) -> str:
     while True:
+        finish_runs(ctx.store, ctx.executor)
         run = ctx.store.run(run_id)
         if run is None:
             raise ExecutorError(f"run {run_id} vanished from state")
-        if run.status in ("succeeded", "failed", "cancelled"):
+        if run.status not in _ACTIVE:
             break
-        if not run.pid or not launcher.is_alive(launcher.ProcessRef(run.pid, run.start_time or 0)):
-            finish_runs(ctx.store)
-            run = ctx.store.run(run_id)
-            if run is not None and run.status == "running":  # died without result.json
-                ctx.store.update_run(run_id, status="failed", error="process exited without result.json")
-                ctx.store.update_resource(run.address, status="failed")
-            continue
         time.sleep(poll)
     if run.status != "succeeded":
         raise ExecutorError(f"run {run_id} {run.status}: {run.error or ''}".strip())
     return f"run {run_id} succeeded"
 
 
-def finish_runs(store: Store) -> list[str]:
+def finish_runs(store: Store, executor: Any) -> list[str]:
     """Record job runs that ended since last seen: status, and the model version they produced.
-    Idempotent (versions are keyed by tenant/model/version). Called by apply and the daemon."""
+    Idempotent (a version is registered once per run). Called by apply and the daemon."""
     done: list[str] = []
     with _FINISH_LOCK:  # parallel waits must not number two versions alike
-        for run in refresh(store).finished:
-            _finish_one(store, run)
+        for run, obs in refresh(store, executor=executor).finished:
+            _finish_one(store, run, obs)
             done.append(run.run_id)
     return done
 
@@ -493,10 +532,14 @@ def _gate_status(res: dict[str, Any]) -> str | None:
     return "passed" if gate["passed"] else "failed"
 
 
-def _finish_one(store: Store, run: RunRow) -> None:
+def _finish_one(store: Store, run: RunRow, obs: Any) -> None:
     res = read_result(run.workdir) or {}
     row = store.resource(run.address)
-    status = res.get("status", "failed")
+    status = "succeeded" if obs.state == "succeeded" and res.get("status") == "succeeded" else "failed"
+    if obs.state == "stopped":
+        status = "cancelled"
+    if status == "failed" and not res.get("error"):
+        res["error"] = obs.message or f"exit code {obs.exit_code}"
     if status == "succeeded" and row is not None and row.kind in ("finetune", "compression"):
         out = row.spec.get("output", {})
         model_dir = (res.get("outputs") or {}).get("model_dir") or run.output_dir
@@ -515,7 +558,7 @@ def _finish_one(store: Store, run: RunRow) -> None:
                              gate_status=_gate_status(res))
             )  # fmt: skip
             _crash_point("after_version")
-    store.update_run(run.run_id, status=status, error=res.get("error"))
+    store.update_run(run.run_id, status=status, error=res.get("error"), exit_code=obs.exit_code)
     if row is not None and row.content_hash == run.content_hash:
         outputs = dict(row.outputs)
         outputs.update({"run_id": run.run_id, "result": res.get("outputs") or {}})
@@ -523,15 +566,23 @@ def _finish_one(store: Store, run: RunRow) -> None:
     store.add_event(f"run_{status}", f"run {run.run_id} {status}", run.address)
 
 
+def _stop_instance(ctx: _Ctx, run: RunRow) -> None:
+    if run.handle.get("process"):
+        from zsconf.executors import InstanceHandle
+
+        ctx.executor.stop_instance(InstanceHandle.from_dict(run.handle), grace_s=5.0)
+    ctx.store.update_run(run.run_id, status="cancelled")
+
+
 def _deployment(ctx: _Ctx, ch: Change) -> str:
     _, tenant, name = _split(ch.address)
     assert tenant is not None
-    current = [r for r in ctx.store.runs(ch.address) if r.status in ("running", "submitted", "intent")]
+    ex = ctx.executor
+    runs = ctx.store.runs(ch.address)
+    current = [r for r in runs if r.status in _ACTIVE]
     if ch.action is Action.DELETE or (ch.after and ch.after.get("state") == "stopped"):
         for r in current:
-            if r.pid:
-                launcher.stop_process(launcher.ProcessRef(r.pid, r.start_time or 0))
-            ctx.store.update_run(r.run_id, status="cancelled")
+            _stop_instance(ctx, r)
         if ch.action is Action.DELETE:
             ctx.store.remove_resource(ch.address)
             return "destroyed"
@@ -546,52 +597,57 @@ def _deployment(ctx: _Ctx, ch: Change) -> str:
     old = [r for r in current if r.content_hash != gen_key]
     alive: list[RunRow] = []
     for r in keep:
-        ref = launcher.ProcessRef(r.pid, r.start_time or 0) if r.pid else launcher.find_run(r.run_id)
-        if ref is not None and launcher.is_alive(ref):
+        if r.status == "intent":  # started before a crash? the executor's records know
+            found = [
+                h
+                for h in ex.list_instances()
+                if h.deployment == ch.address and h.index == r.handle.get("index")
+            ]
+            if found:
+                r = ctx.store.update_run(r.run_id, status="running", pid=found[0].pid,
+                                         start_time=found[0].start_time, handle=found[0].as_dict()) or r  # fmt: skip
+        if r.status == "running" and instance_alive(ex, r):
             alive.append(r)
-        else:
+        elif r.status != "intent":
             ctx.store.update_run(r.run_id, status="failed", error="instance not running")
-    used = {r.run_id for r in alive}
-    i = 0
+    intents = [r for r in keep if r.status == "intent" and r not in alive]
+    cards, device = _cards(ctx, spec.flavor)
     while len(alive) < spec.instances:
-        run_id = _run_id(ch.address, gen_key, f"i{i}")
-        i += 1
-        if run_id in used:
-            continue
-        workdir = ctx.artifacts / "runs" / tenant / "deployment" / name / run_id
-        if ctx.store.run(run_id) is None:
-            ctx.store.add_run(
-                RunRow(address=ch.address, run_id=run_id, content_hash=gen_key, workdir=str(workdir))
-            )
-        ref = launcher.find_run(run_id)
-        if ref is None:
-            port = _free_port()
-            envelope = {"run_id": run_id, "address": ch.address, "workdir": str(workdir), "output_dir": None,
-                        "device": ctx.loaded.stack.platform.device, "spec": ch.after,
-                        "inputs": {"model_dir": mv.path, "model_version": mv.version, "instance": i - 1,
-                                   "port": port},
-                        "resume": False}  # fmt: skip
-            workdir.mkdir(parents=True, exist_ok=True)
-            (workdir / "spec.json").write_text(json.dumps(envelope, indent=1))
-            # runners.serve reads its port from ZSCONF_PORT (schemas/run_serve.py).
-            ref = launcher.start_run(run_id, runner_module("deployment"), workdir / "spec.json", workdir,
-                                     env={"ZSCONF_PORT": str(port)})  # fmt: skip
-            _crash_point("after_instance_start")
-        run = ctx.store.update_run(run_id, status="running", pid=ref.pid, start_time=ref.start_time,
-                                   host=os.uname().nodename)  # fmt: skip
+        if intents:
+            run = intents.pop(0)
+        else:
+            # Intent first, with the instance index the executor will file it under.
+            index = len(ctx.store.runs(ch.address))
+            run_id = _run_id(ch.address, gen_key, f"i{index}")
+            workdir = ctx.artifacts / "runs" / tenant / "deployment" / name / run_id
+            run = ctx.store.add_run(RunRow(address=ch.address, run_id=run_id, content_hash=gen_key,
+                                           workdir=str(workdir), handle={"index": index}))  # fmt: skip
+        workdir = Path(run.workdir)
+        envelope = {"run_id": run.run_id, "address": ch.address, "workdir": str(workdir), "output_dir": None,
+                    "device": ctx.loaded.stack.platform.device, "spec": ch.after,
+                    "inputs": {"model_dir": mv.path, "model_version": mv.version,
+                               "served_model_name": name},
+                    "resume": False}  # fmt: skip
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "spec.json").write_text(json.dumps(envelope, indent=1))
+        from zsconf.executors import InstanceRequest
+
+        handle = ex.start_instance(
+            InstanceRequest(deployment=ch.address, index=int(run.handle["index"]), workdir=str(workdir),
+                            spec_path=str(workdir / "spec.json"), module=runner_module("deployment"),
+                            cards=cards, device=device)
+        )  # fmt: skip
+        _crash_point("after_instance_start")
+        run = ctx.store.update_run(run.run_id, status="running", pid=handle.pid, start_time=handle.start_time,
+                                   host=os.uname().nodename, handle=handle.as_dict())  # fmt: skip
         assert run is not None
         alive.append(run)
-        used.add(run_id)
     for r in alive[spec.instances :]:
-        if r.pid:
-            launcher.stop_process(launcher.ProcessRef(r.pid, r.start_time or 0))
-        ctx.store.update_run(r.run_id, status="cancelled")
+        _stop_instance(ctx, r)
     for r in old:
-        if r.pid:
-            launcher.stop_process(launcher.ProcessRef(r.pid, r.start_time or 0))
-        ctx.store.update_run(r.run_id, status="cancelled")
+        _stop_instance(ctx, r)
     instances = [
-        {"run_id": r.run_id, "pid": r.pid, "workdir": r.workdir, "endpoint": _endpoint(r.workdir)}
+        {"run_id": r.run_id, "pid": r.pid, "workdir": r.workdir, "endpoint": r.handle.get("url")}
         for r in alive[: spec.instances]
     ]
     _record(ctx, ch, status="running", outputs={"instances": instances, "model_version": mv.version})
@@ -606,23 +662,6 @@ def _generate_key() -> tuple[str, str, str, str]:
         secret = "zs-" + secrets.token_urlsafe(30)[:40]
         return secret, "ak-" + secrets.token_hex(6), secret[:10], hashlib.sha256(secret.encode()).hexdigest()
     return generate_key()
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _endpoint(workdir: str) -> str | None:
-    """http://127.0.0.1:PORT of an instance, from the port written in its spec."""
-    try:
-        port = json.loads((Path(workdir) / "spec.json").read_text())["inputs"]["port"]
-    except (OSError, ValueError, KeyError):
-        return None
-    return f"http://127.0.0.1:{port}"
 
 
 def _service_group(ctx: _Ctx, ch: Change) -> str:

@@ -47,11 +47,12 @@ def make_plan(
     refresh_only: bool = False,
     overrides: Iterable[str] = (),
     observed: Observed | None = None,
+    executor: Any = None,
 ) -> Plan:
     mask = loaded.secrets
     serial = store.serial()
     state = store.resources()
-    obs = observed if observed is not None else refresh(store, state)
+    obs = observed if observed is not None else refresh(store, state, executor)
     plan = Plan(
         changes=[],
         state_serial=serial,

@@ -1,4 +1,4 @@
-"""Refresh: ask the processes and the file system what really exists, compared with the state.
+"""Refresh: ask the executor and the file system what really exists, compared with the state.
 
 Called by `zsconf.engine.plan` (read only) and `zsconf.engine.apply` (which also records runs
 that finished since: model versions, statuses). Findings are `Drift` entries, shown in the plan's
@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zsconf.engine.launcher import ProcessRef, is_alive
 from zsconf.plans import Drift
 from zsconf.state import RunRow, Store
 
-__all__ = ["Observed", "read_result", "refresh"]
+__all__ = ["Observed", "instance_alive", "observe_run", "read_result", "refresh"]
 
 JOB_KINDS = ("finetune", "compression", "evaluation")
+ACTIVE = ("intent", "submitted", "queued", "running")
 
 
 @dataclass
@@ -26,8 +26,8 @@ class Observed:
     drift: list[Drift] = field(default_factory=list)
     # addresses whose recorded thing is gone and must be made again (dead server, missing files)
     broken: dict[str, str] = field(default_factory=dict)
-    # job runs whose process is gone and that wrote result.json: ready to record
-    finished: list[RunRow] = field(default_factory=list)
+    # job runs that ended (succeeded, failed, lost): ready to record
+    finished: list[tuple[RunRow, Any]] = field(default_factory=list)
 
 
 def read_result(workdir: str) -> dict[str, Any] | None:
@@ -37,13 +37,31 @@ def read_result(workdir: str) -> dict[str, Any] | None:
         return None
 
 
-def refresh(store: Store, rows: dict[str, Any] | None = None) -> Observed:
-    """`rows`: the resource rows when the caller has read them already."""
+def observe_run(executor: Any, run: RunRow) -> Any:
+    """The executor's Observation of a job run; re-adopts it from the recorded handle when the
+    executor has lost track of it (another process's executor, a restart)."""
+    obs = executor.observe(run.run_id)
+    if obs.state == "lost" and run.handle.get("pid"):
+        from zsconf.executors import ProcessHandle
+
+        executor.adopt(run.run_id, ProcessHandle.from_dict(run.handle))
+        obs = executor.observe(run.run_id)
+    return obs
+
+
+def instance_alive(executor: Any, run: RunRow) -> bool:
+    if not run.handle.get("process"):
+        return False
+    from zsconf.executors import InstanceHandle
+
+    return bool(executor.instance_alive(InstanceHandle.from_dict(run.handle)))
+
+
+def refresh(store: Store, rows: dict[str, Any] | None = None, executor: Any = None) -> Observed:
+    """`rows`: the resource rows when the caller has read them already. Without an executor only
+    the files are checked (processes are not observed)."""
     obs = Observed()
     rows = store.resources() if rows is None else rows
-    runs_by_addr: dict[str, list[RunRow]] = {}
-    for run in store.runs():
-        runs_by_addr.setdefault(run.address, []).append(run)
     # Model folders: a missing folder is drift of whatever made that version (import or job).
     # Only each owner's newest version counts: older ones are history a replace left behind.
     newest: dict[str | None, Any] = {}
@@ -55,26 +73,34 @@ def refresh(store: Store, rows: dict[str, Any] | None = None) -> Observed:
             msg = f"model folder of {mv.tenant}/{mv.model} v{mv.version} is missing: {mv.path}"
             obs.drift.append(Drift(owner, msg))
             obs.broken[owner] = msg
-    for addr, row in rows.items():
-        if row.kind == "deployment" and row.status == "running":
-            live = [r for r in runs_by_addr.get(addr, []) if r.status in ("running", "submitted")]
-            dead = [r for r in live if r.pid is None or not is_alive(ProcessRef(r.pid, r.start_time or 0))]
+    if executor is None:
+        return obs
+    watched = {
+        a
+        for a, r in rows.items()
+        if r.status == "running" and (r.kind == "deployment" or r.kind in JOB_KINDS)
+    }
+    if not watched:
+        return obs
+    runs_by_addr: dict[str, list[RunRow]] = {}
+    for run in store.active_runs():
+        runs_by_addr.setdefault(run.address, []).append(run)
+    for addr in sorted(watched):
+        row = rows[addr]
+        if row.kind == "deployment":
+            live = [r for r in runs_by_addr.get(addr, []) if r.status == "running"]
+            dead = [r for r in live if not instance_alive(executor, r)]
             if dead:
                 msg = (
                     f"{len(dead)} of {len(live)} instances not running ({', '.join(r.run_id for r in dead)})"
                 )
                 obs.drift.append(Drift(addr, msg))
                 obs.broken[addr] = msg
-        elif row.kind in JOB_KINDS and row.status == "running":
-            for r in runs_by_addr.get(addr, []):
-                if r.status not in ("running", "submitted") or r.content_hash != row.content_hash:
-                    continue
-                if r.pid is not None and is_alive(ProcessRef(r.pid, r.start_time or 0)):
-                    continue
-                if read_result(r.workdir) is not None:
-                    obs.finished.append(r)
-                else:
-                    msg = f"run {r.run_id} (pid {r.pid}) is gone without a result"
-                    obs.drift.append(Drift(addr, msg))
-                    obs.broken[addr] = msg
+            continue
+        for r in runs_by_addr.get(addr, []):
+            if r.content_hash != row.content_hash or r.status == "intent":
+                continue
+            o = observe_run(executor, r)
+            if o.finished:
+                obs.finished.append((r, o))
     return obs

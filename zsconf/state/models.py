@@ -70,6 +70,9 @@ class RunRow(SQLModel, table=True):
     workdir: str = ""
     output_dir: str | None = None
     checkpoints: list[Any] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    # The executor's handle (ProcessHandle / InstanceHandle as_dict), handed back to adopt after
+    # a restart; for an instance, {"index": N} is written with the intent, before it starts.
+    handle: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     # intent (written before submit) | submitted | queued | running | succeeded | failed | cancelled
     status: str = "intent"
     error: str | None = None

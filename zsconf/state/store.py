@@ -280,6 +280,12 @@ class Store:
                 q = q.where(RunRow.address == address)
             return list(s.exec(q.order_by(RunRow.id)).all())
 
+    def active_runs(self) -> list[RunRow]:
+        """Runs not yet finished (intent, submitted, queued, running)."""
+        with self.session() as s:
+            q = select(RunRow).where(RunRow.status.in_(("intent", "submitted", "queued", "running")))  # type: ignore[attr-defined]
+            return list(s.exec(q.order_by(RunRow.id)).all())
+
     def last_run(self, address: str) -> RunRow | None:
         with self.session() as s:
             q = select(RunRow).where(RunRow.address == address).order_by(RunRow.id.desc())  # type: ignore[union-attr]
