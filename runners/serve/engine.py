@@ -69,17 +69,19 @@ class Job:
         self.cancelled.set()
 
 
-def select_device(requested: str) -> str:
+def select_device(requested: str) -> tuple[str, bool]:
     """`auto` -> npu, cuda or cpu, whichever is present; an explicit choice is checked.
+    Returns (device type, bfloat16 supported).
 
-    Uses `kernels.select_device` when the kernels package provides it (one place for the rule);
-    this local detection is the fallback until it does."""
+    `kernels.select_device` holds the rule (one place for it); the local detection below is only
+    the fallback for a checkout whose kernels package lacks it."""
     try:
-        from kernels import select_device as kernels_select  # type: ignore[attr-defined]
+        from kernels import select_device as kernels_select
     except ImportError:
         kernels_select = None
     if kernels_select is not None:
-        return str(kernels_select(requested))
+        info = kernels_select(requested)
+        return str(info.type), bool(info.bf16_supported)
     import torch
 
     def npu_ok() -> bool:
@@ -91,15 +93,15 @@ def select_device(requested: str) -> str:
 
     if requested == "auto":
         if npu_ok():
-            return "npu"
-        return "cuda" if torch.cuda.is_available() else "cpu"
+            return "npu", True
+        return ("cuda", True) if torch.cuda.is_available() else ("cpu", False)
     if requested == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device cuda requested but torch sees no CUDA device")
     if requested == "npu" and not npu_ok():
         raise RuntimeError(
             "device npu requested but torch_npu is missing or sees no NPU (install the [npu] extra)"
         )
-    return requested
+    return requested, requested != "cpu"
 
 
 class _Penalties:
@@ -206,14 +208,15 @@ class Engine:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.device = select_device(self.requested_device)
+        self.device, bf16 = select_device(self.requested_device)
         if self.dtype_name and self.dtype_name != "auto":
             dtype: Any = getattr(torch, self.dtype_name)
         elif self.dtype_name == "auto":
             dtype = "auto"
         else:
-            # CPU kernels are fastest and most complete in float32; accelerators take bfloat16.
-            dtype = torch.float32 if self.device == "cpu" else torch.bfloat16
+            # CPU kernels are fastest and most complete in float32; accelerators take bfloat16
+            # where they support it, else float16.
+            dtype = torch.float32 if self.device == "cpu" else (torch.bfloat16 if bf16 else torch.float16)
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # the log is the executor's runner.log: no progress bars
