@@ -4,7 +4,6 @@ process-group cancel, adoption from a new Python process, the card queue, visibl
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ import pytest
 
 from zsconf.errors import ExecutorError
 from zsconf.executors import JobRequest, ProcessHandle, get_executor
-from zsconf.executors.local import LocalExecutor, torchrun_argv
+from zsconf.executors.local import LocalExecutor, free_port, torchrun_argv
 from zsconf.executors.procs import group_pids, process_start_time
 
 FAKE = Path(__file__).parent / "fake_runners"
@@ -226,26 +225,29 @@ def test_cpu_host_runs_card_jobs_at_once(
 @pytest.mark.slow
 def test_two_process_torchrun_on_cpu(ex: LocalExecutor, tmp_path: Path) -> None:
     wd = tmp_path / "runs/r-dist"
-    argv = torchrun_argv(2, [str(FAKE / "exec_dist.py"), str(wd)])
+    try:  # the training runner's own torchrun flags when present, with the fake script as target
+        from runners.train.launch import build_command
+
+        argv = build_command("s.json", cards=2, nodes=1, master_port=free_port())[:-3]
+        argv += [str(FAKE / "exec_dist.py"), str(wd)]
+    except ImportError:
+        argv = torchrun_argv(2, [str(FAKE / "exec_dist.py"), str(wd)])
     ex.submit(JobRequest(run_id="r-dist", address="a", spec_path="", workdir=str(wd), argv=argv))
     obs = wait_done(ex, "r-dist", timeout=120)
     assert obs.state == "succeeded", (wd / "runner.log").read_text()[-2000:]
     assert obs.result["outputs"] == {"world_size": 2, "rank_sum": 1.0}
 
 
-@pytest.mark.slow
-def test_train_runner_under_torchrun(ex: LocalExecutor, tmp_path: Path) -> None:
-    try:
-        import runners.train.launch  # noqa: F401
-    except ImportError:
-        pytest.skip(
-            "runners/train/launch.py does not exist yet: the executor then uses its own torchrun argv"
-        )
-    argv = ex._job_argv(
-        JobRequest(run_id="r", address="a", spec_path="s.json", workdir=str(tmp_path), cards=2)
-    )
-    assert any("nproc" in a for a in argv), argv
-    assert os.path.basename(argv[0]).startswith(("python", "torchrun"))
+def test_train_jobs_launch_through_torchrun(ex: LocalExecutor, tmp_path: Path) -> None:
+    pytest.importorskip("runners.train.launch", reason="runners/train/launch.py does not exist yet")
+    mk = lambda **kw: JobRequest(run_id="r", address="a", spec_path="s.json", workdir=str(tmp_path), **kw)  # noqa: E731
+    one = ex._job_argv(mk(cards=1))
+    assert one == [sys.executable, "-m", "runners.train", "s.json"]
+    four = ex._job_argv(mk(cards=2, nodes=2))  # one host: every process runs here
+    assert "torch.distributed.run" in four and "--nproc_per_node=4" in four and "--nnodes=1" in four
+    assert four[-3:] == ["-m", "runners.train", "s.json"]
+    assert "torch.distributed.run" in ex._job_argv(mk(cards=1, deepspeed_stage=2))
+    assert ex._job_argv(mk(cards=4, module="runners.compress"))[1:] == ["-m", "runners.compress", "s.json"]
 
 
 def test_import_is_light() -> None:
@@ -272,3 +274,39 @@ def test_observe_many(ex: LocalExecutor, tmp_path: Path) -> None:
     wait_done(ex, "r-m1")
     got = ex.observe_many(["r-m1", "r-unknown"])
     assert got["r-m1"].state == "succeeded" and got["r-unknown"].state == "lost"
+
+
+def test_adopt_given_the_runner_pid_takes_the_wrapper(ex: LocalExecutor, tmp_path: Path) -> None:
+    sub = ex.submit(req(tmp_path, "r-runner", "group", 60))
+    gc_file = tmp_path / "runs/r-runner/grandchild.pid"
+    deadline = time.monotonic() + 10
+    while not gc_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    runner = next(p for p in group_pids(sub.handle.pgid) if p != sub.handle.pid and "exec_job" in _cmdline(p))
+    fresh = LocalExecutor(root=tmp_path / "exec4")
+    h = ProcessHandle(runner, process_start_time(runner), runner, "h", str(tmp_path / "runs/r-runner"))
+    assert fresh.adopt("r-runner", h)
+    obs = fresh.cancel("r-runner", grace_s=2)
+    assert obs.pid == sub.handle.pid and obs.state == "stopped"
+    assert group_pids(sub.handle.pgid) == []
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def test_start_that_was_never_recorded_is_adopted_not_repeated(ex: LocalExecutor, tmp_path: Path) -> None:
+    # A pass that spawned a job and died before saving the handle: the record says "queued" with
+    # the spawning mark, and the process runs. The next pass must adopt it, not start a second one.
+    r = req(tmp_path, "r-crash", "sleep", 1.0)
+    h = ex._spawn(list(r.argv), Path(r.workdir), {}, "r-crash", [])
+    ex._save(
+        {"request": {**r.as_dict(), "submitted_at": 1.0}, "state": "queued", "handle": None, "spawning": True}
+    )
+    obs = ex.observe("r-crash")
+    assert obs.state == "running" and obs.pid == h.pid
+    assert wait_done(ex, "r-crash").state == "succeeded"
+    assert (tmp_path / "runs/r-crash/runner.log").read_text().count("exec_job sleep") == 1

@@ -55,6 +55,7 @@ class JobRequest:
     submitted_at: float = 0.0  # epoch seconds; 0 = now
     tenant: str | None = None
     max_cards_for_tenant: int | None = None
+    deepspeed_stage: int | None = None  # runners.train: forces torchrun even on one card
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -54,7 +54,7 @@ from zsconf.executors.base import (
     Submission,
 )
 from zsconf.executors.cards import VISIBLE_ENV, detect_host_cards
-from zsconf.executors.procs import is_alive, kill_group, process_start_time
+from zsconf.executors.procs import find_leader, is_alive, kill_group, pgid_of, process_start_time
 
 __all__ = ["RUN_ID_ENV", "LocalExecutor", "free_port", "read_exit_code", "torchrun_argv"]
 
@@ -221,20 +221,22 @@ class LocalExecutor:
         if req.argv:
             return list(req.argv)
         nproc = max(req.cards, 1) * max(req.nodes, 1)
-        if nproc > 1 and req.module == "runners.train":
+        if req.module == "runners.train" and (nproc > 1 or req.deepspeed_stage is not None):
             return self._torchrun_argv(req, nproc)
         return [sys.executable, "-m", req.module, req.spec_path]
 
     @staticmethod
     def _torchrun_argv(req: JobRequest, nproc: int) -> list[str]:
+        # This host is the only node: all processes run here, one per card. A fresh port per job
+        # lets two distributed jobs share the host.
         try:
-            from runners.train.launch import build_command  # optional, must not import torch
+            from runners.train.launch import build_command  # stdlib only: no torch at this point
         except ImportError:
             return torchrun_argv(nproc, ["-m", req.module, req.spec_path])
         return list(
             build_command(
-                module=req.module, spec_path=req.spec_path, nproc_per_node=nproc, nnodes=1, node_rank=0,
-                master_port=free_port(),
+                req.spec_path, cards=nproc, nodes=1, node_rank=0, master_addr="127.0.0.1",
+                master_port=free_port(), deepspeed_stage=req.deepspeed_stage,
             )
         )  # fmt: skip
 
@@ -309,13 +311,29 @@ class LocalExecutor:
                 blocked_by_host.append(req.run_id)
             else:
                 cards, free = free[:need], free[need:]
+                found = find_leader(f"{RUN_ID_ENV}={req.run_id}") if rec.get("spawning") else None
+                if found is not None:
+                    # Started by a pass that died before recording it: adopt, never start twice.
+                    h = ProcessHandle(
+                        found[0], found[1], found[0], self.host, req.workdir, cards, time.time()
+                    )
+                    rec.update(state="running", handle=h.as_dict(), waiting_behind=[], message="")
+                    tenant_used[req.tenant] = tenant_used.get(req.tenant, 0) + need
+                    running.append(rec)
+                    rec["queue_position"] = None
+                    self._save(rec)
+                    continue
+                rec["spawning"] = True
+                self._save(rec)
                 try:
                     handle = self._spawn(self._job_argv(req), Path(req.workdir), req.env, req.run_id, cards)
                 except ExecutorError as e:
                     rec.update(state="failed", message=str(e), ended_at=time.time())
                     self._save(rec)
                     continue
-                rec.update(state="running", handle=handle.as_dict(), waiting_behind=[], message="")
+                rec.update(
+                    state="running", handle=handle.as_dict(), waiting_behind=[], message="", spawning=False
+                )
                 tenant_used[req.tenant] = tenant_used.get(req.tenant, 0) + need
                 running.append(rec)
             rec["queue_position"] = pos if rec["state"] == "queued" else None
@@ -412,6 +430,15 @@ class LocalExecutor:
 
     def adopt(self, run_id: str, handle: ProcessHandle) -> bool:
         alive = is_alive(handle.pid, handle.start_time)
+        leader = pgid_of(handle.pid) if alive else None
+        if leader is not None and leader != handle.pid:
+            # Given the runner rather than its wrapper (e.g. found by its environment): adopt the
+            # wrapper, the group leader that records the exit code and that cancel signals.
+            lst = process_start_time(leader)
+            if lst is not None:
+                handle = replace(handle, pid=leader, pgid=leader, start_time=lst)
+            else:
+                handle = replace(handle, pgid=leader)
         with self._locked():
             rec = self._load(run_id)
             if rec is None:

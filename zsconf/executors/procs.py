@@ -12,7 +12,7 @@ import signal
 import time
 from pathlib import Path
 
-__all__ = ["group_pids", "is_alive", "kill_group", "process_start_time"]
+__all__ = ["find_leader", "group_pids", "is_alive", "kill_group", "pgid_of", "process_start_time"]
 
 
 def process_start_time(pid: int) -> float | None:
@@ -85,3 +85,30 @@ def kill_group(pgid: int, grace_s: float) -> bool:
     while group_pids(pgid) and time.monotonic() < deadline:
         time.sleep(0.02)
     return True
+
+
+def pgid_of(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat[stat.rindex(")") + 2 :].split()[2])
+
+
+def find_leader(env_entry: str) -> tuple[int, float] | None:
+    """(pid, start time) of a live process-group leader whose environment holds `env_entry`
+    (e.g. "ZSCONF_RUN_ID=r-1"): finds a wrapper started just before a crash lost its record."""
+    needle = env_entry.encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        pid = int(entry)
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            continue
+        if needle in env.split(b"\0") and pgid_of(pid) == pid:
+            st = process_start_time(pid)
+            if st is not None:
+                return pid, st
+    return None
