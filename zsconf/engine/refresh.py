@@ -85,6 +85,7 @@ def refresh(store: Store, rows: dict[str, Any] | None = None, executor: Any = No
     runs_by_addr: dict[str, list[RunRow]] = {}
     for run in store.active_runs():
         runs_by_addr.setdefault(run.address, []).append(run)
+    jobs: list[RunRow] = []
     for addr in sorted(watched):
         row = rows[addr]
         if row.kind == "deployment":
@@ -97,10 +98,18 @@ def refresh(store: Store, rows: dict[str, Any] | None = None, executor: Any = No
                 obs.drift.append(Drift(addr, msg))
                 obs.broken[addr] = msg
             continue
-        for r in runs_by_addr.get(addr, []):
-            if r.content_hash != row.content_hash or r.status == "intent":
-                continue
+        jobs.extend(
+            r
+            for r in runs_by_addr.get(addr, [])
+            if r.content_hash == row.content_hash and r.status != "intent"
+        )
+    # One scheduling pass for all of them when the executor offers it (LocalExecutor does).
+    many = getattr(executor, "observe_many", None)
+    seen = many([r.run_id for r in jobs]) if many and jobs else {}
+    for r in jobs:
+        o = seen.get(r.run_id)
+        if o is None or (o.state == "lost" and r.handle.get("pid")):
             o = observe_run(executor, r)
-            if o.finished:
-                obs.finished.append((r, o))
+        if o.finished:
+            obs.finished.append((r, o))
     return obs
