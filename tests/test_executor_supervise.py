@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from schemas.jobs import AutoRestart
+from zsconf.errors import ExecutorError
 from zsconf.executors import InstanceRequest, JobRequest, enforce_auto_stop, ensure_instances, should_restart
 from zsconf.executors.local import LocalExecutor
 from zsconf.executors.procs import group_pids
@@ -134,3 +135,27 @@ def test_latest_checkpoint(tmp_path: Path) -> None:
         (tmp_path / "checkpoints" / f"checkpoint-{step}").mkdir(parents=True)
     (tmp_path / "checkpoints" / ".checkpoint-200.tmp").mkdir()  # being written: not a checkpoint
     assert latest_checkpoint(tmp_path).name == "checkpoint-120"
+
+
+def test_instances_hold_cards_and_jobs_queue_behind_them(
+    ex: LocalExecutor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ZSCONF_HOST_CARDS", "npu:2")
+    r = inst_req(tmp_path, 0)
+    h = ex.start_instance(InstanceRequest(**{**r.__dict__, "cards": 1, "device": "npu"}))
+    assert h.process.cards == [0]
+    assert ex.wait_healthy(h, timeout_s=20)
+    assert ex.capacity().cards_free == 1
+    wd = tmp_path / "job"
+    argv = [sys.executable, str(FAKE / "exec_job.py"), str(wd), "ok"]
+    sub = ex.submit(
+        JobRequest(run_id="r-2", address="a", spec_path="", workdir=str(wd), argv=argv, cards=2, device="npu")
+    )
+    assert sub.state == "queued"
+    with pytest.raises(ExecutorError, match="needs 2 npu cards, 1 free of 2"):
+        ex.start_instance(InstanceRequest(**{**inst_req(tmp_path, 1).__dict__, "cards": 2, "device": "npu"}))
+    ex.stop_instance(h, grace_s=5)
+    deadline = time.monotonic() + 20
+    while not ex.observe("r-2").finished and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ex.observe("r-2").result["outputs"]["ASCEND_RT_VISIBLE_DEVICES"] == "0,1"

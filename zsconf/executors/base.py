@@ -188,6 +188,10 @@ class Executor(Protocol):
         """Current state of a run (queued, running, or finished with exit code and result)."""
         ...
 
+    def observe_many(self, run_ids: list[str]) -> dict[str, Observation]:
+        """`observe` for many runs at once (one pass; the engine's refresh)."""
+        ...
+
     def cancel(self, run_id: str, grace_s: float = 10.0, reason: str = "cancelled") -> Observation:
         """Dequeue, or SIGTERM the whole process group and SIGKILL after `grace_s`; the run ends
         `stopped` with `reason` as its message."""
