@@ -1,0 +1,383 @@
+"""The training recipe (phases like torchtune's LoRA recipe): construct, setup, train, save, cleanup.
+
+Run by `runners/train/__main__.py` in each process (one, or one per card under torchrun). Rank 0
+writes every file; data is sharded by rank inside each global batch. Resume restores model weights,
+optimizer, scheduler, RNG (python / numpy / torch) and the data position from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from kernels import select_device
+from runners.compress.runfiles import RunFiles, UserError
+from runners.train.data import batch_positions, collate, load_examples
+from schemas.run_train import TrainRunSpec
+
+__all__ = ["TrainRecipe", "UserError", "checkpoint_steps", "total_iterations"]
+
+
+def total_iterations(samples: int, global_batch: int, epochs: int, given: int | str) -> int:
+    """The platform's rule: ceil(samples / global batch) x epochs unless given."""
+    return given if isinstance(given, int) else math.ceil(samples / global_batch) * epochs
+
+
+def checkpoint_steps(iterations: int, count: int) -> list[int]:
+    """`count` steps evenly spaced over the run, the last one at the final step."""
+    count = min(count, iterations)
+    return sorted({round(iterations * k / count) for k in range(1, count + 1)})
+
+
+class TrainRecipe:
+    """One training run. Methods are the phases; `run_all` chains them."""
+
+    def __init__(self, run: TrainRunSpec) -> None:
+        # construct: everything that can be refused without loading the model.
+        self.run = run
+        self.ft = run.spec
+        self.hp = run.spec.hyperparameters
+        self.workdir = Path(run.workdir)
+        self.ckpt_dir = self.workdir / "checkpoints"
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.is_main = self.rank == 0
+        self.files = RunFiles(run.workdir) if self.is_main else None
+        hp = self.hp
+        self.grad_accum = hp.global_batch_size // (hp.micro_batch_size * self.world)
+        if self.grad_accum < 1 or hp.global_batch_size % (hp.micro_batch_size * self.world):
+            raise UserError(
+                f"global_batch_size {hp.global_batch_size} is not a multiple of micro_batch_size "
+                f"{hp.micro_batch_size} x {self.world} processes"
+            )
+        self.deepspeed_stage = run.spec.resources.deepspeed_stage
+        if self.deepspeed_stage is not None and importlib.util.find_spec("deepspeed") is None:
+            raise UserError(
+                f"DeepSpeed ZeRO stage {self.deepspeed_stage} requested but the deepspeed package is not "
+                "installed: install the [gpu] extra (pip install 'zsconf[gpu]')"
+            )
+        if not (Path(run.inputs.model_dir) / "config.json").is_file():
+            raise UserError(f"inputs.model_dir {run.inputs.model_dir}: no config.json (not a HuggingFace model folder)")
+        for role, ds in run.inputs.datasets.items():
+            if not Path(ds.path).is_file():
+                raise UserError(f"inputs.datasets.{role}: {ds.path} does not exist")
+        if "train" not in run.inputs.datasets:
+            raise UserError("inputs.datasets.train is required")
+
+    # ---------------------------------------------------------------- files
+    def event(self, event: str, message: str) -> None:
+        if self.files:
+            self.files.event(event, message)
+
+    # ---------------------------------------------------------------- setup
+    def setup(self) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.device = select_device(self.run.device)
+        if self.world > 1 and not torch.distributed.is_initialized():
+            torch.distributed.init_process_group(self.device.dist_backend)
+        self.torch_device = self.device.torch_device(self.local_rank)
+        if self.device.type != "cpu":
+            torch.cuda.set_device(self.torch_device)  # transfer_to_npu maps this onto the NPU
+        # bf16 autocast over fp32 master weights where the card has bf16; plain fp32 on CPU.
+        self.autocast = self.device.bf16_supported
+        torch.manual_seed(self.hp.seed)
+        random.seed(self.hp.seed)
+        np.random.seed(self.hp.seed)
+
+        model_dir = self.run.inputs.model_dir
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        ds = self.run.inputs.datasets["train"]
+        try:
+            self.examples = load_examples(
+                self.tokenizer, ds.path, ds.format, self.ft.method, self.hp.sequence_length
+            )
+        except ValueError as exc:
+            raise UserError(str(exc)) from exc
+        self.iterations = total_iterations(
+            len(self.examples), self.hp.global_batch_size, self.hp.epochs, self.hp.iterations
+        )
+        self.ckpt_at = checkpoint_steps(self.iterations, self.hp.checkpoints)
+
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        if self.ft.method == "lora":
+            from peft import LoraConfig, get_peft_model
+
+            model = get_peft_model(
+                model,
+                LoraConfig(
+                    r=self.hp.lora_rank,
+                    lora_alpha=self.hp.lora_alpha,
+                    lora_dropout=self.hp.lora_dropout,
+                    target_modules=list(self.hp.lora_targets),
+                    task_type="CAUSAL_LM",
+                ),
+            )
+        self.model = model.to(self.torch_device)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=self.hp.learning_rate, weight_decay=self.hp.weight_decay)
+        self.scheduler = self._scheduler()
+        self.step = 0
+        self.first_loss: float | None = None
+        self.last_loss: float | None = None
+        if self.run.resume:
+            self._restore()
+        self.engine = self.model
+        if self.deepspeed_stage is not None:
+            import deepspeed  # type: ignore[import-not-found]
+
+            self.engine, self.optimizer, _, _ = deepspeed.initialize(
+                model=self.model,
+                optimizer=self.optimizer,
+                config={
+                    "train_micro_batch_size_per_gpu": self.hp.micro_batch_size,
+                    "gradient_accumulation_steps": self.grad_accum,
+                    "zero_optimization": {"stage": self.deepspeed_stage},
+                    "bf16": {"enabled": self.autocast},
+                },
+            )
+        elif self.world > 1:
+            self.engine = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=None if self.device.type == "cpu" else [self.local_rank]
+            )
+
+    def _scheduler(self) -> torch.optim.lr_scheduler.LambdaLR:
+        warmup = int(self.iterations * self.hp.warmup_ratio)
+        kind = self.hp.lr_scheduler
+        total = self.iterations
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            progress = (step - warmup) / max(1, total - warmup)
+            if kind == "cosine":
+                return 0.5 * (1 + math.cos(math.pi * progress))
+            if kind == "linear":
+                return max(0.0, 1 - progress)
+            return 1.0
+
+        return torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
+
+    # ---------------------------------------------------------------- checkpoints
+    def _trainable_state(self) -> dict[str, torch.Tensor]:
+        if self.ft.method == "lora":
+            from peft import get_peft_model_state_dict
+
+            return get_peft_model_state_dict(self.model)
+        return self.model.state_dict()
+
+    def save_checkpoint(self) -> None:
+        """HF-format weights (or adapter) + optimizer/scheduler/RNG/data position, written to a tmp
+        folder then renamed so a kill never leaves a half checkpoint; oldest pruned to the count."""
+        if self.world > 1:
+            torch.distributed.barrier()
+        if self.is_main:
+            final = self.ckpt_dir / f"step-{self.step}"
+            tmp = self.ckpt_dir / f".step-{self.step}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            self.model.save_pretrained(tmp)
+            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
+            torch.save(
+                {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
+                tmp / "rng_state.pt",
+            )
+            state = {
+                "step": self.step,
+                "data_position": self.step * self.hp.global_batch_size,
+                "iterations": self.iterations,
+                "first_loss": self.first_loss,
+                "last_loss": self.last_loss,
+            }
+            (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            for old in self.checkpoints()[: -self.hp.checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+            self.event("checkpoint", f"checkpoint saved at iteration {self.step}: {final}")
+        if self.world > 1:
+            torch.distributed.barrier()
+
+    def checkpoints(self) -> list[Path]:
+        if not self.ckpt_dir.is_dir():
+            return []
+        found = [p for p in self.ckpt_dir.glob("step-*") if (p / "trainer_state.json").is_file()]
+        return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+    def _restore(self) -> None:
+        from safetensors.torch import load_file
+
+        found = self.checkpoints()
+        if not found:
+            self.event("resumed", "resume requested but no checkpoint yet: starting from the base model")
+            return
+        ckpt = found[-1]
+        if self.ft.method == "lora":
+            from peft import set_peft_model_state_dict
+
+            set_peft_model_state_dict(self.model, load_file(ckpt / "adapter_model.safetensors"))
+        else:
+            state: dict[str, torch.Tensor] = {}
+            for f in sorted(ckpt.glob("*.safetensors")):
+                state.update(load_file(f))
+            missing, unexpected = self.model.load_state_dict(state, strict=False)
+            tied = set(getattr(self.model, "_tied_weights_keys", None) or [])
+            if unexpected or [k for k in missing if k not in tied and "lm_head" not in k]:
+                raise RuntimeError(f"checkpoint {ckpt} does not match the model: missing {missing[:3]}")
+        self.optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=False))
+        self.scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=False))
+        rng = torch.load(ckpt / "rng_state.pt", weights_only=False)
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+        st = json.loads((ckpt / "trainer_state.json").read_text())
+        self.step, self.first_loss, self.last_loss = st["step"], st["first_loss"], st["last_loss"]
+        self.event("resumed", f"resumed from {ckpt} at iteration {self.step}/{self.iterations}")
+
+    # ---------------------------------------------------------------- train
+    def train(self) -> None:
+        hp = self.hp
+        pad = self.tokenizer.pad_token_id
+        self.model.train()
+        tokens_total, t_start = 0, time.perf_counter()
+        bar = None
+        if self.is_main and sys.stdout.isatty():
+            from tqdm import tqdm
+
+            bar = tqdm(total=self.iterations, initial=self.step, desc="train")
+        while self.step < self.iterations:
+            t0 = time.perf_counter()
+            positions = batch_positions(self.step, len(self.examples), hp.seed, hp.global_batch_size)
+            # global batch = [micro 0: rank 0, rank 1, ...][micro 1: ...]: each rank its own slices.
+            loss_sum = torch.zeros((), device=self.torch_device)
+            tokens = 0
+            for m in range(self.grad_accum):
+                lo = (m * self.world + self.rank) * hp.micro_batch_size
+                batch = collate([self.examples[i] for i in positions[lo : lo + hp.micro_batch_size]], pad)
+                batch = {k: v.to(self.torch_device) for k, v in batch.items()}
+                tokens += int(batch["attention_mask"].sum())
+                sync = m == self.grad_accum - 1
+                ctx = self.engine.no_sync() if (self.world > 1 and not sync and hasattr(self.engine, "no_sync")) else _null()
+                with ctx, torch.autocast(self.torch_device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                    loss = self.engine(**batch).loss / self.grad_accum
+                if self.deepspeed_stage is not None:
+                    self.engine.backward(loss)
+                else:
+                    loss.backward()
+                loss_sum += loss.detach()
+            if self.deepspeed_stage is not None:
+                self.engine.step()
+            else:
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            lr = self.scheduler.get_last_lr()[0]
+            self.scheduler.step()
+            if self.world > 1:
+                torch.distributed.all_reduce(loss_sum)
+                loss_sum /= self.world
+            self.step += 1
+            loss_value = float(loss_sum)
+            dt = time.perf_counter() - t0
+            tokens_total += tokens
+            tps = tokens / dt
+            if self.first_loss is None:
+                self.first_loss = loss_value
+            self.last_loss = loss_value
+            if self.is_main:
+                assert self.files is not None
+                self.files.metric(
+                    step=self.step,
+                    loss=loss_value,
+                    learning_rate=lr,
+                    tokens_per_s_per_card=tps,
+                    elapsed_s=time.perf_counter() - t_start,
+                )
+                line = (
+                    f"iteration {self.step}/{self.iterations} | lm loss {loss_value:.4f} | "
+                    f"elapsed time per iteration (ms): {dt * 1000:.1f} | learning rate {lr:.1e} | "
+                    f"tokens/s/card {tps:.1f}"
+                )
+                if bar:
+                    bar.update(1)
+                    bar.set_postfix_str(f"loss {loss_value:.3f}")
+                else:
+                    print(line, flush=True)
+            if self.step in self.ckpt_at:
+                self.save_checkpoint()
+        if bar:
+            bar.close()
+        elapsed = time.perf_counter() - t_start
+        self.tokens_per_s = tokens_total / elapsed if elapsed > 0 else 0.0
+
+    # ---------------------------------------------------------------- output
+    def save_output(self) -> dict[str, Any]:
+        """Final model into output_dir atomically: merged full weights (LoRA: merge_and_unload, the
+        adapter beside it in adapter/), tokenizer and generation_config.json."""
+        out = Path(self.run.output_dir)
+        tmp = out.with_name(f".{out.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        model = self.model
+        adapter_dir = None
+        if self.ft.method == "lora":
+            model.save_pretrained(tmp / "adapter")
+            model = model.merge_and_unload()
+            adapter_dir = str(out / "adapter")
+        model.save_pretrained(tmp)
+        self.tokenizer.save_pretrained(tmp)
+        if not (tmp / "generation_config.json").exists():
+            from transformers import GenerationConfig
+
+            GenerationConfig.from_model_config(model.config).save_pretrained(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+        return {
+            "model_dir": str(out),
+            "adapter_dir": adapter_dir,
+            "iterations": self.iterations,
+            "final_loss": self.last_loss,
+            "first_loss": self.first_loss,
+            "train_samples": len(self.examples),
+            "tokens_per_s_per_card": getattr(self, "tokens_per_s", 0.0),
+            "checkpoints": [str(p) for p in self.checkpoints()],
+        }
+
+    def cleanup(self) -> None:
+        if self.world > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+    def run_all(self) -> dict[str, Any] | None:
+        self.event("started", f"{self.ft.method} training of {self.run.inputs.model_dir} ({self.run.address})")
+        self.setup()
+        self.train()
+        outputs = None
+        if self.is_main:
+            outputs = self.save_output()
+            self.event("completed", f"trained {self.iterations} iterations, final lm loss {self.last_loss:.4f}")
+        if self.world > 1:
+            torch.distributed.barrier()
+        return outputs
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
