@@ -193,6 +193,7 @@ def test_tenant_quota_queues_without_blocking_others(
     assert q.state == "queued" and q.waiting_behind == ["r-t1"]
     assert other.state == "running"
     assert "tenant acme may use 2 cards" in ex.observe("r-t2").message
+    assert ex.observe("r-t2").queue_position == 1  # the job that started is not counted
     assert wait_done(ex, "r-t2").state == "succeeded"
 
 

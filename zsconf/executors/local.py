@@ -295,7 +295,8 @@ class LocalExecutor:
             key=lambda r: (-r["request"]["priority"], r["request"]["submitted_at"]),
         )
         blocked_by_host: list[str] = []
-        for pos, rec in enumerate(queued, start=1):
+        waiting = 0  # queue positions count only the jobs that still wait
+        for rec in queued:
             req = JobRequest.from_dict(rec["request"])
             need = self._cards_needed(req, device)
             quota = req.max_cards_for_tenant
@@ -336,7 +337,11 @@ class LocalExecutor:
                 )
                 tenant_used[req.tenant] = tenant_used.get(req.tenant, 0) + need
                 running.append(rec)
-            rec["queue_position"] = pos if rec["state"] == "queued" else None
+            if rec["state"] == "queued":
+                waiting += 1
+                rec["queue_position"] = waiting
+            else:
+                rec["queue_position"] = None
             self._save(rec)
 
     @staticmethod
