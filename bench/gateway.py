@@ -6,7 +6,8 @@ Prometheus metrics), at concurrency 1, 16 and 64, streaming and not.
 Drives the shared harness /work/shared/bench/gateway/bench.py (`../shared/bench/gateway` from the
 repo): it starts its stub, starts this gateway, interleaves direct and gateway runs, and prints added
 latency p50/p99, req/s and gateway CPU per request. Extra arguments go to bench.py, e.g.
-`python bench/gateway.py --repeats 1 --duration 3 --concurrency 1,16`.
+`python bench/gateway.py --repeats 1 --duration 3 --concurrency 1,16`; `--floor` first measures
+bench/gateway_floor.py (a bare passthrough) instead, to read the figures against on a busy machine.
 """
 
 from __future__ import annotations
@@ -81,12 +82,21 @@ def main(argv: list[str]) -> int:
         return 1
     root = Path(tempfile.mkdtemp(prefix="zsconf-gwbench-"))
     spec, secret = setup(root)
-    cmd = f"cd {shlex.quote(str(REPO))} && exec {shlex.quote(sys.executable)} -m runners.gateway {shlex.quote(str(spec))}"
+    py = shlex.quote(sys.executable)
+    name = "zsconf gateway (all features)"
+    cmd = f"cd {shlex.quote(str(REPO))} && exec {py} -m runners.gateway {shlex.quote(str(spec))}"
+    if argv[:1] == ["--floor"]:  # the no-feature floor, measured the same way for comparison
+        argv = argv[1:]
+        name = "floor: bare Litestar + aiohttp passthrough"
+        cmd = (
+            f"exec {py} {shlex.quote(str(REPO / 'bench' / 'gateway_floor.py'))} --port {GW_PORT} "
+            f"--upstream http://127.0.0.1:{STUB_PORT}/v1 --upstream-key {UPSTREAM_KEY}"
+        )
     args = [
         sys.executable,
         str(HARNESS / "bench.py"),
         "--gateway-name",
-        "zsconf gateway (all features)",
+        name,
         "--gateway-url",
         f"http://127.0.0.1:{GW_PORT}/v1",
         "--gateway-key",

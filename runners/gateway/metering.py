@@ -18,6 +18,23 @@ __all__ = ["Meter"]
 
 log = logging.getLogger("runners.gateway")
 
+_NAMES = (
+    "ts",
+    "tenant",
+    "group",
+    "key_id",
+    "model",
+    "deployment",
+    "instance",
+    "prompt_tokens",
+    "completion_tokens",
+    "latency_ms",
+    "ttft_ms",
+    "status",
+    "error_code",
+    "stream",
+)
+
 
 class Meter:
     def __init__(self, store: Store, interval: float) -> None:
@@ -32,25 +49,14 @@ class Meter:
         self._buf.append(fields)
 
     def _write(self, batch: list[tuple]) -> None:
+        """One Core INSERT of many rows (ORM objects cost ~10x more CPU per record)."""
+        from sqlalchemy import insert
+
         from zsconf.state import UsageRecord
 
-        names = (
-            "ts",
-            "tenant",
-            "group",
-            "key_id",
-            "model",
-            "deployment",
-            "instance",
-            "prompt_tokens",
-            "completion_tokens",
-            "latency_ms",
-            "ttft_ms",
-            "status",
-            "error_code",
-            "stream",
-        )
-        self._store.add_usage([UsageRecord(**dict(zip(names, f, strict=True))) for f in batch])
+        rows = [dict(zip(_NAMES, f, strict=True)) for f in batch]
+        with self._store.engine.begin() as conn:
+            conn.execute(insert(UsageRecord.__table__), rows)  # type: ignore[attr-defined]
 
     async def flush(self) -> None:
         async with self._lock:
