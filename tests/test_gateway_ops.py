@@ -33,8 +33,8 @@ def stubs():
         p.stop()
 
 
-def _env(tmp_path: Path, stubs, **spec) -> GatewayEnv:
-    env = GatewayEnv(tmp_path)
+def _env(tmp_path: Path, stubs, state_url: str | None = None, **spec) -> GatewayEnv:
+    env = GatewayEnv(tmp_path, state_url)
     env.config["deployments"] = [
         {
             "tenant": "acme",
@@ -138,8 +138,14 @@ def test_config_reload_on_change_and_sighup(tmp_path: Path, stubs) -> None:
         env.close()
 
 
-def test_graceful_shutdown_loses_no_usage_record(tmp_path: Path, stubs) -> None:
-    env = _env(tmp_path, stubs, usage_flush_s=60)  # only the shutdown flush writes records
+@pytest.mark.parametrize("db", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_graceful_shutdown_loses_no_usage_record(tmp_path: Path, stubs, db: str) -> None:
+    url = None
+    if db == "postgres":
+        url = os.environ.get("ZSCONF_TEST_PG_URL")
+        if not url:
+            pytest.skip("ZSCONF_TEST_PG_URL is not set")
+    env = _env(tmp_path, stubs, url, usage_flush_s=60)  # only the shutdown flush writes records
     try:
         with httpx.Client() as c:
             for _ in range(5):
@@ -151,7 +157,7 @@ def test_graceful_shutdown_loses_no_usage_record(tmp_path: Path, stubs) -> None:
             codes = [f.result() for f in futs]
         assert codes == [200] * 12
         assert env.gateway.p.wait(15) == 0
-        recs = env.usage()
+        recs = [r for r in env.usage() if r.key_id == env.key_id]  # type: ignore[attr-defined]
         assert len(recs) == 17 and all(r.status == 200 for r in recs)
         assert sum(r.stream for r in recs) == 6
         assert json.loads((tmp_path / "gw" / "ready.json").read_text())["pid"] == env.gateway.pid
