@@ -121,6 +121,8 @@ async def _serve_embedded(spec: ServeSpec) -> int:
         while not server.started and not serving.done():
             await asyncio.sleep(0.01)
         if server.started:
+            _write_endpoint(spec, port)  # before the ready line: whoever reads it may look for the file
+            _event(spec, "ready", f"serving {spec.served_model_name} on {spec.host}:{port}")
             print(
                 json.dumps(
                     {
@@ -134,8 +136,6 @@ async def _serve_embedded(spec: ServeSpec) -> int:
                 ),
                 flush=True,
             )
-            _event(spec, "ready", f"serving {spec.served_model_name} on {spec.host}:{port}")
-            _write_endpoint(spec, port)
     await serving
     engine.close()
     _event(spec, "stopped", "")
