@@ -5,8 +5,10 @@ epochs value: they, and everything consuming their output, are replaced or updat
     python bench/plan.py [--sizes 100,1000,10000] [--repeats 3]
 
 For each case it prints:
-  cli    - wall time of `zsconf plan DIR --detailed-exitcode` in a fresh process (imports, load,
-           graph, refresh, diff, render: end to end), and that process's peak RSS;
+  cli    - wall time (best of the repeats) and CPU time (user+sys) of `zsconf plan DIR
+           --detailed-exitcode` in a fresh process (imports, load, graph, refresh, diff, render:
+           end to end), and that process's peak RSS; on a shared machine CPU time is the steadier
+           figure;
   first  - Engine.plan() in a fresh process (no imports counted), and peak RSS;
   again  - Engine.plan() again in the same process with nothing changed on disk (the daemon's
            case: the loaded stack and graph come from the cache keyed by file mtimes+sizes).
@@ -21,7 +23,6 @@ import argparse
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -84,9 +85,10 @@ def change_ten_percent(stack: Path) -> None:
 def measure(stack: Path, repeats: int) -> dict[str, float]:
     env = {**os.environ, "ZSCONF_STATE_URL": ""}
     env.pop("ZSCONF_STATE_URL")
-    cli, rss = [], []
+    cli, cpu, rss = [], [], []
     for _ in range(repeats):
-        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        before, cpu0 = ru.ru_maxrss, ru.ru_utime + ru.ru_stime
         t = time.perf_counter()
         proc = subprocess.run(
             [*ZSCONF, "plan", str(stack), "--detailed-exitcode"], capture_output=True, text=True, env=env
@@ -94,10 +96,12 @@ def measure(stack: Path, repeats: int) -> dict[str, float]:
         cli.append(time.perf_counter() - t)
         if proc.returncode not in (0, 2):
             sys.stderr.write(proc.stderr[-2000:])
-        rss.append(max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024)
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu.append(ru.ru_utime + ru.ru_stime - cpu0)
+        rss.append(max(before, ru.ru_maxrss) / 1024)
     child = json.loads(subprocess.run([sys.executable, "-c", CHILD, str(stack)], capture_output=True,
                                       text=True, env=env, check=True).stdout)  # fmt: skip
-    return {"cli": statistics.median(cli), "cli_rss": max(rss), **child}
+    return {"cli": min(cli), "cli_cpu": min(cpu), "cli_rss": max(rss), **child}
 
 
 def main() -> None:
@@ -116,7 +120,7 @@ def main() -> None:
                 if case == "10% changed":
                     change_ten_percent(stack)
                 m = measure(stack, args.repeats)
-                print(f"{n:>9} {case:<11} {m['cli']:>7.2f} {m['first']:>8.2f} {m['again']:>8.3f} "
+                print(f"{n:>9} {case:<11} {m['cli']:>7.2f} {m['cli_cpu']:>8.2f} {m['first']:>8.2f} {m['again']:>8.3f} "
                       f"{m['changes']:>8} {max(m['cli_rss'], m['maxrss_mb']):>8.0f}", flush=True)  # fmt: skip
 
 
