@@ -1,0 +1,403 @@
+"""The one reader of the manuals' dataset file formats (001 §6, 000 §4.6.2): moss, alpaca,
+pretrain, sharegpt (jsonl) and csv/xlsx (conversation_id, human, assistant).
+
+Called by `zsconf validate` (every line checked, all bad lines reported), by the planner
+(`count_samples`, for iterations) and by the training/compression/evaluation runners (samples as
+conversations). Imports pydantic and the stdlib only; openpyxl is imported lazily for xlsx.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "FORMATS",
+    "MAX_STORED_ERRORS",
+    "Conversation",
+    "DatasetReport",
+    "Message",
+    "SampleError",
+    "TextSample",
+    "count",
+    "count_samples",
+    "read_dataset",
+]
+
+Format = Literal["moss", "alpaca", "sharegpt", "csv", "xlsx", "pretrain"]
+FORMATS: tuple[str, ...] = ("moss", "alpaca", "sharegpt", "csv", "xlsx", "pretrain")
+MAX_STORED_ERRORS = 50
+Role = Literal["system", "user", "assistant", "tool", "function_call"]
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    role: Role
+    content: str
+
+
+class Conversation(BaseModel):
+    """A fine-tune sample. `source_line` is the jsonl line (1-based) or the first csv/xlsx row."""
+
+    messages: list[Message]
+    tools: str | None = None
+    source_line: int
+
+
+class TextSample(BaseModel):
+    """A continued pre-training sample (`{"text": ...}`)."""
+
+    text: str
+    source_line: int
+
+
+class SampleError(BaseModel):
+    """One bad line or row. `field` is a path inside the sample (e.g. `conversations[2].from`)."""
+
+    line: int
+    field: str | None = None
+    message: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.field + ': ' if self.field else ''}{self.message}"
+
+
+class DatasetReport(BaseModel):
+    """All samples in file order, their count, and the bad lines (first MAX_STORED_ERRORS kept;
+    `error_count` counts them all)."""
+
+    path: str
+    format: str
+    samples: list[Conversation | TextSample] = Field(default_factory=list)
+    errors: list[SampleError] = Field(default_factory=list)
+    error_count: int = 0
+
+    @property
+    def count(self) -> int:
+        return len(self.samples)
+
+    @property
+    def ok(self) -> bool:
+        return self.error_count == 0
+
+
+class _Bad(Exception):
+    def __init__(self, field: str | None, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _text(obj: dict[str, Any], key: str, field: str, *, required: bool = True, empty_ok: bool = False) -> str:
+    if key not in obj:
+        if required:
+            raise _Bad(field, "missing")
+        return ""
+    value = obj[key]
+    if not isinstance(value, str):
+        raise _Bad(field, f"expected a string, got {_kind(value)}")
+    if required and not empty_ok and not value.strip():
+        raise _Bad(field, "expected a non-empty string, got an empty one")
+    return value
+
+
+def _object(value: Any, field: str | None = None) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _Bad(field, f"expected a JSON object, got {_kind(value)}")
+    return value
+
+
+# ---------------------------------------------------------------- jsonl parsers (one per format)
+
+
+def _parse_alpaca(obj: dict[str, Any], line: int) -> Conversation:
+    instruction = _text(obj, "instruction", "instruction")
+    extra = _text(obj, "input", "input", required=False)
+    output = _text(obj, "output", "output")
+    messages: list[Message] = []
+    system = _text(obj, "system", "system", required=False)
+    if system:
+        messages.append(Message(role="system", content=system))
+    history = obj.get("history") or []
+    if not isinstance(history, list):
+        raise _Bad("history", f"expected an array of [user, assistant] pairs, got {_kind(history)}")
+    for i, pair in enumerate(history):
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
+            raise _Bad(f"history[{i}]", "expected a [user, assistant] pair of strings")
+        messages += [Message(role="user", content=pair[0]), Message(role="assistant", content=pair[1])]
+    user = instruction + ("\n" + extra if extra else "")
+    messages += [Message(role="user", content=user), Message(role="assistant", content=output)]
+    return Conversation(messages=messages, source_line=line)
+
+
+def _parse_pretrain(obj: dict[str, Any], line: int) -> TextSample:
+    return TextSample(text=_text(obj, "text", "text"), source_line=line)
+
+
+def _turn_number(key: str) -> int:
+    if key.startswith("turn_") and key[5:].isdigit():
+        return int(key[5:])
+    raise _Bad(f"chat.{key}", "expected a key turn_<n>")
+
+
+def _parse_moss(obj: dict[str, Any], line: int) -> Conversation:
+    if "conversation_id" not in obj:
+        raise _Bad("conversation_id", "missing")
+    chat = obj.get("chat")
+    if chat is None:
+        raise _Bad("chat", "missing")
+    chat = _object(chat, "chat")
+    if not chat:
+        raise _Bad("chat", "expected at least one turn, got none")
+    messages: list[Message] = []
+    for key in sorted(chat, key=_turn_number):
+        turn = _object(chat[key], f"chat.{key}")
+        messages.append(Message(role="user", content=_text(turn, "Human", f"chat.{key}.Human")))
+        messages.append(Message(role="assistant", content=_text(turn, "MOSS", f"chat.{key}.MOSS")))
+    return Conversation(messages=messages, source_line=line)
+
+
+_SHAREGPT_ROLES = {
+    "human": "user",
+    "gpt": "assistant",
+    "observation": "tool",
+    "function_call": "function_call",
+}
+_ODD = ("human", "observation")  # 1-based odd positions: the user side
+_EVEN = ("gpt", "function_call")
+
+
+def _parse_sharegpt(obj: dict[str, Any], line: int) -> Conversation:
+    turns = obj.get("conversations")
+    if turns is None:
+        raise _Bad("conversations", "missing")
+    if not isinstance(turns, list):
+        raise _Bad("conversations", f"expected an array, got {_kind(turns)}")
+    if not turns:
+        raise _Bad("conversations", "expected at least one human/gpt pair, got none")
+    messages: list[Message] = []
+    system = _text(obj, "system", "system", required=False)
+    if system:
+        messages.append(Message(role="system", content=system))
+    tools = obj.get("tools")
+    if tools is not None and not isinstance(tools, str):
+        tools = json.dumps(tools, ensure_ascii=False)  # some exporters write the list itself
+    for i, turn in enumerate(turns):
+        field = f"conversations[{i}]"
+        turn = _object(turn, field)
+        who = turn.get("from")
+        position = i + 1
+        allowed = _ODD if position % 2 else _EVEN
+        if who not in allowed:
+            raise _Bad(
+                f"{field}.from",
+                f"expected {' or '.join(repr(a) for a in allowed)} at position {position}, got {who!r}",
+            )
+        content = _text(turn, "value", f"{field}.value")
+        messages.append(Message(role=_SHAREGPT_ROLES[who], content=content))  # type: ignore[arg-type]
+    if len(turns) % 2:
+        raise _Bad("conversations", f"expected an even number of turns ending with 'gpt', got {len(turns)}")
+    return Conversation(messages=messages, tools=tools, source_line=line)
+
+
+_JSONL_PARSERS = {
+    "alpaca": _parse_alpaca,
+    "pretrain": _parse_pretrain,
+    "moss": _parse_moss,
+    "sharegpt": _parse_sharegpt,
+}
+
+
+class _Collector:
+    def __init__(self, path: Path, fmt: str) -> None:
+        self.report = DatasetReport(path=str(path), format=fmt)
+
+    def error(self, line: int, field: str | None, message: str) -> None:
+        self.report.error_count += 1
+        if len(self.report.errors) < MAX_STORED_ERRORS:
+            self.report.errors.append(SampleError(line=line, field=field, message=message))
+
+
+def _read_jsonl(path: Path, fmt: str, out: _Collector) -> None:
+    parse = _JSONL_PARSERS[fmt]
+    loads = json.loads
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            if not raw.strip():
+                continue  # blank lines are allowed and skipped
+            try:
+                obj = loads(raw)
+            except UnicodeDecodeError:
+                out.error(number, None, "not UTF-8 text")
+                continue
+            except ValueError as exc:
+                out.error(number, None, f"invalid JSON: {exc}")
+                continue
+            try:
+                sample = parse(_object(obj), number)
+            except _Bad as bad:
+                out.error(number, bad.field, bad.message)
+                continue
+            out.report.samples.append(sample)
+
+
+# ---------------------------------------------------------------- csv / xlsx
+
+
+_COLUMNS = ("conversation_id", "human", "assistant")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _rows_csv(path: Path) -> Iterator[tuple[int, list[str]]]:
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f)
+        for row in reader:
+            yield reader.line_num, row
+
+
+def _rows_xlsx(path: Path) -> Iterator[tuple[int, list[str]]]:
+    try:
+        import openpyxl
+    except ImportError as exc:  # pragma: no cover - installed with zsconf
+        raise ValueError("reading xlsx needs openpyxl (pip install openpyxl)") from exc
+    try:
+        book = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    except Exception as exc:
+        raise ValueError(f"not a readable xlsx workbook: {exc}") from exc
+    try:
+        sheet = book.worksheets[0]
+        for number, row in enumerate(sheet.iter_rows(values_only=True), 1):
+            yield number, [_cell(v) for v in row]
+    finally:
+        book.close()
+
+
+def _read_table(path: Path, fmt: str, out: _Collector) -> None:
+    rows = _rows_csv(path) if fmt == "csv" else _rows_xlsx(path)
+    header: dict[str, int] | None = None
+    current: Conversation | None = None
+    current_id: int | None = None
+    for number, row in rows:
+        if not any(cell.strip() for cell in row):
+            continue
+        if header is None:
+            names = [cell.strip().lower() for cell in row]
+            missing = [c for c in _COLUMNS if c not in names]
+            if missing:
+                out.error(
+                    number,
+                    None,
+                    f"header row: expected columns {', '.join(_COLUMNS)}, got {', '.join(repr(n) for n in names)} "
+                    f"(missing {', '.join(missing)})",
+                )
+                return
+            header = {c: names.index(c) for c in _COLUMNS}
+            continue
+        cells = {c: (row[i] if i < len(row) else "") for c, i in header.items()}
+        raw_id = cells["conversation_id"].strip()
+        bad = False
+        try:
+            cid = int(raw_id)
+        except ValueError:
+            cid = 0
+        if cid <= 0:
+            out.error(number, "conversation_id", f"expected a positive integer, got {raw_id!r}")
+            bad = True
+        for col in ("human", "assistant"):
+            if not cells[col].strip():
+                out.error(number, col, "expected a non-empty value, got an empty cell")
+                bad = True
+        if bad:
+            continue
+        turn = [
+            Message(role="user", content=cells["human"]),
+            Message(role="assistant", content=cells["assistant"]),
+        ]
+        if current is not None and cid == current_id:
+            current.messages.extend(turn)
+        else:
+            current = Conversation(messages=turn, source_line=number)
+            current_id = cid
+            out.report.samples.append(current)
+    if header is None:
+        out.error(1, None, f"empty file: expected a header row with columns {', '.join(_COLUMNS)}")
+
+
+# ---------------------------------------------------------------- public API
+
+
+def _check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown dataset format {fmt!r}: expected one of {', '.join(FORMATS)}")
+
+
+def read_dataset(path: str | os.PathLike[str], format: str) -> DatasetReport:
+    """Read and check every line/row of a dataset file. Never stops at the first bad line: all are
+    counted in `error_count` (the first MAX_STORED_ERRORS kept in `errors`). Raises OSError when the
+    file cannot be opened, ValueError for an unknown format or an unreadable workbook."""
+    _check_format(format)
+    p = Path(path)
+    out = _Collector(p, format)
+    if format in ("csv", "xlsx"):
+        _read_table(p, format, out)
+    else:
+        _read_jsonl(p, format, out)
+    return out.report
+
+
+def count_samples(path: str | os.PathLike[str], format: str) -> int:
+    """Number of samples without building them (for the planner's iterations): non-blank lines for
+    jsonl formats, distinct consecutive conversation_id groups for csv/xlsx. Bad lines are counted
+    too; `read_dataset` is the check."""
+    _check_format(format)
+    p = Path(path)
+    if format == "xlsx":
+        return read_dataset(p, format).count
+    if format == "csv":
+        n = 0
+        last: str | None = None
+        header: int | None = None
+        with open(p, encoding="utf-8-sig", newline="") as f:
+            for row in csv.reader(f):
+                if not any(cell.strip() for cell in row):
+                    continue
+                if header is None:
+                    names = [c.strip().lower() for c in row]
+                    if "conversation_id" not in names:
+                        return 0
+                    header = names.index("conversation_id")
+                    continue
+                cid = row[header].strip() if header < len(row) else ""
+                if cid != last:
+                    n += 1
+                    last = cid
+        return n
+    with open(p, "rb") as f:
+        return sum(1 for line in f if line.strip())
+
+
+count = count_samples  # the name zsconf.engine.estimates looks up
