@@ -40,7 +40,7 @@ def _read(path: Path) -> dict[str, Any]:
 
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     with open(path, encoding="utf-8") as f:
-        data = yaml.load(f, Loader=loader)  # noqa: S506 - a safe loader
+        data = yaml.load(f, Loader=loader)  # a safe loader (C or pure)
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "zsconf.cli.plan_cmds",
     "zsconf.cli.keys_cmds",
     "zsconf.cli.usage_cmds",
+    "zsconf.cli.catalog_cmds",
 )
 
 
