@@ -3,8 +3,14 @@
     from zsconf.engine import Engine
     eng = Engine(stack_dir)                      # opens the state store (ZSCONF_STATE_URL or SQLite)
     plan = eng.plan(overrides=[], targets=[], replace=[], destroy=False, refresh_only=False)
-    result = eng.apply(plan, parallelism=4, wait=False)    # takes the lock itself
+    if plan.can_apply() and plan.actionable():
+        result = eng.apply(plan, parallelism=4, wait=False)  # takes the lock (lock_timeout=s)
     eng.finish_runs()                            # record jobs that ended (the daemon, each pass)
+    eng.refresh()                                # Observed: drift + finished runs, read only
+    eng.store.events(since_id=last_id)           # what happened (applied, run_succeeded, ...)
+
+`result` is an `ApplyResult` (outcomes, diagnostics, secrets shown once, serial): a partial
+apply is a result. Render with `zsconf.render.plan_text/plan_json/result_text`.
 
 `Engine.load()` caches the loaded stack and graph keyed by the stack's files (path, mtime, size)
 and the overrides, so the daemon re-planning an unchanged stack does not pay the load cost again.
@@ -147,6 +153,10 @@ class Engine:
                 plan, loaded, graph, self.store, parallelism=parallelism, wait=wait,
                 catalog=self.catalog, executor=self.executor, on_event=on_event,
             )  # fmt: skip
+
+    def refresh(self) -> Observed:
+        """What the executor and the file system say now (drift, runs that ended); writes nothing."""
+        return refresh(self.store, executor=self.executor)
 
     def finish_runs(self) -> list[str]:
         with self.store.locked("finish-runs", 30):

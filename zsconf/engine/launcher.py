@@ -1,25 +1,18 @@
-"""Start, find, observe and stop runner processes by run id.
+"""Find a runner process by its run id (crash-safety fallback beside the executor's records).
 
-Called by `zsconf.engine.apply` and `zsconf.engine.refresh`. This is the engine's narrow boundary
-to processes until `zsconf.executors` (another helper's interface) is wired in; it does the one
-thing crash safety needs: every process carries `ZSCONF_RUN_ID` in its environment, so after a
-`kill -9` of apply at any moment the engine finds (adopts) a process it started instead of
-starting it twice. A process is identified by pid + start time (pid reuse safe).
+Called by `zsconf.engine.apply`. The executor starts every process with `ZSCONF_RUN_ID` in its
+environment; if apply is killed after the process started but before anyone recorded it, the
+engine finds it here and hands it to `Executor.adopt` instead of starting it twice. A process is
+identified by pid + start time (pid reuse safe).
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ProcessRef", "find_run", "is_alive", "start_run", "stop_process"]
+__all__ = ["ProcessRef", "find_run", "is_alive", "process_start_time"]
 
 RUN_ID_ENV = "ZSCONF_RUN_ID"
 
@@ -62,54 +55,3 @@ def find_run(run_id: str) -> ProcessRef | None:
             if st is not None:
                 return ProcessRef(pid, st)
     return None
-
-
-def start_run(
-    run_id: str, module: str, spec_path: Path, workdir: Path, env: dict[str, str] | None = None
-) -> ProcessRef:
-    """`python -m MODULE SPEC.json` in its own session, log to workdir/runner.log."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    full_env = dict(os.environ)
-    full_env.update(env or {})
-    full_env[RUN_ID_ENV] = run_id
-    with open(workdir / "runner.log", "ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", module, str(spec_path)],
-            cwd=str(workdir),
-            env=full_env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    st = None
-    for _ in range(50):
-        st = process_start_time(proc.pid)
-        if st is not None:
-            break
-        time.sleep(0.01)
-    ref = ProcessRef(proc.pid, st or 0.0)
-    (workdir / "launch.json").write_text(json.dumps({"pid": ref.pid, "start_time": ref.start_time}))
-    # The engine does not wait() on children (they outlive apply); a reaper thread avoids zombies
-    # while this process lives.
-    import threading
-
-    threading.Thread(target=proc.wait, daemon=True).start()
-    return ref
-
-
-def stop_process(ref: ProcessRef, grace: float = 5.0) -> None:
-    """SIGTERM the process group, SIGKILL after `grace` seconds."""
-    if not is_alive(ref):
-        return
-    try:
-        os.killpg(ref.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        if not is_alive(ref):
-            return
-        time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(ref.pid, signal.SIGKILL)
