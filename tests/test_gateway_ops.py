@@ -115,12 +115,12 @@ def test_config_reload_on_change_and_sighup(tmp_path: Path, stubs) -> None:
         env.config["groups"][0]["services"] = ["chat", "extra"]
         env.write_config()
         t0 = time.monotonic()
-        while time.monotonic() - t0 < 3:
+        while time.monotonic() - t0 < 5:
             ids = [m["id"] for m in httpx.get(env.url + "/models", headers=h).json()["data"]]
             if "extra" in ids:
                 break
             time.sleep(0.05)
-        assert ids == ["chat", "extra"] and time.monotonic() - t0 < 1.5
+        assert ids == ["chat", "extra"] and time.monotonic() - t0 < 2.5  # checked every 0.5 s
         # SIGHUP reloads even when the mtime did not move (same-second rewrite)
         st = os.stat(env.config_path)
         env.config["groups"][0]["enabled"] = False

@@ -75,7 +75,6 @@ class Gateway:
         self.proxy = Proxy(self.keys, Limiter(), self.meter, self.metrics, self.upstream)
         self.proxy.table = self.table
         self._tasks: list[asyncio.Task] = []
-        self._last_check = 0.0
 
     # -- config and keys -----------------------------------------------------------------------
     def reload(self, force: bool = False) -> None:
