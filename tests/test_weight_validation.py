@@ -67,7 +67,9 @@ def test_quantization_config_missing_and_extra(copy: Path) -> None:
     )
 
 
-@pytest.mark.parametrize("key", ["hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size", "model_type"])
+@pytest.mark.parametrize(
+    "key", ["hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size", "model_type"]
+)
 def test_structural_key_missing(copy: Path, key: str) -> None:
     _edit(copy / "config.json", **{key: None})
     assert validate_weights(copy) == [
@@ -92,10 +94,18 @@ def test_weights_broken(copy: Path) -> None:
 def test_runner_process_writes_result(copy: Path, tmp_path: Path) -> None:
     (copy / "generation_config.json").write_text("nope")
     spec = tmp_path / "v.json"
-    spec.write_text(json.dumps({"run_id": "r", "address": "model/a/m@1", "workdir": str(tmp_path / "w"),
-                                "model_dir": str(copy)}))
-    proc = subprocess.run([sys.executable, "-m", "runners.validate", str(spec)], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
+    spec.write_text(
+        json.dumps(
+            {"run_id": "r", "address": "model/a/m@1", "workdir": str(tmp_path / "w"), "model_dir": str(copy)}
+        )
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "runners.validate", str(spec)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1
     result = json.loads((tmp_path / "w" / "result.json").read_text())
     assert result["status"] == "failed"

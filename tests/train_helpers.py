@@ -46,12 +46,29 @@ def write_text(path: Path, n: int = 16) -> Path:
 
 
 def spec(
-    tmp: Path, model_dir: Path, data: Path, fmt: str = "alpaca", method: str = "lora", resume: bool = False,
-    resources: dict | None = None, **hp: Any,
+    tmp: Path,
+    model_dir: Path,
+    data: Path,
+    fmt: str = "alpaca",
+    method: str = "lora",
+    resume: bool = False,
+    resources: dict | None = None,
+    **hp: Any,
 ) -> Path:
-    hyper = {"epochs": 1, "learning_rate": 1e-2, "global_batch_size": 4, "micro_batch_size": 2,
-             "sequence_length": 64, "lora_rank": 8, "lora_alpha": 16, "lora_dropout": 0.0,
-             "warmup_ratio": 0.0, "lr_scheduler": "constant", "seed": 1, **hp}
+    hyper = {
+        "epochs": 1,
+        "learning_rate": 1e-2,
+        "global_batch_size": 4,
+        "micro_batch_size": 2,
+        "sequence_length": 64,
+        "lora_rank": 8,
+        "lora_alpha": 16,
+        "lora_dropout": 0.0,
+        "warmup_ratio": 0.0,
+        "lr_scheduler": "constant",
+        "seed": 1,
+        **hp,
+    }
     body = {
         "run_id": "r-test",
         "address": f"finetune/acme/{method}",
@@ -82,7 +99,11 @@ def env() -> dict[str, str]:
 def run_runner(spec_path: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "runners.train", str(spec_path)],
-        cwd=REPO, env=env(), capture_output=True, text=True, timeout=timeout,
+        cwd=REPO,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 

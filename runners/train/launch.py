@@ -36,5 +36,9 @@ def build_command(
             f"--master_port={master_port or '$PET_MASTER_PORT'}",
         ]
     else:
-        argv += ["--nnodes=1", f"--master_addr={master_addr or '127.0.0.1'}", f"--master_port={master_port or 29500}"]
-    return argv + ["-m", "runners.train", spec_path]
+        argv += [
+            "--nnodes=1",
+            f"--master_addr={master_addr or '127.0.0.1'}",
+            f"--master_port={master_port or 29500}",
+        ]
+    return [*argv, "-m", "runners.train", spec_path]

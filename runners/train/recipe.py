@@ -69,7 +69,9 @@ class TrainRecipe:
                 "installed: install the [gpu] extra (pip install 'zsconf[gpu]')"
             )
         if not (Path(run.inputs.model_dir) / "config.json").is_file():
-            raise UserError(f"inputs.model_dir {run.inputs.model_dir}: no config.json (not a HuggingFace model folder)")
+            raise UserError(
+                f"inputs.model_dir {run.inputs.model_dir}: no config.json (not a HuggingFace model folder)"
+            )
         for role, ds in run.inputs.datasets.items():
             if not Path(ds.path).is_file():
                 raise UserError(f"inputs.datasets.{role}: {ds.path} does not exist")
@@ -129,7 +131,9 @@ class TrainRecipe:
             )
         self.model = model.to(self.torch_device)
         params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=self.hp.learning_rate, weight_decay=self.hp.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            params, lr=self.hp.learning_rate, weight_decay=self.hp.weight_decay
+        )
         self.scheduler = self._scheduler()
         self.step = 0
         self.first_loss: float | None = None
@@ -272,7 +276,11 @@ class TrainRecipe:
                 batch = {k: v.to(self.torch_device) for k, v in batch.items()}
                 tokens += int(batch["attention_mask"].sum())
                 sync = m == self.grad_accum - 1
-                ctx = self.engine.no_sync() if (self.world > 1 and not sync and hasattr(self.engine, "no_sync")) else _null()
+                ctx = (
+                    self.engine.no_sync()
+                    if (self.world > 1 and not sync and hasattr(self.engine, "no_sync"))
+                    else _null()
+                )
                 with ctx, torch.autocast(self.torch_device.type, dtype=torch.bfloat16, enabled=self.autocast):
                     loss = self.engine(**batch).loss / self.grad_accum
                 if self.deepspeed_stage is not None:
@@ -363,13 +371,17 @@ class TrainRecipe:
             torch.distributed.destroy_process_group()
 
     def run_all(self) -> dict[str, Any] | None:
-        self.event("started", f"{self.ft.method} training of {self.run.inputs.model_dir} ({self.run.address})")
+        self.event(
+            "started", f"{self.ft.method} training of {self.run.inputs.model_dir} ({self.run.address})"
+        )
         self.setup()
         self.train()
         outputs = None
         if self.is_main:
             outputs = self.save_output()
-            self.event("completed", f"trained {self.iterations} iterations, final lm loss {self.last_loss:.4f}")
+            self.event(
+                "completed", f"trained {self.iterations} iterations, final lm loss {self.last_loss:.4f}"
+            )
         if self.world > 1:
             torch.distributed.barrier()
         return outputs

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["Example", "IGNORE", "batch_positions", "collate", "load_examples", "read_samples", "tokenize_sft"]
+__all__ = ["IGNORE", "Example", "batch_positions", "collate", "load_examples", "read_samples", "tokenize_sft"]
 
 IGNORE = -100
 
@@ -50,7 +50,8 @@ def read_samples(path: str, fmt: str) -> list[dict[str, Any]]:
     from runners.compress.data import iter_records
 
     return [
-        {"messages": list(r.messages)} if r.messages else {"text": r.text or ""} for r in iter_records(path, fmt)
+        {"messages": list(r.messages)} if r.messages else {"text": r.text or ""}
+        for r in iter_records(path, fmt)
     ]
 
 
@@ -68,7 +69,8 @@ def tokenize_sft(tokenizer: Any, messages: list[dict[str, str]], seq_len: int) -
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = enc["input_ids"]
     labels = [
-        tok if any(s <= a < e for s, e in spans) else IGNORE for tok, (a, _b) in zip(ids, enc["offset_mapping"])
+        tok if any(s <= a < e for s, e in spans) else IGNORE
+        for tok, (a, _b) in zip(ids, enc["offset_mapping"], strict=False)
     ]
     return Example(ids[:seq_len], labels[:seq_len])
 
@@ -96,7 +98,9 @@ def load_examples(tokenizer: Any, path: str, fmt: str, method: str, seq_len: int
     out = []
     for n, s in enumerate(samples, 1):
         if "messages" not in s:
-            raise DataError(f"{path}: sample {n}: {method} needs conversations, got plain text (use continued_pretrain)")
+            raise DataError(
+                f"{path}: sample {n}: {method} needs conversations, got plain text (use continued_pretrain)"
+            )
         ex = tokenize_sft(tokenizer, s["messages"], seq_len)
         if all(x == IGNORE for x in ex.labels):
             continue  # truncation removed every assistant token: nothing to learn
