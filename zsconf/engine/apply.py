@@ -349,9 +349,10 @@ def _validate(ctx: _Ctx, ch: Change, src: Path) -> bool:
     workdir = ctx.artifacts / "runs" / ch.address.replace("/", "_") / "validate"
     workdir.mkdir(parents=True, exist_ok=True)
     spec_path = workdir / "spec.json"
-    spec_path.write_text(json.dumps({"run_id": "validate", "address": ch.address, "workdir": str(workdir),
-                                     "output_dir": None, "device": "cpu", "spec": ch.after,
-                                     "inputs": {"model_dir": str(src)}, "resume": False}))  # fmt: skip
+    # schemas/run_validate.py (ValidateRunSpec)
+    spec_path.write_text(json.dumps({"run_id": "validate-" + ch.content_hash[:12], "address": ch.address,
+                                     "workdir": str(workdir), "model_dir": str(src.resolve()),
+                                     "quantized": (ch.after or {}).get("quantization", "none") != "none"}))  # fmt: skip
     proc = subprocess.run([sys.executable, "-m", "runners.validate", str(spec_path)], cwd=workdir,
                           capture_output=True, text=True, timeout=600)  # fmt: skip
     if proc.returncode != 0:

@@ -42,10 +42,10 @@ def count_samples(path: Path, fmt: str) -> int | None:
 def _sample_counter() -> Any:
     """`schemas.samples.count(path, format)` when the dataset helper provides it (looked up once)."""
     try:
-        from schemas.samples import count  # type: ignore[import-not-found]
+        from schemas.samples import count_samples
     except ImportError:
         return None
-    return count
+    return count_samples
 
 
 def _catalog() -> Any:
@@ -75,9 +75,15 @@ def _get(obj: Any, name: str, default: Any = None) -> Any:
 
 
 def estimate(
-    kind: str, spec: Any, base: str | None, samples: dict[str, int | None], cat: Any
+    kind: str,
+    spec: Any,
+    base: str | None,
+    samples: dict[str, int | None],
+    cat: Any,
+    quantization: str | None = None,
 ) -> dict[str, Any]:
-    """Estimate for one resource; `samples` = dataset name -> sample count."""
+    """Estimate for one resource; `samples` = dataset name -> sample count; `quantization` = the
+    deployed model's strategy (picks the catalog's quantized QPS figure)."""
     if kind == "finetune":
         return _finetune(spec, base, samples, cat)
     if kind in ("compression", "evaluation"):
@@ -104,15 +110,13 @@ def estimate(
             out["cost_per_hour"] = round(price * spec.instances, 2)
         if spec.qps and cat is not None and base:
             try:
-                per = _get(cat.model(base), "qps_per_instance")
-                if per:
-                    need = math.ceil(spec.qps / per)
-                    out["instances_needed"] = need
-                    if spec.instances < need:
-                        out["warning"] = (
-                            f"qps {spec.qps:g} needs {need} instances at {per} QPS each; "
-                            f"{spec.instances} configured"
-                        )
+                need = int(cat.recommended_instances(base, spec.qps, quantization))
+                out["instances_needed"] = need
+                if spec.instances < need:
+                    out["warning"] = (
+                        f"qps {spec.qps:g} needs {need} instances (catalog table 8-2 for {base}); "
+                        f"{spec.instances} configured"
+                    )
             except Exception:
                 pass
         return out
@@ -137,7 +141,8 @@ def _finetune(spec: Any, base: str | None, samples: dict[str, int | None], cat: 
                 iterations=out["iterations"],
                 global_batch_size=hp.global_batch_size,
                 sequence_length=hp.sequence_length,
-                cards=max(_get(flavor, "cards", 1) or 1, 1) * spec.resources.nodes,
+                cards=max(_get(flavor, "cards", 1) or 1, 1),
+                nodes=spec.resources.nodes,
             )
             if hours is not None:
                 lo, hi = hours if isinstance(hours, list | tuple) else (hours, hours)
