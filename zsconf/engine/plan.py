@@ -202,7 +202,9 @@ def _capacity(
         spec = graph.nodes[ch.address]
         need = cards_of(spec.resources.flavor, spec.resources.nodes)
         tenant = stack_tenants.get(spec.tenant)
-        mine = [r for r in running if r[1] == spec.tenant and r[0] != ch.address]
+        # What this job consumes has finished before it starts: it cannot queue behind those.
+        upstream = graph.dependencies(ch.address)
+        mine = [r for r in running if r[1] == spec.tenant and r[0] != ch.address and r[0] not in upstream]
         why = None
         quotas = getattr(tenant, "quotas", None)
         if (
@@ -220,7 +222,7 @@ def _capacity(
             why = f"tenant {spec.tenant} may use {quotas.max_cards} cards and this job needs {need}"
         elif host is not None and need and sum(r[2] for r in running) + need > host:
             why = f"the host has {host} cards and this job needs {need}"
-            mine = [r for r in running if r[2]]
+            mine = [r for r in running if r[2] and r[0] not in upstream]
         if why:
             behind = ", ".join(r[0] for r in mine) or "nothing"
             plan.capacity.append(f"{ch.address} will queue: {why}; behind {behind}")
