@@ -74,6 +74,8 @@ def test_kill_then_resume_matches_uninterrupted(tiny_qwen2: Path, tmp_path: Path
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     events = (b / "work" / "events.jsonl").read_text()
     assert '"resumed"' in events
+    # It really continued: no step before the checkpoint was trained again.
+    assert "iteration 1/12 " not in resumed.stdout and "iteration 12/12 " in resumed.stdout
     out_a, out_b = result(a)["outputs"], result(b)["outputs"]
     assert out_b["iterations"] == 12
     wa, wb = _weights(Path(out_a["model_dir"])), _weights(Path(out_b["model_dir"]))
