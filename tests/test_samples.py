@@ -190,7 +190,7 @@ def test_count_matches_read_and_not_utf8(tmp_path: Path) -> None:
     assert count is count_samples
 
 
-def test_torch_free_and_pydantic_free_import() -> None:
+def test_light_import() -> None:
     code = "import sys, schemas.samples; print('torch' in sys.modules, 'openpyxl' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
