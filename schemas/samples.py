@@ -148,6 +148,15 @@ def _object(value: Any, field: str | None = None) -> dict[str, Any]:
 
 
 def _parse_alpaca(obj: dict[str, Any], line: int) -> Conversation:
+    # Fast path for the plain shape; anything else goes through the checks below.
+    ins, out, extra = obj.get("instruction"), obj.get("output"), obj.get("input", "")
+    if (
+        type(ins) is str and type(out) is str and type(extra) is str and ins.strip() and out.strip()
+        and "system" not in obj and "history" not in obj
+    ):  # fmt: skip
+        return Conversation(
+            [Message("user", ins + ("\n" + extra if extra else "")), Message("assistant", out)], None, line
+        )
     instruction = _text(obj, "instruction", "instruction")
     extra = _text(obj, "input", "input", required=False)
     output = _text(obj, "output", "output")
