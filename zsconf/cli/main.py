@@ -8,7 +8,7 @@ import sys
 
 import typer
 
-from zsconf.errors import StackError, ZsconfError
+from zsconf.errors import ZsconfError
 
 __all__ = ["app", "run"]
 
@@ -44,9 +44,10 @@ _register()
 
 
 def run() -> None:
-    """Console-script entry point."""
+    """Console-script entry point. Click handles usage errors and exit codes (standalone mode);
+    library errors reach here and become one line each, exit 1, no traceback."""
     try:
-        app(standalone_mode=False)
+        app()
     except ZsconfError as exc:
         from zsconf.cli.output import print_error
 
@@ -54,21 +55,7 @@ def run() -> None:
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
-    except SystemExit:
-        raise
-    except Exception as exc:  # click's usage errors and the like
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(1)
-        raise
 
 
 if __name__ == "__main__":
     run()
-
-
-_ = StackError  # re-exported for callers that catch it via the CLI module
