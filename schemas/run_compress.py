@@ -29,6 +29,9 @@ class CompressInputs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model_dir: str = Field(min_length=1, description="absolute path of the input HuggingFace model folder")
+    model_version: int | None = Field(
+        default=None, ge=1, description="registry version of the input model (lineage)"
+    )
     # Only `calibration` is read; absent = the built-in bilingual calibration set.
     datasets: dict[str, DatasetInput] = Field(default_factory=dict)
 

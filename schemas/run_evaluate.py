@@ -21,6 +21,9 @@ class EvaluateInputs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model_dir: str = Field(min_length=1, description="absolute path of the model version under test")
+    model_version: int | None = Field(
+        default=None, ge=1, description="registry version of the input model (lineage)"
+    )
     # `eval` is required: the benchmark dataset (alpaca or sharegpt jsonl).
     datasets: dict[str, DatasetInput]
 

@@ -27,6 +27,9 @@ class TrainInputs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model_dir: str = Field(min_length=1, description="absolute path of the base HuggingFace model folder")
+    model_version: int | None = Field(
+        default=None, ge=1, description="registry version of the input model (lineage)"
+    )
     datasets: dict[Literal["train", "validation"], TrainDataset]
 
 
