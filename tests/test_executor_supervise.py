@@ -62,9 +62,12 @@ def test_killed_instance_is_unhealthy_and_restarted(ex: LocalExecutor, tmp_path:
     (h,) = ensure_instances(ex, [], 1, lambda i: inst_req(tmp_path, i))
     assert ex.wait_healthy(h, timeout_s=20)
     os.killpg(h.process.pgid, signal.SIGKILL)
+    # SIGKILL lands asynchronously: on a loaded machine the port can close before the process is
+    # gone, so wait for the process itself, which is what ensure_instances looks at.
     deadline = time.monotonic() + 10
-    while ex.instance_healthy(h) and time.monotonic() < deadline:
+    while ex.instance_alive(h) and time.monotonic() < deadline:
         time.sleep(0.05)
+    assert not ex.instance_alive(h)
     assert not ex.instance_healthy(h)
     (h2,) = ensure_instances(ex, [h], 1, lambda i: inst_req(tmp_path, i))
     assert h2.pid != h.pid and h2.index == 0
