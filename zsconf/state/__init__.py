@@ -5,17 +5,30 @@ Imported lazily by commands that need state (never at `zsconf --help` time): SQL
 
 from __future__ import annotations
 
-from zsconf.state.models import ApiKey, Event, ModelVersion, ResourceRow, RunRow, UsageRecord
+from zsconf.state.models import (
+    ApiKey,
+    Event,
+    LeaseRow,
+    Meta,
+    ModelVersion,
+    ResourceRow,
+    RunRow,
+    StatusRow,
+    UsageRecord,
+)
 from zsconf.state.store import SCHEMA_VERSION, LockInfo, Store, open_store
 
 __all__ = [
     "SCHEMA_VERSION",
     "ApiKey",
     "Event",
+    "LeaseRow",
     "LockInfo",
+    "Meta",
     "ModelVersion",
     "ResourceRow",
     "RunRow",
+    "StatusRow",
     "Store",
     "UsageRecord",
     "open_store",

@@ -16,11 +16,13 @@ from sqlmodel import Field, SQLModel
 __all__ = [
     "ApiKey",
     "Event",
+    "LeaseRow",
     "LockRow",
     "Meta",
     "ModelVersion",
     "ResourceRow",
     "RunRow",
+    "StatusRow",
     "UsageRecord",
     "utcnow",
 ]
@@ -163,6 +165,39 @@ class LockRow(SQLModel, table=True):
     host: str
     pid: int
     created: datetime = Field(default_factory=utcnow)
+
+
+class LeaseRow(SQLModel, table=True):
+    """A renewable leadership lease (name = "daemon"): one leader per state store.
+
+    Taken and renewed with a compare-and-set UPDATE (holder is me, or the lease expired), so two
+    daemons on one PostgreSQL store never both lead; `expires_at` is epoch seconds.
+    """
+
+    __tablename__ = "leases"
+
+    name: str = Field(primary_key=True)
+    holder: str  # "host:pid:random" of the daemon holding it
+    expires_at: float
+    acquired_at: float
+    renewed_at: float
+
+
+class StatusRow(SQLModel, table=True):
+    """A resource's two status axes as the daemon last recorded them (`zsconf status`).
+
+    sync: Synced | OutOfSync | Unknown; health: Healthy | Progressing | Degraded | Suspended |
+    Missing. `since` is the time (epoch seconds) of the last transition of either axis.
+    """
+
+    __tablename__ = "statuses"
+
+    address: str = Field(primary_key=True)
+    sync: str
+    health: str
+    reason: str = ""
+    since: float
+    updated_at: float
 
 
 class Meta(SQLModel, table=True):
