@@ -32,6 +32,7 @@ COMMAND_MODULES = (
     "zsconf.cli.keys_cmds",
     "zsconf.cli.usage_cmds",
     "zsconf.cli.catalog_cmds",
+    "zsconf.cli.status_cmds",
 )
 
 

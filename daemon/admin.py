@@ -1,0 +1,391 @@
+"""The daemon's admin API: statuses, events, runs and their logs, the current plan, trigger a sync.
+
+Called by `daemon.main` (helper B): `AdminServer(view, host, port, admin_token(stack)).start()`,
+then `write_discovery(stack, {...,"admin_url": server.url})`; on shutdown `server.stop()` and
+`remove_discovery(stack, os.getpid())`. Read by `zsconf.cli.admin_client` (the CLI's `status`,
+`events`, `logs`), which finds the daemon through `<stack>/.zsconf/daemon.json`.
+
+Every route needs `Authorization: Bearer <token>` (the token in `<stack>/.zsconf/admin.token`,
+mode 0600, created once): this API is for the operator, separate from the gateway's `/v1` keys.
+Routes (JSON):
+
+    GET  /api/health                          {"ok": true, "pid", "leader", "stack_dir"}
+    GET  /api/status                          {"leader", "statuses": [{address, sync, health,
+                                               reason, since}]} as the daemon last recorded them
+    GET  /api/events?since=ID&address=&wait=S {"events": [{id, ts, address, event, message,
+                                               data}], "last_id"}; waits up to S s (max 30) for
+                                               an event with id > ID when there is none yet;
+                                               also since_ts=EPOCH, tail=N (newest N), limit
+    GET  /api/runs?address=                   {"runs": [RunRow as JSON]}
+    GET  /api/runs/{run_id}/log?offset=N&wait=S
+                                              {"data": text of runner.log from byte N (at most
+                                               1 MB; N < 0 = the last -N bytes), "offset": next N,
+                                               "size", "status": the run's status, "finished"};
+                                               waits up to S s (max 30) when nothing is new
+    GET  /api/plan                            the daemon's last plan (zsconf.render's plan JSON);
+                                              404 before the first plan
+    POST /api/sync                            202 {"ok": true}: a reconcile pass starts now
+
+Errors are `{"error": "..."}` with the HTTP status (401 without a valid token, 404 unknown run).
+Store reads run in worker threads (SQLAlchemy is synchronous); waits poll the store every 0.15 s
+(events can come from other processes, e.g. a `zsconf apply`, so there is nothing to subscribe to).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from litestar import Litestar
+
+    from zsconf.plans import Plan
+    from zsconf.state import Store
+
+__all__ = [
+    "AdminServer",
+    "DaemonView",
+    "admin_token",
+    "create_app",
+    "discovery_path",
+    "query_events",
+    "read_discovery",
+    "read_log",
+    "remove_discovery",
+    "token_path",
+    "write_discovery",
+]
+
+log = logging.getLogger("daemon.admin")
+
+MAX_WAIT_S = 30.0
+MAX_LOG_CHUNK = 1 << 20
+POLL_S = 0.15
+LOG_NAME = "runner.log"
+_FINISHED = ("succeeded", "failed", "cancelled", "stopped")
+
+
+class DaemonView(Protocol):
+    """What the admin API needs from the running daemon (helper B implements it)."""
+
+    stack_dir: Path
+    store: Store
+
+    def current_plan(self) -> Plan | None: ...
+
+    def trigger_sync(self, reason: str) -> None: ...
+
+    def is_leader(self) -> bool: ...
+
+
+# -- files under <stack>/.zsconf ----------------------------------------------------------------
+def _zsconf_dir(stack_dir: str | Path) -> Path:
+    d = Path(stack_dir).resolve() / ".zsconf"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def token_path(stack_dir: str | Path) -> Path:
+    return Path(stack_dir).resolve() / ".zsconf" / "admin.token"
+
+
+def discovery_path(stack_dir: str | Path) -> Path:
+    return Path(stack_dir).resolve() / ".zsconf" / "daemon.json"
+
+
+def admin_token(stack_dir: str | Path) -> str:
+    """The admin API's bearer token: read from `.zsconf/admin.token`, or created there once (mode
+    0600). Created complete in a temporary file and hard-linked into place, so two daemons
+    starting together agree on one token and nobody reads a half-written file."""
+    path = _zsconf_dir(stack_dir) / "admin.token"
+    if not path.exists():
+        tmp = path.with_name(f".admin.token.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(32) + "\n")
+            with contextlib.suppress(FileExistsError):  # another process won: use its token
+                os.link(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    if path.stat().st_mode & 0o077:  # someone loosened it: the token is a credential
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def write_discovery(stack_dir: str | Path, info: dict[str, Any]) -> Path:
+    """Write `.zsconf/daemon.json` atomically (tmp + rename): {"pid", "start_time", "admin_url",
+    "leader", "started_at"}; start_time as zsconf.executors.procs.process_start_time(pid)."""
+    path = _zsconf_dir(stack_dir) / "daemon.json"
+    tmp = path.with_name(f".daemon.json.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(info, indent=1))
+    os.replace(tmp, path)
+    return path
+
+
+def read_discovery(stack_dir: str | Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(discovery_path(stack_dir).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def remove_discovery(stack_dir: str | Path, pid: int | None = None) -> None:
+    """Remove `.zsconf/daemon.json`; with `pid`, only when that process wrote it (a standby
+    daemon stopping must not hide the leader)."""
+    path = discovery_path(stack_dir)
+    if pid is not None:
+        info = read_discovery(stack_dir)
+        if info is not None and info.get("pid") != pid:
+            return
+    path.unlink(missing_ok=True)
+
+
+# -- the app -------------------------------------------------------------------------------------
+def _error(status: int, message: str) -> Any:
+    from litestar import Response
+
+    return Response({"error": message}, status_code=status)
+
+
+def _event_dict(ev: Any) -> dict[str, Any]:
+    return {"id": ev.id, "ts": ev.ts, "address": ev.address, "event": ev.event, "message": ev.message,
+            "data": ev.data}  # fmt: skip
+
+
+def _wait_s(value: float | None) -> float:
+    return max(0.0, min(float(value or 0.0), MAX_WAIT_S))
+
+
+def query_events(
+    store: Store,
+    since: int = 0,
+    address: str | None = None,
+    since_ts: float | None = None,
+    tail: int | None = None,
+    limit: int = 1000,
+) -> list[Any]:
+    """Events with id > `since` (and ts >= `since_ts`), oldest first; `tail`: only the newest
+    `tail` of them. Also what `zsconf events` reads when no daemon runs."""
+    from sqlmodel import col, select
+
+    from zsconf.state import Event
+
+    q = select(Event).where(col(Event.id) > since)
+    if address:
+        q = q.where(Event.address == address)
+    if since_ts is not None:
+        q = q.where(col(Event.ts) >= since_ts)
+    limit = max(1, min(limit, 10000))
+    with store.session() as s:
+        if tail:
+            rows = list(s.exec(q.order_by(col(Event.id).desc()).limit(min(tail, limit))).all())
+            return rows[::-1]
+        return list(s.exec(q.order_by(col(Event.id)).limit(limit)).all())
+
+
+def read_log(workdir: str, offset: int) -> tuple[str, int, int]:
+    """(text, next offset, file size) of `<workdir>/runner.log` from byte `offset` (< 0: the last
+    -offset bytes), at most 1 MB. A multi-byte character cut at the end is left for next time;
+    one cut at a negative start is replaced."""
+    path = Path(workdir) / LOG_NAME
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            start = max(0, size + offset) if offset < 0 else min(offset, size)
+            f.seek(start)
+            chunk = f.read(MAX_LOG_CHUNK)
+    except OSError:
+        return "", max(offset, 0), 0
+    dec = codecs.getincrementaldecoder("utf-8")("replace")
+    text = dec.decode(chunk, final=False)
+    pending = len(dec.getstate()[0])
+    return text, start + len(chunk) - pending, size
+
+
+def create_app(view: DaemonView, token: str, stopping: threading.Event | None = None) -> Litestar:
+    """The Litestar app (auth is the ASGI wrapper `AdminServer` puts in front; see `_with_auth`)."""
+    import anyio
+    from litestar import Litestar, get, post
+
+    stop = stopping or threading.Event()
+    store = view.store
+
+    async def off_thread(fn: Any, *args: Any) -> Any:
+        return await anyio.to_thread.run_sync(fn, *args)
+
+    async def sleep_or_stop(deadline: float) -> bool:
+        """Sleep one poll step; False once the wait is over (deadline or server stopping)."""
+        if stop.is_set() or time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(min(POLL_S, max(0.0, deadline - time.monotonic())))
+        return not stop.is_set()
+
+    @get("/api/health")
+    async def health() -> dict[str, Any]:
+        leader = await off_thread(view.is_leader)
+        return {"ok": True, "pid": os.getpid(), "leader": leader, "stack_dir": str(view.stack_dir)}
+
+    @get("/api/status")
+    async def status() -> dict[str, Any]:
+        from daemon.status import read_statuses
+
+        rows = await off_thread(read_statuses, store)
+        leader = await off_thread(view.is_leader)
+        return {"leader": leader, "statuses": [s.as_dict() for s in rows.values()]}
+
+    @get("/api/events")
+    async def events(
+        since: int = 0,
+        address: str | None = None,
+        wait: float = 0.0,
+        limit: int = 1000,
+        since_ts: float | None = None,
+        tail: int | None = None,
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + _wait_s(wait)
+        while True:
+            found = await off_thread(lambda: query_events(store, since, address, since_ts, tail, limit))
+            if found or not await sleep_or_stop(deadline):
+                break
+        last = found[-1].id if found else since
+        return {"events": [_event_dict(e) for e in found], "last_id": last}
+
+    @get("/api/runs")
+    async def runs(address: str | None = None) -> dict[str, Any]:
+        found = await off_thread(store.runs, address)
+        return {"runs": [r.model_dump(mode="json") for r in found]}
+
+    @get("/api/runs/{run_id:str}/log")
+    async def run_log(run_id: str, offset: int = 0, wait: float = 0.0) -> Any:
+        run = await off_thread(store.run, run_id)
+        if run is None:
+            return _error(404, f"no run {run_id!r} (see GET /api/runs)")
+        deadline = time.monotonic() + _wait_s(wait)
+        while True:
+            text, nxt, size = await off_thread(read_log, run.workdir, offset)
+            finished = run.status in _FINISHED
+            if text or finished or not await sleep_or_stop(deadline):
+                break
+            run = await off_thread(store.run, run_id) or run
+        return {"data": text, "offset": nxt, "size": size, "status": run.status,
+                "finished": run.status in _FINISHED and nxt >= size}  # fmt: skip
+
+    @get("/api/plan")
+    async def plan() -> Any:
+        p = await off_thread(view.current_plan)
+        if p is None:
+            return _error(404, "the daemon has not made a plan yet")
+        return p.as_dict()
+
+    @post("/api/sync", status_code=202)
+    async def sync(reason: str = "requested through the admin API") -> dict[str, Any]:
+        await off_thread(view.trigger_sync, reason)
+        return {"ok": True}
+
+    return Litestar(
+        route_handlers=[health, status, events, runs, run_log, plan, sync],
+        openapi_config=None,
+        logging_config=None,  # the daemon owns logging; Litestar's default would reconfigure it
+        debug=False,
+    )
+
+
+def _with_auth(app: Any, token: str) -> Any:
+    """ASGI wrapper in front of the whole app: every HTTP request (unknown paths included) needs
+    the bearer token; compared in constant time. The token never appears in a log line."""
+    expected = f"Bearer {token}".encode()
+    body = json.dumps({"error": "missing or wrong admin token (Authorization: Bearer <.zsconf/admin.token>)"})
+    denied = body.encode()
+
+    async def wrapped(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            got = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+            if not hmac.compare_digest(got, expected):
+                await send({"type": "http.response.start", "status": 401, "headers": [
+                    (b"content-type", b"application/json"), (b"content-length", str(len(denied)).encode()),
+                    (b"www-authenticate", b"Bearer")]})  # fmt: skip
+                await send({"type": "http.response.body", "body": denied})
+                return
+        await app(scope, receive, send)
+
+    return wrapped
+
+
+class AdminServer:
+    """uvicorn serving the admin app in a background thread. `port` 0 = a free port."""
+
+    def __init__(self, view: DaemonView, host: str = "127.0.0.1", port: int = 0, token: str = "") -> None:
+        if not token:
+            raise ValueError("AdminServer needs a token (daemon.admin.admin_token(stack_dir))")
+        self.view = view
+        self.host = host
+        self.port = port
+        self._token = token
+        self._stopping = threading.Event()
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> AdminServer:
+        import uvicorn
+
+        app = _with_auth(create_app(self.view, self._token, self._stopping), self._token)
+        sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self.port))
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            app, lifespan="on", access_log=False, log_level="warning", timeout_graceful_shutdown=5
+        )  # fmt: skip
+        self._server = uvicorn.Server(config)
+
+        def serve() -> None:
+            try:
+                asyncio.run(self._server.serve(sockets=[sock]))
+            except BaseException as exc:  # reported by start() or stop()
+                self._error = exc
+            finally:
+                sock.close()
+
+        self._thread = threading.Thread(target=serve, name="zsconf-admin", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"admin API did not start on {self.url}: {self._error!r}")
+            time.sleep(0.01)
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Graceful: waiting long-polls return at once, in-flight requests finish, then exit."""
+        self._stopping.set()
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def __enter__(self) -> AdminServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
