@@ -219,6 +219,7 @@ def create_app(view: DaemonView, token: str, stopping: threading.Event | None = 
     """The Litestar app (auth is the ASGI wrapper `AdminServer` puts in front; see `_with_auth`)."""
     import anyio
     from litestar import Litestar, get, post
+    from litestar.params import FromPath, FromQuery
 
     stop = stopping or threading.Event()
     store = view.store
@@ -248,12 +249,12 @@ def create_app(view: DaemonView, token: str, stopping: threading.Event | None = 
 
     @get("/api/events")
     async def events(
-        since: int = 0,
-        address: str | None = None,
-        wait: float = 0.0,
-        limit: int = 1000,
-        since_ts: float | None = None,
-        tail: int | None = None,
+        since: FromQuery[int] = 0,
+        address: FromQuery[str | None] = None,
+        wait: FromQuery[float] = 0.0,
+        limit: FromQuery[int] = 1000,
+        since_ts: FromQuery[float | None] = None,
+        tail: FromQuery[int | None] = None,
     ) -> dict[str, Any]:
         deadline = time.monotonic() + _wait_s(wait)
         while True:
@@ -264,12 +265,12 @@ def create_app(view: DaemonView, token: str, stopping: threading.Event | None = 
         return {"events": [_event_dict(e) for e in found], "last_id": last}
 
     @get("/api/runs")
-    async def runs(address: str | None = None) -> dict[str, Any]:
+    async def runs(address: FromQuery[str | None] = None) -> dict[str, Any]:
         found = await off_thread(store.runs, address)
         return {"runs": [r.model_dump(mode="json") for r in found]}
 
     @get("/api/runs/{run_id:str}/log")
-    async def run_log(run_id: str, offset: int = 0, wait: float = 0.0) -> Any:
+    async def run_log(run_id: FromPath[str], offset: FromQuery[int] = 0, wait: FromQuery[float] = 0.0) -> Any:
         run = await off_thread(store.run, run_id)
         if run is None:
             return _error(404, f"no run {run_id!r} (see GET /api/runs)")
@@ -291,12 +292,14 @@ def create_app(view: DaemonView, token: str, stopping: threading.Event | None = 
         return p.as_dict()
 
     @post("/api/sync", status_code=202)
-    async def sync(reason: str = "requested through the admin API") -> dict[str, Any]:
+    async def sync(reason: FromQuery[str] = "requested through the admin API") -> dict[str, Any]:
         await off_thread(view.trigger_sync, reason)
         return {"ok": True}
 
     return Litestar(
         route_handlers=[health, status, events, runs, run_log, plan, sync],
+        # The handlers' annotations are strings (PEP 563) naming these lazily imported types.
+        signature_namespace={"FromPath": FromPath, "FromQuery": FromQuery, "Any": Any},
         openapi_config=None,
         logging_config=None,  # the daemon owns logging; Litestar's default would reconfigure it
         debug=False,

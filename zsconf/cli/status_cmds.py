@@ -126,23 +126,26 @@ def status(
     now from a fresh plan and refresh (slower, and SINCE is only known for what a daemon recorded).
     """
     client = _connect(directory)
+    started: float | None = None
     if client is not None:
         with client:
             data = client.statuses()
         rows, source = data["statuses"], "daemon"
         note = f"(daemon pid {client.info.get('pid')} at {client.url}{'' if data.get('leader') else ', standby'})"
     else:
+        started = time.time()
         rows, source, note = _compute_now(directory), "computed", "(no daemon: computed now)"
     if as_json:
         from zsconf.cli.output import print_json
 
         print_json({"source": source, "statuses": rows})
         return
-    _print_statuses(rows, note)
+    _print_statuses(rows, note, started)
 
 
-def _print_statuses(rows: list[dict[str, Any]], note: str) -> None:
-    from rich.table import Table
+def _print_statuses(rows: list[dict[str, Any]], note: str, unknown_after: float | None = None) -> None:
+    """Aligned columns, never wrapped (a pipe gets whole lines); colours only on a terminal.
+    SINCE shows '-' for a time that is only the moment of computing (`unknown_after`)."""
     from rich.text import Text
 
     from zsconf.cli.output import console
@@ -152,24 +155,28 @@ def _print_statuses(rows: list[dict[str, Any]], note: str) -> None:
         out.print(f"No resources. {note}", markup=False)
         return
     now = time.time()
-    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
-    for col in ("ADDRESS", "SYNC", "HEALTH", "SINCE", "REASON"):
-        table.add_column(col, overflow="fold")
-    for r in rows:
-        table.add_row(
-            Text(r["address"]),
-            Text(r["sync"], style=_SYNC_STYLE.get(r["sync"], "")),
-            Text(r["health"], style=_HEALTH_STYLE.get(r["health"], "")),
-            Text(ago(r["since"], now)),
-            Text(r["reason"] or ""),
-        )
-    out.print(table)
+
+    def since(r: dict[str, Any]) -> str:
+        return "-" if unknown_after is not None and r["since"] >= unknown_after else ago(r["since"], now)
+
+    cells = [(r["address"], r["sync"], r["health"], since(r), r["reason"] or "") for r in rows]
+    head = ("ADDRESS", "SYNC", "HEALTH", "SINCE", "REASON")
+    widths = [max(len(c[i]) for c in [*cells, head]) for i in range(4)]
+    line = Text("  ".join(h.ljust(w) for h, w in zip(head, widths, strict=False)) + "  REASON", style="bold")
+    out.print(line, soft_wrap=True)
+    for c in cells:
+        t = Text(c[0].ljust(widths[0]) + "  ")
+        t.append(c[1].ljust(widths[1]), style=_SYNC_STYLE.get(c[1], ""))
+        t.append("  ")
+        t.append(c[2].ljust(widths[2]), style=_HEALTH_STYLE.get(c[2], ""))
+        t.append("  " + c[3].ljust(widths[3]) + "  " + c[4])
+        out.print(t, soft_wrap=True)
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["health"]] = counts.get(r["health"], 0) + 1
     synced = sum(1 for r in rows if r["sync"] == "Synced")
     summary = ", ".join(f"{n} {h}" for h, n in sorted(counts.items()))
-    out.print(f"{len(rows)} resources: {synced} Synced; {summary} {note}", markup=False)
+    out.print(f"{len(rows)} resources: {synced} Synced; {summary} {note}", markup=False, soft_wrap=True)
 
 
 # -- events -------------------------------------------------------------------------------------
