@@ -1,0 +1,113 @@
+"""`zsconf daemon`: run the reconciling daemon in the foreground.
+
+Registered by `zsconf.cli.main` (COMMAND_MODULES). The top level stays light (`zsconf --help`
+imports every command module): the daemon itself (`daemon.main.run_daemon`) is imported when the
+command runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+__all__ = ["HELP", "daemon", "parse_seconds", "register"]
+
+
+def parse_seconds(text: str, option: str) -> float:
+    """'30s', '2m', '1h', '1.5s' or a plain number of seconds -> seconds (a usage error names the
+    option)."""
+    raw = text.strip().lower()
+    try:
+        value = (
+            float(raw.removesuffix("s")) if raw.endswith("s") or raw.replace(".", "", 1).isdigit() else None
+        )
+        if value is None:
+            from schemas.common import parse_duration
+
+            value = float(parse_duration(raw))
+    except ValueError as exc:
+        raise typer.BadParameter(f"{text!r} is not a duration (e.g. 30s, 2m, 1h)", param_hint=option) from exc
+    if value <= 0:
+        raise typer.BadParameter("must be more than 0", param_hint=option)
+    return value
+
+
+def daemon(
+    stack_dir: Annotated[
+        Path, typer.Argument(help="The stack directory (holds stack.yaml).", show_default=True)
+    ] = Path("."),
+    interval: Annotated[
+        str,
+        typer.Option(
+            "--interval",
+            help="How often to look for drift (a dead server, a deleted model folder) even when no "
+            "file changed. File edits are acted on at once, whatever this says.",
+        ),
+    ] = "30s",
+    prune: Annotated[
+        bool,
+        typer.Option(
+            "--prune",
+            help="Delete resources removed from the files. Off by default: they are kept and "
+            "reported as orphans (`zsconf status`).",
+        ),
+    ] = False,
+    no_auto_apply: Annotated[
+        bool,
+        typer.Option(
+            "--no-auto-apply",
+            help="Only watch and report: statuses show what is OutOfSync; apply by hand with `zsconf apply`.",
+        ),
+    ] = False,
+    lease: Annotated[
+        str,
+        typer.Option(
+            "--lease",
+            help="Leader lease. One daemon reconciles a state store at a time; a second one on the "
+            "same store stands by and takes over within this long after the leader dies.",
+        ),
+    ] = "15s",
+    admin_port: Annotated[
+        int | None,
+        typer.Option(
+            "--admin-port",
+            help="Port of the admin API on 127.0.0.1 (default: a free one). `zsconf status`, "
+            "`events` and `logs` find it through .zsconf/daemon.json.",
+        ),
+    ] = None,
+) -> None:
+    """Keep the running platform equal to the stack's files, until stopped (see HELP)."""
+    from daemon.main import run_daemon
+
+    code = run_daemon(
+        stack_dir,
+        interval=parse_seconds(interval, "--interval"),
+        prune=prune,
+        auto_apply=not no_auto_apply,
+        lease_s=parse_seconds(lease, "--lease"),
+        admin_port=admin_port,
+    )
+    raise typer.Exit(code)
+
+
+HELP = "\n\n".join(
+    (
+        "Keep the running platform equal to the stack's files, until stopped.",
+        "Each pass is level-triggered: it plans from scratch and applies the difference. A pass runs "
+        "when a file of the stack is saved, when a job or a model server ends, when the admin API's "
+        "`POST /api/sync` asks for one, and every --interval to catch drift.",
+        "A failed action is retried with backoff (5 s doubling to 5 min) without holding up "
+        "unrelated resources. A stack that does not load is reported (`zsconf status`, `zsconf "
+        "events`) and what already runs keeps running. A `zsconf apply` by hand holds the state lock; "
+        "the daemon waits its turn.",
+        "Ctrl-C or SIGTERM stops the daemon cleanly and leaves jobs, model servers and the gateway "
+        "running: the next daemon adopts them without restarting them.",
+        "Examples: `zsconf daemon examples/stacks/quickstart`; `zsconf daemon . --interval 10s --prune`",
+    )
+)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("daemon", help=HELP)(daemon)
