@@ -33,6 +33,7 @@ COMMAND_MODULES = (
     "zsconf.cli.usage_cmds",
     "zsconf.cli.catalog_cmds",
     "zsconf.cli.status_cmds",
+    "zsconf.cli.daemon_cmds",
 )
 
 
