@@ -12,6 +12,9 @@ Routes (JSON):
     GET  /api/health                          {"ok": true, "pid", "leader", "stack_dir"}
     GET  /api/status                          {"leader", "statuses": [{address, sync, health,
                                                reason, since}]} as the daemon last recorded them
+    GET  /api/resources?address=              {"resources": [resource row as JSON + "axes" (the
+                                               recorded status) + "last_run" (+ "versions" for
+                                               a model)]}; 404 for an unknown address
     GET  /api/events?since=ID&address=&wait=S {"events": [{id, ts, address, event, message,
                                                data}], "last_id"}; waits up to S s (max 30) for
                                                an event with id > ID when there is none yet;
@@ -63,6 +66,7 @@ __all__ = [
     "read_discovery",
     "read_log",
     "remove_discovery",
+    "resource_details",
     "token_path",
     "write_discovery",
 ]
@@ -196,6 +200,29 @@ def query_events(
         return list(s.exec(q.order_by(col(Event.id)).limit(limit)).all())
 
 
+def resource_details(store: Store, address: str | None = None) -> list[dict[str, Any]]:
+    """Resource rows as JSON (what `zsconf show` prints), each with its recorded status axes
+    (`axes`: sync, health, reason, since; None before the daemon's first pass), its last run and,
+    for a model, its versions."""
+    from daemon.status import read_statuses
+
+    rows = store.resources()
+    axes = read_statuses(store)
+    out = []
+    for addr in [address] if address else sorted(rows):
+        row = rows.get(addr)
+        if row is None:
+            continue
+        d = row.model_dump(mode="json")
+        d["axes"] = axes[addr].as_dict() if addr in axes else None
+        last = store.last_run(addr)
+        d["last_run"] = last.model_dump(mode="json") if last else None
+        if row.kind == "model":
+            d["versions"] = [v.model_dump(mode="json") for v in store.model_versions(row.tenant, row.name)]
+        out.append(d)
+    return out
+
+
 def read_log(workdir: str, offset: int) -> tuple[str, int, int]:
     """(text, next offset, file size) of `<workdir>/runner.log` from byte `offset` (< 0: the last
     -offset bytes), at most 1 MB. A multi-byte character cut at the end is left for next time;
@@ -247,6 +274,13 @@ def create_app(view: DaemonView, token: str, stopping: threading.Event | None = 
         leader = await off_thread(view.is_leader)
         return {"leader": leader, "statuses": [s.as_dict() for s in rows.values()]}
 
+    @get("/api/resources")
+    async def resources(address: FromQuery[str | None] = None) -> Any:
+        found = await off_thread(resource_details, store, address)
+        if address and not found:
+            return _error(404, f"no resource {address!r} in the state")
+        return {"resources": found}
+
     @get("/api/events")
     async def events(
         since: FromQuery[int] = 0,
@@ -297,7 +331,7 @@ def create_app(view: DaemonView, token: str, stopping: threading.Event | None = 
         return {"ok": True}
 
     return Litestar(
-        route_handlers=[health, status, events, runs, run_log, plan, sync],
+        route_handlers=[health, status, resources, events, runs, run_log, plan, sync],
         # The handlers' annotations are strings (PEP 563) naming these lazily imported types.
         signature_namespace={"FromPath": FromPath, "FromQuery": FromQuery, "Any": Any},
         openapi_config=None,

@@ -102,7 +102,11 @@ def _sync(
     addr: str, plan: Plan | None, changes: dict[str, Any], orphans: set[str], plan_error: str | None
 ) -> tuple[str, str]:
     if plan is None:
-        return "Unknown", f"the stack does not load: {plan_error}" if plan_error else "no plan yet"
+        if not plan_error:
+            return "Unknown", "no plan yet"
+        lines = [x for x in plan_error.splitlines() if x.strip()] or [plan_error]
+        more = f" (+{len(lines) - 1} more: zsconf validate)" if len(lines) > 1 else ""
+        return "Unknown", f"the stack does not load: {lines[0].strip()}{more}"
     if plan.errors and addr not in changes:
         return "Unknown", "the plan has errors: " + "; ".join(plan.errors)[:300]
     if addr in orphans:

@@ -187,6 +187,19 @@ def test_status_plan_and_sync(served: Any) -> None:
         ("tenant/acme", "OutOfSync", "Missing", "would create")
     ]
 
+    # Resources: the state rows with their recorded axes and last run (what `zsconf show` prints).
+    from zsconf.state import ModelVersion, ResourceRow
+
+    view.store.put_resource(ResourceRow(address="tenant/acme", kind="tenant", name="acme", status="applied"))
+    view.store.put_resource(ResourceRow(address="model/acme/m", kind="model", tenant="acme", name="m"))
+    view.store.add_model_version(ModelVersion(tenant="acme", model="m", version=1, path="/x"))
+    res = {r["address"]: r for r in http.get("/api/resources").json()["resources"]}
+    assert res["tenant/acme"]["axes"]["health"] == "Missing" and res["tenant/acme"]["status"] == "applied"
+    assert res["model/acme/m"]["axes"] is None and [
+        v["version"] for v in res["model/acme/m"]["versions"]
+    ] == [1]
+    assert http.get("/api/resources", params={"address": "tenant/nope"}).status_code == 404
+
     assert http.post("/api/sync").status_code == 202
     assert http.post("/api/sync", params={"reason": "git push hook"}).json() == {"ok": True}
     assert view.syncs == ["requested through the admin API", "git push hook"]

@@ -74,6 +74,13 @@ def test_sync_axis(store: Store) -> None:
     assert {s.sync for s in st.values()} == {"Unknown"}
     assert "stack.yaml:3 models.x: bad" in st["tenant/acme"].reason
     assert st["tenant/acme"].health == "Healthy"  # health does not need the files
+    # A multi-line error (one line per diagnostic) stays one line in the reason.
+    st = compute_statuses(
+        None, store, None, set(), {}, plan_error="stack.yaml:3 a: bad\nstack.yaml:9 b: bad\n"
+    )
+    assert st["tenant/acme"].reason == (
+        "the stack does not load: stack.yaml:3 a: bad (+1 more: zsconf validate)"
+    )
 
 
 def test_job_health(store: Store, tmp_path: Path) -> None:

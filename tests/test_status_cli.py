@@ -130,6 +130,7 @@ def test_events_without_daemon(stack: Path) -> None:
     assert len(invoke("events", "-C", str(stack), "--since", str(last - 1)).output.splitlines()) == 1
     assert len(invoke("events", "-C", str(stack), "--since", "10m", "--json").output.splitlines()) == len(evs)
     assert len(invoke("events", "-C", str(stack), "--tail", "2").output.splitlines()) == 2
+    assert len(invoke("events", "-C", str(stack), "--since", "10m", "--tail", "1").output.splitlines()) == 1
     r = invoke("events", "-C", str(stack), "--since", "yesterday")
     assert r.exit_code == 2 and "--since" in r.output
 

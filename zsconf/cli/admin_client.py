@@ -107,6 +107,10 @@ class AdminClient:
         """{"leader": bool, "statuses": [{address, sync, health, reason, since}]}"""
         return self._call("GET", "/api/status")
 
+    def resources(self, address: str | None = None) -> list[dict[str, Any]]:
+        """Resource rows with "axes" (recorded status), "last_run" and a model's "versions"."""
+        return self._call("GET", "/api/resources", address=address)["resources"]
+
     def events(
         self,
         since: int = 0,

@@ -215,7 +215,10 @@ def events(
         str | None,
         typer.Option("--since", help="after this event id (e.g. 1200), or this long ago (10m, 2h, 1d)"),
     ] = None,
-    tail: Annotated[int, typer.Option("--tail", "-n", help="without --since: the newest N events")] = 30,
+    tail: Annotated[
+        int | None,
+        typer.Option("--tail", "-n", help="only the newest N (default 30 without --since, else all)"),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
     directory: Dir = Path("."),
 ) -> None:
@@ -225,7 +228,7 @@ def events(
     Examples: `zsconf events -f` (watch everything), `zsconf events finetune/acme/support-lora
     --since 2h`, `zsconf events --since 1200 --json` (resume after the last id you saw)."""
     since_id, since_ts = _since(since)
-    n = None if since else tail
+    n = tail if tail is not None else (None if since else 30)
     client = _connect(directory)
 
     def emit(evs: list[dict[str, Any]]) -> None:
