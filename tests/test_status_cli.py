@@ -147,6 +147,10 @@ def test_logs_without_daemon(stack: Path) -> None:
     assert invoke("logs", "finetune/acme/old", "-C", str(stack), "--run", "r-old1").output == "attempt one\n"
     r = invoke("logs", "finetune/acme/old", "-C", str(stack), "--run", "r-nope")
     assert r.exit_code == 1 and "has no run r-nope" in str(r.exception)
+    gw = stack / ".zsconf" / "gateway" / "run"
+    gw.mkdir(parents=True)
+    (gw / "runner.log").write_text("gateway ready on 127.0.0.1:8000\n")
+    assert invoke("logs", "platform/gateway", "-C", str(stack)).output == "gateway ready on 127.0.0.1:8000\n"
     r = invoke("logs", "deployment/acme/chat", "-C", str(stack))
     assert sorted(r.output.splitlines()) == [
         "[i0] GET /v1/models 200", "[i0] serving on port 800",

@@ -29,6 +29,7 @@ _HEALTH_STYLE = {"Healthy": "green", "Progressing": "cyan", "Degraded": "red", "
 _SYNC_STYLE = {"Synced": "green", "OutOfSync": "yellow", "Unknown": "dim"}
 _SUCCESS_EVENTS = ("created", "updated in-place", "replaced", "submitted", "run_succeeded")
 _FINISHED = ("succeeded", "failed", "cancelled", "stopped")
+GATEWAY = "platform/gateway"  # zsconf.engine.gateway.GATEWAY (not imported: the engine is heavy)
 
 Dir = Annotated[Path, typer.Option("--dir", "-C", help="stack directory (default: the current one)")]
 
@@ -274,10 +275,17 @@ class _Source:
     """Runs and their logs, from the daemon or from the state and the run folders."""
 
     def __init__(self, directory: Path) -> None:
+        self.directory = directory
         self.client = _connect(directory)
         self.store = None if self.client is not None else _store(directory)
 
     def runs(self, address: str) -> list[dict[str, Any]]:
+        if address == GATEWAY:
+            # The gateway is no resource and has no run rows: its folder is fixed (zsconf.engine.gateway).
+            wd = self.directory.resolve() / ".zsconf" / "gateway" / "run"
+            return [
+                {"run_id": "gateway", "workdir": str(wd), "status": "running", "handle": {}, "local": True}
+            ]
         if self.client is not None:
             return self.client.runs(address)
         assert self.store is not None
@@ -289,12 +297,12 @@ class _Source:
         return run.status if run is not None else "unknown"
 
     def read(self, run: dict[str, Any], offset: int, wait: float) -> dict[str, Any]:
-        if self.client is not None:
+        if self.client is not None and not run.get("local"):
             return self.client.log(run["run_id"], offset, wait)
         from daemon.admin import read_log
 
         text, nxt, size = read_log(run["workdir"], offset)
-        st = self.run_status(run["run_id"])
+        st = run["status"] if run.get("local") else self.run_status(run["run_id"])
         if not text and wait and st not in _FINISHED:
             time.sleep(min(wait, 0.5))
         return {"data": text, "offset": nxt, "size": size, "status": st,
@@ -358,8 +366,9 @@ def logs(
     """A runner's log (its stdout and stderr, `<run folder>/runner.log`).
 
     For a job: its latest run (`--run ID` for an earlier attempt; ids in `zsconf show ADDRESS`).
-    For a deployment: every running instance, each line prefixed with [i<index>]. With --follow
-    it keeps printing new lines until the run ends (a job) or Ctrl-C (a deployment)."""
+    For a deployment: every running instance, each line prefixed with [i<index>].
+    `platform/gateway`: the gateway's log. With --follow it keeps printing new lines until the
+    run ends (a job) or Ctrl-C (a deployment, the gateway)."""
     src = _Source(directory)
     try:
         runs = _pick_runs(src, address, run_id)
