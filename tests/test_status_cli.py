@@ -242,7 +242,9 @@ def test_status_events_logs_through_the_daemon(stack: Path, daemon: View) -> Non
     ]  # fmt: skip
     out = invoke("status", str(stack)).output
     assert f"(daemon pid {os.getpid()} at http://127.0.0.1:" in out
-    assert "1 of 2 instances running" in out and "0s ago" in out
+    row = next(x for x in out.splitlines() if x.startswith("deployment/acme/chat "))
+    assert row.split()[1:4] == ["Synced", "Progressing", row.split()[3]] and row.split()[4] == "ago"
+    assert row.split()[3].endswith("s") and row.endswith("1 of 2 instances running")
 
     evs = [
         json.loads(x)
