@@ -92,13 +92,17 @@ class Lease:
         self.on_lost = on_lost
         self.acquired_at: float | None = None  # when this daemon became leader (monotonic)
         self._held = threading.Event()
+        self._valid_until = 0.0  # monotonic end of the term the last successful write bought
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._table = LeaseRow.__table__  # type: ignore[attr-defined]
 
     @property
     def held(self) -> bool:
-        return self._held.is_set()
+        """Held now: the last acquire/renew worked and its term has not run out on this host's
+        monotonic clock (which runs on while the process is stopped: a daemon frozen past its
+        lease, then resumed, does not act before its renew thread has found out)."""
+        return self._held.is_set() and time.monotonic() < self._valid_until
 
     # -- reads -------------------------------------------------------------------------------
     def info(self) -> LeaseInfo | None:
@@ -111,7 +115,7 @@ class Lease:
     # -- writes ------------------------------------------------------------------------------
     def acquire(self) -> bool:
         """Become (or stay) the leader if the lease is free; True when this daemon holds it."""
-        now = time.time()
+        now, mono = time.time(), time.monotonic()
         t = self._table
         try:
             current = self.info()
@@ -146,13 +150,13 @@ class Lease:
             log.warning("lease: cannot reach the state store: %s", exc)
             won = False
         if won and not self.held:
-            self.acquired_at = time.monotonic()
-        self._set(won)
+            self.acquired_at = mono
+        self._set(won, mono)
         return won
 
     def renew(self) -> bool:
         """Extend the lease if this daemon still holds it; False (and `held` cleared) otherwise."""
-        now = time.time()
+        now, mono = time.time(), time.monotonic()
         t = self._table
         try:
             with self.store.engine.begin() as conn:
@@ -165,7 +169,7 @@ class Lease:
         except SQLAlchemyError as exc:
             log.warning("lease: renew failed: %s", exc)
             ok = False
-        self._set(ok)
+        self._set(ok, mono)
         return ok
 
     def release(self) -> None:
@@ -203,9 +207,10 @@ class Lease:
             if not self.renew():
                 return  # lost: the main loop goes back to standby and retries acquire()
 
-    def _set(self, held: bool) -> None:
-        was = self.held
+    def _set(self, held: bool, since: float = 0.0) -> None:
+        was = self._held.is_set()
         if held:
+            self._valid_until = since + self.lease_s
             self._held.set()
         else:
             self._held.clear()

@@ -240,6 +240,7 @@ def run_daemon(
                 with contextlib.suppress(Exception):
                     poller.reload()
                 if not ready_sent:
+                    say(f"ready: first pass in {result.seconds:.2f} s")
                     ready_sent = _ready(on_ready, stack, admin_url, True, engine)
                 continue
             wait_s = min(RUN_POLL_S, max(0.0, next_full - now))

@@ -161,6 +161,10 @@ class Reconciler:
                     applied, failed = self._apply(plan, todo)
                     if applied or failed:
                         lines += self._finish_runs()  # jobs that ended while apply ran
+                        # Statuses and the admin API show the world after this apply, not before.
+                        plan, plan_error = self._plan()
+                        if plan is not None:
+                            orphans = self._orphans_of(plan)
             if self.should_act():
                 lines += self._sync_gateway()
         finally:
