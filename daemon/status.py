@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from zsconf.engine.refresh import Observed
     from zsconf.plans import Plan
-    from zsconf.state import RunRow, Store
+    from zsconf.state import Store
 
 __all__ = [
     "HEALTH",
@@ -125,7 +125,7 @@ def _sync(
 def _health(
     addr: str,
     row: Any,
-    runs: list[RunRow],
+    runs: list[Any],
     versions: dict[tuple[str, str], Any],
     broken: dict[str, str],
     store: Store,
@@ -153,7 +153,7 @@ def _health(
     return "Healthy", ""
 
 
-def _job_health(row: Any, runs: list[RunRow], store: Store) -> tuple[str, str]:
+def _job_health(row: Any, runs: list[Any], store: Store) -> tuple[str, str]:
     mine = [r for r in runs if r.content_hash == row.content_hash] or runs
     run = mine[-1] if mine else None
     status = run.status if run is not None else row.status
@@ -174,7 +174,7 @@ def _job_health(row: Any, runs: list[RunRow], store: Store) -> tuple[str, str]:
     return "Progressing", f"{rid} {status}"
 
 
-def _queued_why(store: Store, run: RunRow) -> str:
+def _queued_why(store: Store, run: Any) -> str:
     """'queued behind X, Y' from the run's `submitted` event (apply writes who it waits for)."""
     from sqlmodel import col, select
 
@@ -216,7 +216,7 @@ def _progress(workdir: str) -> str:
     return ""
 
 
-def _deployment_health(addr: str, row: Any, runs: list[RunRow], broken: dict[str, str]) -> tuple[str, str]:
+def _deployment_health(addr: str, row: Any, runs: list[Any], broken: dict[str, str]) -> tuple[str, str]:
     if row.status == "stopped" or (row.spec or {}).get("state") == "stopped":
         return "Suspended", "state: stopped"
     if addr in broken:
@@ -231,10 +231,20 @@ def _deployment_health(addr: str, row: Any, runs: list[RunRow], broken: dict[str
     return "Healthy", f"{len(live)} of {want} instances running"
 
 
-def _runs_by_address(store: Store) -> dict[str, list[RunRow]]:
-    out: dict[str, list[RunRow]] = {}
-    for run in store.runs():  # one query, ordered by id: the last one is the newest attempt
-        out.setdefault(run.address, []).append(run)
+def _runs_by_address(store: Store) -> dict[str, list[Any]]:
+    """Per address, oldest first: every unfinished run (a deployment's instances) plus the newest
+    run. Bounded by what is live, not by the run history; Core rows (the ORM costs ~10x more)."""
+    from sqlalchemy import func, or_, select
+
+    from zsconf.state import RunRow
+
+    t = RunRow.__table__  # type: ignore[attr-defined]
+    newest = select(func.max(t.c.id)).group_by(t.c.address)
+    q = select(t).where(or_(t.c.id.in_(newest), t.c.status.in_(_ACTIVE))).order_by(t.c.id)
+    out: dict[str, list[Any]] = {}
+    with store.engine.connect() as conn:
+        for run in conn.execute(q):
+            out.setdefault(run.address, []).append(run)
     return out
 
 
@@ -254,55 +264,70 @@ def record_statuses(
     """Upsert the status rows in one transaction and add one `status` event per transition (sync
     or health changed; a reason-only change updates the row quietly and keeps `since`). With
     `prune`, rows of addresses not in `statuses` (resources gone from files and state) are
-    deleted. Does not bump the state serial: statuses are not something a plan depends on."""
-    from sqlmodel import select
+    deleted. Does not bump the state serial: statuses are not something a plan depends on.
+    Written with Core statements: a pass over thousands of unchanged resources writes nothing."""
+    from sqlalchemy import bindparam
 
     from zsconf.state import Event, StatusRow
 
+    table = StatusRow.__table__  # type: ignore[attr-defined]
     now = time.time()
     transitions: list[Transition] = []
-    with store.session() as s:
-        existing = {r.address: r for r in s.exec(select(StatusRow)).all()}
+    inserts: list[dict[str, Any]] = []
+    updates: list[dict[str, Any]] = []
+    events: list[dict[str, Any]] = []
+    with store.engine.begin() as conn:
+        existing = {r.address: _from_row(r) for r in conn.execute(table.select())}
         for addr, st in statuses.items():
-            row = existing.get(addr)
-            before = _from_row(row) if row is not None else None
+            before = existing.get(addr)
             changed = before is None or (before.sync, before.health) != (st.sync, st.health)
-            since = now if changed else before.since  # type: ignore[union-attr]
-            if row is None:
-                row = StatusRow(address=addr, sync=st.sync, health=st.health, reason=st.reason,
-                                since=since, updated_at=now)  # fmt: skip
-            elif not changed and row.reason == st.reason:
+            if not changed and before is not None and before.reason == st.reason:
                 continue  # nothing to write
+            since = now if changed or before is None else before.since
+            row = {"address": addr, "sync": st.sync, "health": st.health, "reason": st.reason,
+                   "since": since, "updated_at": now}  # fmt: skip
+            if before is None:
+                inserts.append(row)
             else:
-                row.sync, row.health, row.reason, row.since, row.updated_at = (
-                    st.sync, st.health, st.reason, since, now,
-                )  # fmt: skip
-            s.add(row)
+                updates.append({f"b_{k}": v for k, v in row.items()})
             if changed:
-                after = ResourceStatus(addr, st.sync, st.health, st.reason, since)
-                transitions.append(Transition(addr, before, after))
+                transitions.append(
+                    Transition(addr, before, ResourceStatus(addr, st.sync, st.health, st.reason, since))
+                )
                 frm = {"sync": before.sync, "health": before.health} if before else None
                 msg = f"{st.sync}/{st.health}" + (f": {st.reason}" if st.reason else "")
                 if before is not None:
                     msg = f"{before.sync}/{before.health} -> {msg}"
-                s.add(Event(ts=now, address=addr, event="status", message=msg,
-                            data={"sync": st.sync, "health": st.health, "reason": st.reason, "from": frm}))  # fmt: skip
-        if prune:
-            for addr, row in existing.items():
-                if addr not in statuses:
-                    s.delete(row)
-        s.commit()
+                events.append({"ts": now, "address": addr, "event": "status", "message": msg,
+                               "data": {"sync": st.sync, "health": st.health, "reason": st.reason,
+                                        "from": frm}})  # fmt: skip
+        if inserts:
+            conn.execute(table.insert(), inserts)
+        if updates:
+            # Bind names differ from the column names (SQLAlchemy reserves those for SET).
+            conn.execute(
+                table.update()
+                .where(table.c.address == bindparam("b_address"))
+                .values(
+                    {c: bindparam(f"b_{c}") for c in ("sync", "health", "reason", "since", "updated_at")}
+                ),
+                updates,
+            )
+        if events:
+            conn.execute(Event.__table__.insert(), events)  # type: ignore[attr-defined]
+        gone = [a for a in existing if a not in statuses] if prune else []
+        if gone:
+            conn.execute(table.delete().where(table.c.address.in_(gone)))
     return transitions
 
 
 def read_statuses(store: Store) -> dict[str, ResourceStatus]:
     """The statuses the daemon last recorded, by address."""
-    from sqlmodel import select
-
     from zsconf.state import StatusRow
 
-    with store.session() as s:
-        return {r.address: _from_row(r) for r in s.exec(select(StatusRow).order_by(StatusRow.address)).all()}
+    table = StatusRow.__table__  # type: ignore[attr-defined]
+    with store.engine.connect() as conn:
+        return {r.address: _from_row(r) for r in conn.execute(table.select().order_by(table.c.address))}
 
 
 def _from_row(row: Any) -> ResourceStatus:
