@@ -1,6 +1,6 @@
 """Status axes (daemon/status.py): sync and health rules per kind, and recording transitions.
 
-A real SQLite store with hand-made rows (resources, runs, model versions, events) and hand-made
+A real store (SQLite; PostgreSQL too when one is reachable) with hand-made rows (resources, runs, model versions, events) and hand-made
 plans (zsconf.plans types): the rules are pure logic over them.
 """
 
@@ -12,16 +12,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import test_state
 
 from daemon.status import ResourceStatus, compute_statuses, read_statuses, record_statuses
 from zsconf.engine.refresh import Observed
 from zsconf.plans import Action, Change, FieldDiff, Plan
 from zsconf.state import Event, ModelVersion, ResourceRow, RunRow, Store, open_store
 
+state_url = test_state.state_url  # fixture: SQLite, and PostgreSQL when one is reachable
+
 
 @pytest.fixture
-def store(tmp_path: Path) -> Any:
-    s = open_store(f"sqlite:///{tmp_path / 'state.db'}")
+def store(state_url: str) -> Any:
+    s = open_store(state_url)
     yield s
     s.close()
 
