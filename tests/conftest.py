@@ -12,6 +12,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# A stack's gateway binds platform.gateway.port (8000); tests run side by side, so a free port.
+os.environ.setdefault("ZSCONF_GATEWAY_PORT", "0")
 
 REPO = Path(__file__).resolve().parent.parent
 DEBUG_DIMS = {

@@ -78,11 +78,13 @@ def stop_all(engine: Any) -> None:
     """Kill every process the state knows about (no orphans after a test)."""
     from zsconf.engine import launcher
 
-    for run in engine.store.runs():
-        if run.pid and run.start_time is not None:
-            ref = launcher.ProcessRef(run.pid, run.start_time)
-            if launcher.is_alive(ref):
-                os.killpg(run.pid, signal.SIGKILL)
+    pids = [
+        (run.pid, run.start_time) for run in engine.store.runs() if run.pid and run.start_time is not None
+    ]
+    pids += [(h.pid, h.start_time) for h in engine.executor.list_instances()]  # the gateway too
+    for pid, start_time in pids:
+        if launcher.is_alive(launcher.ProcessRef(pid, start_time)):
+            os.killpg(pid, signal.SIGKILL)
 
 
 def actions(plan: Any) -> dict[str, str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -257,8 +258,10 @@ class HealthController(Controller):
     path = "/health"
 
     @get()
-    async def health(self) -> Response:
-        return Response(b'{"status":"ok"}', media_type=_JSON)
+    async def health(self, gw: GatewayDep) -> Response:
+        # config_mtime: the engine waits for it after rewriting the config, before it stops an
+        # instance the old config routed to.
+        return Response(json.dumps({"status": "ok", "config_mtime": gw.table.mtime}), media_type=_JSON)
 
 
 class MetricsController(Controller):

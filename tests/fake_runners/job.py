@@ -45,6 +45,9 @@ def main() -> int:
         outputs["model_dir"] = str(out)
     else:
         outputs["metrics"] = {"accuracy": 0.5}
+    # FAKE_GATE_FAIL_VERSION=N: an evaluation of model version N fails its quality gate.
+    if str(spec["inputs"].get("model_version")) == os.environ.get("FAKE_GATE_FAIL_VERSION"):
+        outputs["gate"] = {"passed": False, "failures": ["rouge_l 0.1000 < 0.3"]}
     _atomic(workdir / "result.json", {"status": "succeeded", "error": None, "outputs": outputs})
     return 0
 

@@ -6,6 +6,7 @@
     if plan.can_apply() and plan.actionable():
         result = eng.apply(plan, parallelism=4, wait=False)  # takes the lock (lock_timeout=s)
     eng.finish_runs()                            # record jobs that ended (the daemon, each pass)
+    eng.sync_gateway()                           # gateway config + process match the state
     eng.refresh()                                # Observed: drift + finished runs, read only
     eng.store.events(since_id=last_id)           # what happened (applied, run_succeeded, ...)
 
@@ -61,6 +62,7 @@ class Engine:
         self._cache: tuple[tuple[Any, ...], Any, Any] | None = None
         self.store = open_store(state_url, self.stack_dir)
         self._executor = executor
+        self._platform: Any = None  # the platform section of the last good load
 
     @property
     def executor(self) -> Any:
@@ -153,6 +155,27 @@ class Engine:
                 plan, loaded, graph, self.store, parallelism=parallelism, wait=wait,
                 catalog=self.catalog, executor=self.executor, on_event=on_event,
             )  # fmt: skip
+
+    def sync_gateway(self) -> Any:
+        """Gateway config and process made to match the state (`GatewayInfo`, or None when the
+        stack has no service group). The daemon calls it every pass: cheap when nothing changed,
+        and it restarts a gateway that died. With a stack that does not load, the platform section
+        of the last good load is used (never a default port the files did not ask for)."""
+        from zsconf.engine.gateway import sync_gateway
+        from zsconf.errors import ZsconfError
+
+        try:
+            loaded, _ = self.load()
+            self._platform = loaded.stack.platform
+        except ZsconfError:
+            if getattr(self, "_platform", None) is None:
+                return None
+        return sync_gateway(self.store, self.executor, self.stack_dir, self._platform)
+
+    def gateway_url(self) -> str | None:
+        from zsconf.engine.gateway import gateway_url
+
+        return gateway_url(self.stack_dir, self.executor)
 
     def refresh(self) -> Observed:
         """What the executor and the file system say now (drift, runs that ended); writes nothing."""

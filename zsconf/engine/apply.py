@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from schemas.common import parse_model_ref
-from zsconf.engine import launcher
+from zsconf.engine import gates, launcher
+from zsconf.engine.gateway import GATEWAY, GatewayInfo, sync_gateway, upstream_key
 from zsconf.engine.hashing import dir_digest
 from zsconf.engine.refresh import JOB_KINDS, instance_alive, read_result, refresh
 from zsconf.errors import ExecutorError, PlanError
@@ -67,6 +68,7 @@ class ApplyResult:
     diagnostics: list[str] = field(default_factory=list)
     secrets: dict[str, list[str]] = field(default_factory=dict)  # shown once, never stored
     serial: int = 0
+    gateway_url: str | None = None  # the OpenAI base URL of the stack's gateway, when it runs
 
     @property
     def ok(self) -> bool:
@@ -145,6 +147,9 @@ def apply_plan(
             }  # fmt: skip
         else:
             deps[addr] = {d for d in ch.dependencies if d in todo}
+    for addr, evals in _gating_evaluations(todo).items():
+        deps[addr] |= evals  # a gated version must not take traffic before its verdict
+        ctx.needed |= evals
     failed: set[str] = set()
     done: set[str] = set()
     running: dict[Future[ActionOutcome], str] = {}
@@ -175,9 +180,33 @@ def apply_plan(
                 if not outcome.ok:
                     result.diagnostics.append(f"{addr}: {outcome.message}")
     result.secrets = ctx.secrets
+    if loaded is not None:
+        try:
+            gw = _sync_gateway(ctx)
+            result.gateway_url = gw.url if gw else None
+        except ExecutorError as exc:
+            result.diagnostics.append(f"gateway: {exc}")
+            store.add_event("failed", f"gateway: {exc}", GATEWAY)
     result.serial = store.serial()
     store.add_event("apply", f"apply finished: {result.counts()}", None, counts=result.counts())
     return result
+
+
+def _gating_evaluations(todo: dict[str, Change]) -> dict[str, set[str]]:
+    """deployment -> evaluations in this plan that have a gate and score the model it serves."""
+    gated: dict[tuple[str, str], set[str]] = {}
+    for addr, ch in todo.items():
+        has_gate = ch.after and any(v is not None for v in (ch.after.get("gate") or {}).values())
+        if ch.kind == "evaluation" and ch.action is not Action.DELETE and has_gate:
+            key = (_split(addr)[1] or "", parse_model_ref(ch.after["model"])[0])  # type: ignore[index]
+            gated.setdefault(key, set()).add(addr)
+    out: dict[str, set[str]] = {}
+    for addr, ch in todo.items():
+        if ch.kind == "deployment" and ch.action is not Action.DELETE and ch.after:
+            evals = gated.get((_split(addr)[1] or "", parse_model_ref(ch.after["model"])[0]))
+            if evals:
+                out[addr] = evals
+    return out
 
 
 def default_executor(stack_dir: Path) -> Any:
@@ -266,13 +295,18 @@ def _record(
 
 
 def _resolve_model(ctx: _Ctx, tenant: str, ref: str) -> ModelVersion:
-    name, version = parse_model_ref(ref)
-    versions = [v for v in ctx.store.model_versions(tenant, name) if v.gate_status != "failed"]
-    if version is not None:
-        versions = [v for v in versions if v.version == version]
-    if not versions:
-        raise ExecutorError(f"model {tenant}/{ref} has no usable version yet")
-    return versions[-1]
+    """The version `ref` uses now: never one that failed a quality gate."""
+    chosen, skipped = gates.resolve(ctx.store, tenant, ref)
+    if chosen is None:
+        held = gates.held_message(ctx.store, tenant, ref, chosen, skipped)
+        raise ExecutorError(f"model {tenant}/{ref} has no usable version" + (f": {held}" if held else " yet"))
+    return chosen
+
+
+def _gate_hold(ctx: _Ctx, tenant: str, ref: str, chosen: ModelVersion) -> str:
+    """Why a deployment serves `chosen` rather than a newer version ('' when it does not)."""
+    _, skipped = gates.resolve(ctx.store, tenant, ref)
+    return gates.held_message(ctx.store, tenant, ref, chosen, skipped)
 
 
 def _next_version(ctx: _Ctx, tenant: str, model: str) -> int:
@@ -559,6 +593,8 @@ def _finish_one(store: Store, run: RunRow, obs: Any) -> None:
                              gate_status=_gate_status(res))
             )  # fmt: skip
             _crash_point("after_version")
+    if status == "succeeded" and row is not None and _gate_status(res) == "failed":
+        _record_gate_failure(store, row, run, res)
     store.update_run(run.run_id, status=status, error=res.get("error"), exit_code=obs.exit_code)
     if row is not None and row.content_hash == run.content_hash:
         outputs = dict(row.outputs)
@@ -567,12 +603,51 @@ def _finish_one(store: Store, run: RunRow, obs: Any) -> None:
     store.add_event(f"run_{status}", f"run {run.run_id} {status}", run.address)
 
 
+def _record_gate_failure(store: Store, row: Any, run: RunRow, res: dict[str, Any]) -> None:
+    """A compression's gate judges the version it made; an evaluation's, the version it scored."""
+    reason = gates.gate_summary(res.get("outputs") or {})
+    if row.kind == "compression":
+        model = row.spec.get("output", {}).get("model")
+        made = [v for v in store.model_versions(row.tenant, model) if v.source_run == run.run_id]
+        version = made[-1].version if made else None
+    else:
+        model = parse_model_ref(row.spec.get("model", ""))[0]
+        try:
+            envelope = json.loads((Path(run.workdir) / "spec.json").read_text())
+            version = int(envelope["inputs"]["model_version"])
+        except (OSError, ValueError, KeyError, TypeError):
+            version = None
+    if model and version is not None:
+        gates.mark_failed(store, row.tenant or "", model, version, reason, run.address)
+
+
 def _stop_instance(ctx: _Ctx, run: RunRow) -> None:
+    """SIGTERM: the server finishes its in-flight requests (the gateway no longer routes to it)."""
     if run.handle.get("process"):
         from zsconf.executors import InstanceHandle
 
-        ctx.executor.stop_instance(InstanceHandle.from_dict(run.handle), grace_s=5.0)
+        ctx.executor.stop_instance(InstanceHandle.from_dict(run.handle), grace_s=30.0)
     ctx.store.update_run(run.run_id, status="cancelled")
+
+
+def _sync_gateway(ctx: _Ctx, wait_reload: bool = False) -> GatewayInfo | None:
+    platform = ctx.loaded.stack.platform if ctx.loaded is not None else None
+    with ctx.lock:  # one writer of the config per apply (actions run on a thread pool)
+        return sync_gateway(ctx.store, ctx.executor, ctx.stack_dir, platform, wait_reload=wait_reload)
+
+
+def _route(ctx: _Ctx, address: str, runs: list[RunRow], **outputs: Any) -> None:
+    """Record which instances serve `address` and make the gateway route to exactly those before
+    the caller stops any other one: scaling down and upgrades drop no request."""
+    instances = [
+        {"run_id": r.run_id, "pid": r.pid, "workdir": r.workdir, "endpoint": r.handle.get("url")}
+        for r in runs
+    ]
+    ctx.store.update_resource(address, outputs={**outputs, "instances": instances})
+    try:
+        _sync_gateway(ctx, wait_reload=True)
+    except ExecutorError as exc:  # reported again by the final sync of this apply
+        ctx.store.add_event("failed", f"gateway: {exc}", GATEWAY)
 
 
 def _deployment(ctx: _Ctx, ch: Change) -> str:
@@ -582,6 +657,8 @@ def _deployment(ctx: _Ctx, ch: Change) -> str:
     runs = ctx.store.runs(ch.address)
     current = [r for r in runs if r.status in _ACTIVE]
     if ch.action is Action.DELETE or (ch.after and ch.after.get("state") == "stopped"):
+        if ctx.store.resource(ch.address) is not None:
+            _route(ctx, ch.address, [])
         for r in current:
             _stop_instance(ctx, r)
         if ch.action is Action.DELETE:
@@ -593,7 +670,14 @@ def _deployment(ctx: _Ctx, ch: Change) -> str:
     mv = _resolve_model(ctx, tenant, spec.model)
     # Instances of another content hash (replace) or another model version (upgrade) are stopped
     # after the new ones start.
-    gen_key = f"{ch.content_hash}|v{mv.version}"
+    # What an instance runs: the fields that force a new server, and the model version's files.
+    # Anything else (qps, moderation, an upstream job rerun that left the version alone) changes
+    # routing only, so running instances are kept.
+    from schemas.deployments import Deployment
+    from zsconf.engine.hashing import json_hash
+
+    runs_what = {k: (ch.after or {}).get(k) for k in sorted(Deployment.REPLACE)}
+    gen_key = f"{json_hash([runs_what, mv.path, mv.content_hash])[:16]}|v{mv.version}"
     keep = [r for r in current if r.content_hash == gen_key]
     old = [r for r in current if r.content_hash != gen_key]
     alive: list[RunRow] = []
@@ -613,7 +697,8 @@ def _deployment(ctx: _Ctx, ch: Change) -> str:
             ctx.store.update_run(r.run_id, status="failed", error="instance not running")
     intents = [r for r in keep if r.status == "intent" and r not in alive]
     cards, device = _cards(ctx, spec.flavor)
-    while len(alive) < spec.instances:
+    started: list[RunRow] = []
+    while len(alive) + len(started) < spec.instances:
         if intents:
             run = intents.pop(0)
         else:
@@ -636,23 +721,50 @@ def _deployment(ctx: _Ctx, ch: Change) -> str:
         handle = ex.start_instance(
             InstanceRequest(deployment=ch.address, index=int(run.handle["index"]), workdir=str(workdir),
                             spec_path=str(workdir / "spec.json"), module=runner_module("deployment"),
-                            cards=cards, device=device)
+                            cards=cards, device=device,
+                            env={"ZSCONF_SERVE_API_KEY": upstream_key(ctx.stack_dir)})
         )  # fmt: skip
         _crash_point("after_instance_start")
         run = ctx.store.update_run(run.run_id, status="running", pid=handle.pid, start_time=handle.start_time,
                                    host=os.uname().nodename, handle=handle.as_dict())  # fmt: skip
         assert run is not None
-        alive.append(run)
+        started.append(run)
+    # New instances take traffic only once healthy; until then the old ones keep serving.
+    for r in started:
+        if not _wait_instance(ctx, r):
+            ctx.store.update_run(r.run_id, status="failed", error="did not become healthy")
+            raise ExecutorError(
+                f"instance {r.run_id} of {ch.address} did not become healthy: {_log_tail(r.workdir)}"
+            )
+        alive.append(r)
+    serving = alive[: spec.instances]
+    _record(ctx, ch, status="running", outputs={"model_version": mv.version})
+    _route(ctx, ch.address, serving, model_version=mv.version)
     for r in alive[spec.instances :]:
         _stop_instance(ctx, r)
     for r in old:
         _stop_instance(ctx, r)
-    instances = [
-        {"run_id": r.run_id, "pid": r.pid, "workdir": r.workdir, "endpoint": r.handle.get("url")}
-        for r in alive[: spec.instances]
-    ]
-    _record(ctx, ch, status="running", outputs={"instances": instances, "model_version": mv.version})
-    return f"{len(instances)} instance(s) of {spec.model} (v{mv.version})"
+    held = _gate_hold(ctx, tenant, spec.model, mv)
+    if held:
+        ctx.store.add_event("gate_held", held, ch.address)
+    return f"{len(serving)} instance(s) of {spec.model} (v{mv.version})" + (f"; {held}" if held else "")
+
+
+_READY_TIMEOUT_S = float(os.environ.get("ZSCONF_INSTANCE_READY_TIMEOUT", "600"))
+
+
+def _wait_instance(ctx: _Ctx, run: RunRow) -> bool:
+    from zsconf.executors import InstanceHandle
+
+    return bool(ctx.executor.wait_healthy(InstanceHandle.from_dict(run.handle), timeout_s=_READY_TIMEOUT_S))
+
+
+def _log_tail(workdir: str, lines: int = 3) -> str:
+    try:
+        text = (Path(workdir) / "runner.log").read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "no log"
+    return " | ".join(text[-lines:]) or "empty log"
 
 
 def _generate_key() -> tuple[str, str, str, str]:

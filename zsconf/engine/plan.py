@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from schemas.stack import KINDS
+from zsconf.engine import gates
 from zsconf.engine.diff import drop_paths, field_diffs
 from zsconf.engine.estimates import count_samples, estimate
 from zsconf.engine.hashing import file_digest, lineage_hashes
@@ -159,6 +160,7 @@ def make_plan(
             plan.errors.append(f"{addr}: lifecycle.prevent_destroy is set and the plan would destroy it")
         plan.changes.append(ch)
 
+    _gate_holds(plan, store, state)
     _check_versions(plan, store, graph)
     _estimates(plan, graph, samples, catalog)
     _capacity(plan, state, graph, catalog, stack_tenants=loaded.stack.tenants)
@@ -296,6 +298,29 @@ def _lineage_reason(addr: str, kind: str, graph: Any, state: dict, hashes: dict)
     if changed:
         return "input changed: " + ", ".join(changed)
     return "content hash changed"
+
+
+def _gate_holds(plan: Plan, store: Store, state: dict[str, Any]) -> None:
+    """Deployments whose `@latest` skips versions that failed a quality gate: a warning saying
+    so, and an update when the version served is not the one the reference now resolves to (a
+    rollback after a late verdict, or a new version that passed)."""
+    for ch in plan.changes:
+        if ch.kind != "deployment" or ch.action is Action.DELETE or not ch.after:
+            continue
+        tenant = ch.address.split("/")[1]
+        ref = ch.after["model"]
+        chosen, skipped = gates.resolve(store, tenant, ref)
+        held = gates.held_message(store, tenant, ref, chosen, skipped)
+        if held:
+            plan.warnings.append(f"{ch.address}: {held}")
+        row = state.get(ch.address)
+        serving = row.outputs.get("model_version") if row is not None else None
+        if (
+            ch.action is Action.NOOP and chosen is not None and serving not in (None, chosen.version)
+            and row is not None and row.status == "running"
+        ):  # fmt: skip
+            ch.action = Action.UPDATE
+            ch.reasons.append(f"serves v{serving}, {ref} now resolves to v{chosen.version}")
 
 
 def _check_versions(plan: Plan, store: Store, graph: Any) -> None:

@@ -167,4 +167,6 @@ def result_text(result: Any) -> str:
         f"{c['destroyed']} destroyed"
         + (f", {c['failed']} failed, {c['skipped']} skipped." if c["failed"] or c["skipped"] else ".")
     )
+    if getattr(result, "gateway_url", None):
+        lines.append(f"Gateway: {result.gateway_url} (OpenAI-compatible; call it with a service group's key)")
     return "\n".join(lines)
