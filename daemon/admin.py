@@ -16,7 +16,8 @@ Routes (JSON):
                                                recorded status) + "last_run" (+ "versions" for
                                                a model)]}; 404 for an unknown address
     GET  /api/events?since=ID&address=&wait=S {"events": [{id, ts, address, event, message,
-                                               data}], "last_id"}; waits up to S s (max 30) for
+                                               data}], "last_id": the cursor for the next call};
+                                               waits up to S s (max 30) for
                                                an event with id > ID when there is none yet;
                                                also since_ts=EPOCH, tail=N (newest N), limit
     GET  /api/runs?address=                   {"runs": [RunRow as JSON]}
@@ -62,6 +63,7 @@ __all__ = [
     "admin_token",
     "create_app",
     "discovery_path",
+    "newest_event_id",
     "query_events",
     "read_discovery",
     "read_log",
@@ -194,10 +196,21 @@ def query_events(
         q = q.where(col(Event.ts) >= since_ts)
     limit = max(1, min(limit, 10000))
     with store.session() as s:
-        if tail:
-            rows = list(s.exec(q.order_by(col(Event.id).desc()).limit(min(tail, limit))).all())
+        if tail is not None:
+            rows = list(s.exec(q.order_by(col(Event.id).desc()).limit(max(0, min(tail, limit)))).all())
             return rows[::-1]
         return list(s.exec(q.order_by(col(Event.id)).limit(limit)).all())
+
+
+def newest_event_id(store: Store) -> int:
+    """The highest event id now (0 when none): a cursor past everything already written."""
+    from sqlalchemy import func, select
+
+    from zsconf.state import Event
+
+    t = Event.__table__  # type: ignore[attr-defined]
+    with store.engine.connect() as conn:
+        return int(conn.execute(select(func.max(t.c.id))).scalar() or 0)
 
 
 def resource_details(store: Store, address: str | None = None) -> list[dict[str, Any]]:
@@ -292,10 +305,13 @@ def create_app(view: DaemonView, token: str, stopping: threading.Event | None = 
     ) -> dict[str, Any]:
         deadline = time.monotonic() + _wait_s(wait)
         while True:
+            # Read before the query: when nothing matches, the cursor moves past what was there
+            # (those events can never match later), so a follower never re-reads old history.
+            newest = await off_thread(newest_event_id, store)
             found = await off_thread(lambda: query_events(store, since, address, since_ts, tail, limit))
             if found or not await sleep_or_stop(deadline):
                 break
-        last = found[-1].id if found else since
+        last = found[-1].id if found else max(since, newest)
         return {"events": [_event_dict(e) for e in found], "last_id": last}
 
     @get("/api/runs")

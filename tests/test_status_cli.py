@@ -203,6 +203,7 @@ class View:
 
         self.stack_dir = stack_dir
         self.store = open_store(None, stack_dir)
+        self.server: Any = None
 
     def current_plan(self) -> None:
         return None
@@ -227,6 +228,7 @@ def daemon(stack: Path) -> Any:
                                                "1 of 2 instances running", 0),
     })  # fmt: skip
     server = AdminServer(view, "127.0.0.1", 0, admin_token(stack)).start()
+    view.server = server
     write_discovery(stack, {"pid": os.getpid(), "start_time": process_start_time(os.getpid()),
                             "admin_url": server.url, "leader": True, "started_at": time.time()})  # fmt: skip
     yield view
@@ -274,3 +276,39 @@ def test_cli_process_finds_the_daemon(stack: Path, daemon: View) -> None:
                           env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "deployment/acme/chat" in proc.stdout and f"daemon pid {os.getpid()}" in proc.stdout
+
+
+def test_events_follow_survives_the_daemon_stopping(stack: Path, daemon: View) -> None:
+    """`zsconf events -f` as a real process: new events arrive through the admin API; when the
+    daemon goes away it goes on from the state store; Ctrl-C ends it with exit 0. Old history is
+    not printed (`--since` the newest id)."""
+    import queue
+    import signal
+
+    from daemon.admin import newest_event_id
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    since = str(newest_event_id(daemon.store))
+    proc = subprocess.Popen([sys.executable, "-m", "zsconf.cli.main", "events", "-f", "--json", "--since", since,
+                             "-C", str(stack)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    try:
+        daemon.store.add_event("created", "through the daemon", "dataset/acme/faq")
+        first = json.loads(lines.get(timeout=20))
+        assert first["message"] == "through the daemon"
+        server = daemon.server
+        server.stop()
+        daemon.store.add_event("created", "after the daemon stopped", "dataset/acme/faq")
+        second = json.loads(lines.get(timeout=20))
+        assert second["message"] == "after the daemon stopped" and second["id"] == first["id"] + 1
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0
+        assert lines.empty()
+        assert "following the state store" in proc.stderr.read()  # type: ignore[union-attr]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

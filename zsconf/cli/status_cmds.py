@@ -133,7 +133,14 @@ def status(
             data = client.statuses()
         rows, source = data["statuses"], "daemon"
         note = f"(daemon pid {client.info.get('pid')} at {client.url}{'' if data.get('leader') else ', standby'})"
-    else:
+    if client is not None and not rows:  # its first pass is still running
+        started = time.time()
+        rows, source, note = (
+            _compute_now(directory),
+            "computed",
+            "(daemon has recorded nothing yet: computed now)",
+        )
+    elif client is None:
         started = time.time()
         rows, source, note = _compute_now(directory), "computed", "(no daemon: computed now)"
     if as_json:
@@ -237,37 +244,41 @@ def events(
             sys.stdout.write((json.dumps(ev, ensure_ascii=False) if as_json else _event_line(ev)) + "\n")
         sys.stdout.flush()
 
+    last: int | None = None
     try:
         if client is not None:
-            with client:
-                data = client.events(since=since_id, address=address, since_ts=since_ts, tail=n)
-                emit(data["events"])
-                last = data["last_id"]
-                while follow:
-                    data = client.events(since=last, address=address, wait=25.0)
+            from zsconf.cli.admin_client import AdminError
+
+            try:
+                with client:
+                    data = client.events(since=since_id, address=address, since_ts=since_ts, tail=n)
                     emit(data["events"])
                     last = data["last_id"]
-            return
-        from daemon.admin import query_events
+                    while follow:
+                        data = client.events(since=last, address=address, wait=25.0)
+                        emit(data["events"])
+                        last = data["last_id"]
+                return
+            except AdminError as exc:
+                if last is None:
+                    raise
+                _note(f"(the daemon stopped answering: {exc}; following the state store)")
+        from daemon.admin import newest_event_id, query_events
 
         store = _store(directory)
-        found = [_event_dict(e) for e in query_events(store, since_id, address, since_ts, n)]
-        emit(found)
-        last = found[-1]["id"] if found else max(since_id, _last_event_id(store))
+        if last is None:
+            newest = newest_event_id(store)
+            found = [_event_dict(e) for e in query_events(store, since_id, address, since_ts, n)]
+            emit(found)
+            last = found[-1]["id"] if found else max(since_id, newest)
         while follow:
             time.sleep(0.5)
+            newest = newest_event_id(store)
             found = [_event_dict(e) for e in query_events(store, last, address)]
             emit(found)
-            last = found[-1]["id"] if found else last
+            last = found[-1]["id"] if found else max(last, newest)
     except KeyboardInterrupt:
         return
-
-
-def _last_event_id(store: Store) -> int:
-    from daemon.admin import query_events
-
-    newest = query_events(store, tail=1)
-    return int(newest[-1].id) if newest else 0
 
 
 # -- logs ---------------------------------------------------------------------------------------
@@ -307,6 +318,21 @@ class _Source:
             time.sleep(min(wait, 0.5))
         return {"data": text, "offset": nxt, "size": size, "status": st,
                 "finished": st in _FINISHED and nxt >= size}  # fmt: skip
+
+    def read_following(self, run: dict[str, Any], offset: int, wait: float) -> dict[str, Any]:
+        """`read`, going on from the state and the run folder if the daemon stops answering."""
+        from zsconf.cli.admin_client import AdminError
+
+        try:
+            return self.read(run, offset, wait)
+        except AdminError as exc:
+            if self.client is None:
+                raise
+            _note(f"(the daemon stopped answering: {exc}; reading the run folder)")
+            self.client.close()
+            self.client = None
+            self.store = _store(self.directory)
+            return self.read(run, offset, wait)
 
     def close(self) -> None:
         if self.client is not None:
@@ -399,7 +425,7 @@ def logs(
         while follow and active:
             wait = 25.0 if len(active) == 1 else 0.0
             for rid, run in list(active.items()):
-                chunk = src.read(run, offsets[rid], wait)
+                chunk = src.read_following(run, offsets[rid], wait)
                 _write(chunk["data"], _prefix(run, many), carry, rid)
                 offsets[rid] = chunk["offset"]
                 if chunk["finished"]:
