@@ -34,6 +34,7 @@ COMMAND_MODULES = (
     "zsconf.cli.catalog_cmds",
     "zsconf.cli.status_cmds",
     "zsconf.cli.daemon_cmds",
+    "zsconf.cli.up_cmds",
 )
 
 

@@ -122,6 +122,13 @@ def _confirm(auto_approve: bool, what: str) -> None:
 
 
 def _apply_common(eng: Engine, p: Plan, *, parallelism: int, wait: bool, locked: bool, saved: bool) -> None:
+    result = run_apply(eng, p, parallelism=parallelism, wait=wait, locked=locked, saved=saved)
+    sys.exit(0 if result.ok else 1)
+
+
+def run_apply(eng: Engine, p: Plan, *, parallelism: int, wait: bool, locked: bool, saved: bool) -> Any:
+    """Apply with a live table on a terminal (a line per step otherwise); prints the summary and
+    returns the ApplyResult. Also used by `zsconf up`."""
     from zsconf.cli.output import console
     from zsconf.render import result_text
 
@@ -159,7 +166,7 @@ def _apply_common(eng: Engine, p: Plan, *, parallelism: int, wait: bool, locked:
             p, parallelism=parallelism, wait=wait, locked=locked, saved=saved, on_event=on_event
         )
     out.print(result_text(result), markup=False, highlight=False)
-    sys.exit(0 if result.ok else 1)
+    return result
 
 
 def apply(
