@@ -165,6 +165,13 @@ def _job_health(row: Any, runs: list[Any], store: Store) -> tuple[str, str]:
     if status == "running":
         return "Progressing", f"{rid} running" + _progress(run.workdir if run else "")
     if status == "succeeded":
+        result = (row.outputs or {}).get("result") or {}
+        gate = result.get("gate") if isinstance(result, dict) else None
+        if isinstance(gate, dict) and gate.get("passed") is False:
+            from zsconf.engine.gates import gate_summary
+
+            # The run worked but its output may not be used: @latest skips the version.
+            return "Degraded", f"{rid} succeeded; quality gate failed: {gate_summary(result)}"
         return "Healthy", f"{rid} succeeded"
     if status == "failed":
         return "Degraded", f"{rid} failed: {(run.error if run else None) or 'no error recorded'}"

@@ -108,10 +108,26 @@ def test_job_health(store: Store, tmp_path: Path) -> None:
     run(store, "finetune/acme/running", "r-old", "failed", error="old attempt")
     run(store, "finetune/acme/running", "r-run", "running", wd)
     run(store, "finetune/acme/ok", "r-ok", "succeeded")
+    store.put_resource(
+        ResourceRow(
+            address="evaluation/acme/gated",
+            kind="evaluation",
+            tenant="acme",
+            name="gated",
+            content_hash="h1",
+            status="succeeded",
+            outputs={"result": {"gate": {"passed": False, "failures": ["rouge_l 0.2 < 0.5"]}}},
+        )
+    )
+    run(store, "evaluation/acme/gated", "r-g", "succeeded")
     run(store, "finetune/acme/bad", "r-bad", "failed", error="dataset row 3: missing output")
     run(store, "finetune/acme/stopped", "r-st", "cancelled", error="stopped by user")
-    plan = plan_of(*((a, Action.NOOP) for a in jobs))
+    plan = plan_of(*((a, Action.NOOP) for a in [*jobs, "evaluation/acme/gated"]))
     st = compute_statuses(plan, store, Observed(), set(), {})
+    assert (st["evaluation/acme/gated"].health, st["evaluation/acme/gated"].reason) == (
+        "Degraded",
+        "run r-g succeeded; quality gate failed: rouge_l 0.2 < 0.5",
+    )
     assert (st["finetune/acme/queued"].health, st["finetune/acme/queued"].reason) == (
         "Progressing", "run r-q queued behind finetune/acme/running",
     )  # fmt: skip
