@@ -255,8 +255,9 @@ def read_log(workdir: str, offset: int) -> tuple[str, int, int]:
     return text, start + len(chunk) - pending, size
 
 
-def create_app(view: DaemonView, token: str, stopping: threading.Event | None = None) -> Litestar:
-    """The Litestar app (auth is the ASGI wrapper `AdminServer` puts in front; see `_with_auth`)."""
+def create_app(view: DaemonView, stopping: threading.Event | None = None) -> Litestar:
+    """The Litestar app, without auth: `AdminServer` serves it behind `_with_auth` (the token
+    check runs before routing, so unknown paths need the token too). `stopping` set = waits end."""
     import anyio
     from litestar import Litestar, get, post
     from litestar.params import FromPath, FromQuery
@@ -400,7 +401,7 @@ class AdminServer:
     def start(self, timeout: float = 10.0) -> AdminServer:
         import uvicorn
 
-        app = _with_auth(create_app(self.view, self._token, self._stopping), self._token)
+        app = _with_auth(create_app(self.view, self._stopping), self._token)
         sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, self.port))

@@ -405,7 +405,7 @@ def logs(
             rid = run["run_id"]
             start = 0
             if tail is not None:
-                start = -max(65536, tail * 512)
+                start = -min(1 << 20, max(65536, tail * 512))  # one chunk (the API caps at 1 MB)
             chunk = src.read(run, start, 0.0)
             text = chunk["data"]
             if tail is not None:
