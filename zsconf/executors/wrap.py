@@ -33,9 +33,14 @@ def main(args: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # The executor starts us with SIGTERM blocked (see local._spawn), so a cancel that raced our
     # startup was pending: it is passed on to the runner as soon as the runner exists.
+    # SIGHUP (the engine's "reload your config now" to the gateway) is meant for the runner: the
+    # wrapper is the pid the executor knows, so it passes it on instead of dying of it.
+    running: list[subprocess.Popen[bytes]] = []
+    signal.signal(signal.SIGHUP, lambda *_: [p.send_signal(signal.SIGHUP) for p in running])
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
     try:
         proc = subprocess.Popen(argv, restore_signals=True, preexec_fn=_default_signals)
+        running.append(proc)
         if early:
             proc.terminate()
         code = proc.wait()
@@ -54,6 +59,7 @@ def main(args: list[str]) -> int:
 
 
 def _default_signals() -> None:
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
