@@ -247,3 +247,50 @@ def test_sigkill_during_apply_then_restart_runs_nothing_twice(
     finally:
         cleanup(daemons, stack)
         eng.close()
+
+
+def test_gateway_follows_routing_edits_without_a_restart(tmp_path: Path, engine_env: Path) -> None:
+    from zsconf.engine import Engine
+
+    text = DEPLOY_STACK + "service_groups:\n  app: {services: [chat], keys: 1}\n"
+    stack = make_stack(tmp_path / "s", text)
+    d = DaemonProc(stack)
+    eng = Engine(stack)
+    st = eng.store
+    try:
+        eventually(lambda: serving(st, 1) and eng.gateway_url(), what="a serving instance and the gateway")
+        (gw,) = [h for h in eng.executor.list_instances() if h.deployment == "platform/gateway"]
+        config = stack / ".zsconf" / "gateway" / "config.json"
+        (stack / "stack.yaml").write_text(text.replace("instances: 1", "instances: 2"))
+        eventually(lambda: serving(st, 2), what="two instances serving")
+
+        def routed() -> int:
+            deps = json.loads(config.read_text())["deployments"]
+            return sum(len(x.get("instances") or []) for x in deps)
+
+        eventually(lambda: routed() == 2, what="the gateway config to route to both")
+        # The same gateway process reloaded its config (SIGHUP through the executor's wrapper):
+        # not restarted, and no second gateway started beside it.
+        assert [h.pid for h in eng.executor.list_instances() if h.deployment == "platform/gateway"] == [
+            gw.pid
+        ]
+        assert eng.executor.instance_alive(gw)
+        gateways = [p for p in _gateway_pids() if str(stack) in Path(f"/proc/{p}/cmdline").read_text()]
+        assert len(gateways) == 1, gateways
+        assert d.terminate() == 0
+    finally:
+        cleanup([d], stack)
+        eng.close()
+
+
+def _gateway_pids() -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"runners.gateway" in argv and b"zsconf.executors.wrap" not in argv:
+                out.append(int(entry))
+    return out
