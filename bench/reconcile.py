@@ -23,7 +23,6 @@ is then part of the figure. Not a test: it prints, it never asserts.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import statistics
@@ -120,7 +119,9 @@ def _scale_edits(stack: Path, store: Any, n: int, timeout: float) -> list[float]
     return out
 
 
-def _limit_edits(stack: Path, url: str, secret: str, n: int, timeout: float) -> tuple[list[float], list[float]]:
+def _limit_edits(
+    stack: Path, url: str, secret: str, n: int, timeout: float
+) -> tuple[list[float], list[float]]:
     import httpx
 
     yaml = stack / "stack.yaml"
@@ -166,7 +167,9 @@ def main() -> int:
     os.environ.setdefault("ZSCONF_GATEWAY_PORT", "0")
     if args.server == "fake":
         os.environ["ZSCONF_RUNNER_MODULE_DEPLOYMENT"] = "fake_runners.serve"
-        os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO / "tests"), str(REPO), os.environ.get("PYTHONPATH", "")])
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            [str(REPO / "tests"), str(REPO), os.environ.get("PYTHONPATH", "")]
+        )
     text = STACK if not args.no_limits else STACK.split("service_groups:")[0]
     if args.server == "embedded":
         text = text.replace(", path: base-model, validate_weights: false", "")
@@ -210,7 +213,9 @@ def main() -> int:
             c1, w1 = _cpu_ticks(daemon.pid), time.perf_counter()
             idle = (c1 - c0) / hz / (w1 - w0) * 100
             print()
-            print(f"save -> live, {args.edits} edits each (daemon --interval 30s; load {os.getloadavg()[0]:.1f})")
+            print(
+                f"save -> live, {args.edits} edits each (daemon --interval 30s; load {os.getloadavg()[0]:.1f})"
+            )
             print(_row("scale 1->2: new instance /health", scale))
             if on:
                 print(_row("limit rpm -> 1: first 429", on))
