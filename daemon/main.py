@@ -248,7 +248,9 @@ def run_daemon(
                 wait_s = min(wait_s, max(0.0, retry_at - now))
             if watcher.wait(wait_s):
                 pending.append("files changed")
-            pending += state.take_requests()
+            for why in state.take_requests():
+                say(f"sync requested: {why}")
+                pending.append(why)
             if not pending and lease.held:
                 with contextlib.suppress(Exception):
                     why = poller.check()

@@ -200,6 +200,23 @@ def test_removed_resource_is_an_orphan_until_prune(tmp_path: Path, engine_env: P
         assert status.sync == "OutOfSync"
         time.sleep(1.0)
         assert serving(st, 1, "deployment/acme/chat2") == other  # kept running
+        # The admin API (token-protected) shows the daemon's view and can ask for a pass.
+        import httpx
+
+        info = json.loads((stack / ".zsconf" / "daemon.json").read_text())
+        token = (stack / ".zsconf" / "admin.token").read_text().strip()
+        auth = {"Authorization": f"Bearer {token}"}
+        assert httpx.get(info["admin_url"] + "/api/status", timeout=10).status_code == 401
+        body = httpx.get(info["admin_url"] + "/api/status", headers=auth, timeout=10).json()
+        assert body["leader"] is True
+        assert any(
+            x["address"] == "deployment/acme/chat2" and x["sync"] == "OutOfSync" for x in body["statuses"]
+        )
+        plan = httpx.get(info["admin_url"] + "/api/plan", headers=auth, timeout=10).json()
+        assert {c["address"]: c["action"] for c in plan["changes"]}["deployment/acme/chat2"] == "-"
+        r = httpx.post(info["admin_url"] + "/api/sync", params={"reason": "test"}, headers=auth, timeout=10)
+        assert r.status_code == 202
+        d.wait_line("sync requested: test")
         assert d.terminate() == 0
         d2 = DaemonProc(stack, "--prune", name="d2")
         daemons.append(d2)
