@@ -245,23 +245,37 @@ def show(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Live view: status, outputs (endpoints, model versions), last run."""
+    from zsconf.cli.admin_client import connect
     from zsconf.cli.output import console, print_json
-    from zsconf.engine import finish_runs
 
-    eng = _engine(directory)
-    try:
-        with eng.store.locked("show", 5):
-            finish_runs(eng.store, eng.executor)
-    except Exception:
-        pass  # someone else is applying: show what the state says
-    addrs = [address] if address else sorted(eng.store.resources())
-    data = [_state_dict(eng, a) for a in addrs]
+    client = connect(directory)
+    if client is not None:  # the daemon keeps the state current: ask it, take no lock
+        with client:
+            data = client.resources(address)
+        if address and not data:
+            from zsconf.errors import StateError
+
+            raise StateError(f"no resource {address!r} in the state (see `zsconf state list`)")
+    else:
+        from zsconf.engine import finish_runs
+
+        eng = _engine(directory)
+        try:
+            with eng.store.locked("show", 5):
+                finish_runs(eng.store, eng.executor)
+        except Exception:
+            pass  # someone else is applying: show what the state says
+        addrs = [address] if address else sorted(eng.store.resources())
+        data = [_state_dict(eng, a) for a in addrs]
     if as_json:
         print_json(data if address is None else data[0])
         return
     out = console()
     for d in data:
         out.print(f"{d['address']}  [{d['status']}]  generation {d['generation']}", markup=False)
+        if d.get("axes"):
+            a = d["axes"]
+            out.print(f"    {a['sync']}/{a['health']}: {a['reason']}".rstrip(": "), markup=False)
         for k, v in (d.get("outputs") or {}).items():
             out.print(f"    {k}: {json.dumps(v, default=str)}", markup=False, highlight=False)
         for v in d.get("versions", []):
