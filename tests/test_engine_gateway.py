@@ -64,6 +64,22 @@ def _instance_pids(eng: Any, address: str = "deployment/acme/chat") -> list[int]
     return [i["pid"] for i in eng.store.resource(address).outputs["instances"]]
 
 
+def _gateways(root: Path) -> list[int]:
+    """Live gateway processes of this stack, from the process table (a leaked one counts)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        args = [a.decode() for a in argv if a]
+        ours = any(str(root) in a for a in args) and "zsconf.executors.wrap" not in args
+        if state != "Z" and "runners.gateway" in args and ours:
+            found.append(int(entry))
+    return found
+
+
 class _Load:
     """Calls through the gateway on 4 threads until stopped; counts answers and failures."""
 
@@ -128,6 +144,9 @@ def test_apply_runs_the_gateway_and_scaling_under_load_drops_nothing(
             time.sleep(0.5)
         assert load.errors == [] and load.ok > 20
         assert len(_instance_pids(eng)) == 1
+        # Routing changes reload the running gateway (SIGHUP); they never restart it.
+        (gw,) = [h for h in eng.executor.list_instances() if h.deployment == "platform/gateway"]
+        assert first.gateway_url == f"{gw.url}/v1" and len(_gateways(root)) == 1
 
         # A killed instance: calls go on (another instance), the next apply restarts it.
         _stack(root, instances=2)
@@ -148,7 +167,7 @@ def test_apply_runs_the_gateway_and_scaling_under_load_drops_nothing(
         gone = eng.apply(eng.plan(destroy=True))
         assert gone.ok, gone.diagnostics
         assert eng.gateway_url() is None
-        assert eng.executor.list_instances() == []
+        assert eng.executor.list_instances() == [] and _gateways(root) == []
     finally:
         stop_all(eng)
         eng.close()
