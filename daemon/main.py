@@ -206,6 +206,8 @@ def run_daemon(
             if not lease.held:
                 if leader:
                     say("lost the leader lease: stopped acting; standing by")
+                    with contextlib.suppress(Exception):
+                        store.add_event("leader_lost", f"daemon {lease.holder} lost the lease", None)
                     leader = False
                     discovery(False)
                 if lease.acquire():

@@ -269,9 +269,11 @@ class Reconciler:
         rows = self.store.resources()
         # Jobs running (from this pass or an earlier one) produce their dependents' inputs: the
         # dependents wait for a later pass instead of blocking this one until the job ends.
+        starts = (Action.CREATE, Action.REPLACE)  # an in-place update of a job runs nothing
         producing = {
             a for a, r in rows.items() if r.kind in JOB_KINDS and r.status in ("running", "pending")
-        } | {a for a, c in changes.items() if c.kind in JOB_KINDS and c.action is not Action.DELETE}
+        } | {a for a, c in changes.items() if c.kind in JOB_KINDS and c.action in starts}
+        gated = _gating_evaluations(changes)
         deferred: dict[str, str] = dict(held)
         if not self.auto_apply:
             return [], {a: "auto-apply is off (zsconf apply, or restart without --no-auto-apply)"
@@ -282,7 +284,8 @@ class Reconciler:
             ch = changes[addr]
             if addr in blocked or ch.action is Action.DELETE:
                 continue
-            deps = set(ch.dependencies)
+            # A deployment also waits for the gated evaluations of the version it would serve.
+            deps = set(ch.dependencies) | gated.get(addr, set())
             waiting = sorted(deps & blocked)
             if waiting:
                 deferred[addr] = f"waiting for {', '.join(waiting)}"
@@ -402,6 +405,16 @@ class Reconciler:
         if what not in self._missing:
             self._missing.add(what)
             self.on_line(f"not available yet, skipped: {what}")
+
+
+def _gating_evaluations(changes: dict[str, Change]) -> dict[str, set[str]]:
+    """deployment -> evaluations of this plan whose gate judges the version it would serve: the
+    engine's own rule (apply makes the deployment wait for them), asked rather than restated."""
+    try:
+        from zsconf.engine.apply import _gating_evaluations as rule
+    except ImportError:
+        return {}
+    return rule(changes)
 
 
 def _key(ch: Change) -> str:
