@@ -101,26 +101,26 @@ def _wait(check: Any, timeout: float, what: str, poll: float = 0.02) -> Any:
     raise SystemExit(f"timed out after {timeout} s waiting for {what}")
 
 
-def _scale_edits(stack: Path, store: Any, n: int, timeout: float) -> list[float]:
+def _scale_edits(stack: Path, text: str, store: Any, n: int, timeout: float) -> list[float]:
     yaml = stack / "stack.yaml"
     out: list[float] = []
     for _ in range(n):
         before = {i["run_id"] for i in _instances(store)}
-        t0 = _save(yaml, STACK.replace("instances: 1", "instances: 2"))
+        t0 = _save(yaml, text.replace("instances: 1", "instances: 2"))
 
         def new_live(before: set[str] = before) -> bool:
             return any(i["run_id"] not in before and _healthy(i.get("endpoint")) for i in _instances(store))
 
         _wait(new_live, timeout, "the new instance")
         out.append(time.perf_counter() - t0)
-        _save(yaml, STACK)
+        _save(yaml, text)
         _wait(lambda: len(_instances(store)) == 1, timeout, "scaling back to 1")
         time.sleep(0.5)
     return out
 
 
 def _limit_edits(
-    stack: Path, url: str, secret: str, n: int, timeout: float
+    stack: Path, text: str, url: str, secret: str, n: int, timeout: float
 ) -> tuple[list[float], list[float]]:
     import httpx
 
@@ -134,10 +134,10 @@ def _limit_edits(
 
         _wait(lambda: status() == 200, timeout, "the gateway to answer 200")
         for _ in range(n):
-            t0 = _save(yaml, STACK.replace("rpm: 100000", "rpm: 1"))
+            t0 = _save(yaml, text.replace("rpm: 100000", "rpm: 1"))
             _wait(lambda: status() == 429, timeout, "the limit to be enforced")
             on.append(time.perf_counter() - t0)
-            t0 = _save(yaml, STACK)
+            t0 = _save(yaml, text)
             _wait(lambda: status() == 200, timeout, "the limit to be lifted")
             off.append(time.perf_counter() - t0)
             time.sleep(0.5)
@@ -197,7 +197,7 @@ def main() -> int:
                     cwd=REPO, stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL,
                 )  # fmt: skip
             _wait(lambda: "ready: first pass" in log.read_text(), 60, "the daemon to be ready")
-            scale = _scale_edits(stack, eng.store, args.edits, args.timeout)
+            scale = _scale_edits(stack, text, eng.store, args.edits, args.timeout)
             on: list[float] = []
             off: list[float] = []
             if not args.no_limits:
@@ -205,7 +205,7 @@ def main() -> int:
                 if url is None:
                     print("no gateway running: rate-limit edits skipped")
                 else:
-                    on, off = _limit_edits(stack, url, secret, args.edits, args.timeout)
+                    on, off = _limit_edits(stack, text, url, secret, args.edits, args.timeout)
             time.sleep(3.0)  # let the last pass and its statuses settle
             hz = os.sysconf("SC_CLK_TCK")
             c0, w0 = _cpu_ticks(daemon.pid), time.perf_counter()

@@ -150,9 +150,15 @@ class Reconciler:
         failed: dict[str, str] = {}
         deferred: dict[str, str] = {}
         orphans: set[str] = set()
+
+        def note(new: list[str]) -> None:
+            for line in new:
+                self.on_line(line)
+            lines.extend(new)
+
         try:
-            lines += self._finish_runs()
-            lines += self._supervise()
+            note(self._finish_runs())
+            note(self._supervise())
             plan, plan_error = self._plan()
             if plan is not None:
                 orphans = self._orphans_of(plan)
@@ -160,13 +166,13 @@ class Reconciler:
                 if todo and self.should_act():
                     applied, failed = self._apply(plan, todo)
                     if applied or failed:
-                        lines += self._finish_runs()  # jobs that ended while apply ran
+                        note(self._finish_runs())  # jobs that ended while apply ran
                         # Statuses and the admin API show the world after this apply, not before.
                         plan, plan_error = self._plan()
                         if plan is not None:
                             orphans = self._orphans_of(plan)
             if self.should_act():
-                lines += self._sync_gateway()
+                note(self._sync_gateway())
         finally:
             self.store.release_lock(lock_id)
         self.last_plan = plan if plan is not None else self.last_plan
@@ -174,8 +180,6 @@ class Reconciler:
         self._report_orphans(orphans)
         transitions = self._statuses(plan, orphans, plan_error) if self.should_act() else 0
         self._deliver()
-        for line in lines:
-            self.on_line(line)
         retry = [b.until - self.clock() for b in self.backoff.values()]
         return PassResult(
             reason,
