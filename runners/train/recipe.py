@@ -7,6 +7,7 @@ optimizer, scheduler, RNG (python / numpy / torch) and the data position from th
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import math
@@ -24,6 +25,7 @@ import torch
 from kernels import select_device
 from runners.compress.runfiles import RunFiles, UserError
 from runners.train.data import batch_positions, collate, load_examples
+from runners.train.metrics import MetricsLog
 from schemas.run_train import TrainRunSpec
 
 __all__ = ["TrainRecipe", "UserError", "checkpoint_steps", "total_iterations"]
@@ -258,77 +260,86 @@ class TrainRecipe:
         hp = self.hp
         pad = self.tokenizer.pad_token_id
         self.model.train()
-        tokens_total, t_start = 0, time.perf_counter()
-        bar = None
-        if self.is_main and sys.stdout.isatty():
-            from tqdm import tqdm
 
-            bar = tqdm(total=self.iterations, initial=self.step, desc="train")
-        while self.step < self.iterations:
-            t0 = time.perf_counter()
-            positions = batch_positions(self.step, len(self.examples), hp.seed, hp.global_batch_size)
-            # global batch = [micro 0: rank 0, rank 1, ...][micro 1: ...]: each rank its own slices.
-            loss_sum = torch.zeros((), device=self.torch_device)
-            tokens = 0
-            for m in range(self.grad_accum):
-                lo = (m * self.world + self.rank) * hp.micro_batch_size
-                batch = collate([self.examples[i] for i in positions[lo : lo + hp.micro_batch_size]], pad)
-                batch = {k: v.to(self.torch_device) for k, v in batch.items()}
-                tokens += int(batch["attention_mask"].sum())
-                sync = m == self.grad_accum - 1
-                ctx = (
-                    self.engine.no_sync()
-                    if (self.world > 1 and not sync and hasattr(self.engine, "no_sync"))
-                    else _null()
-                )
-                with ctx, torch.autocast(self.torch_device.type, dtype=torch.bfloat16, enabled=self.autocast):
-                    loss = self.engine(**batch).loss / self.grad_accum
+        def autocast() -> contextlib.AbstractContextManager[object]:
+            # bf16 autocast only where the card has it; entering a disabled one each step is waste.
+            if not self.autocast:
+                return contextlib.nullcontext()
+            return torch.autocast(self.torch_device.type, dtype=torch.bfloat16)
+
+        with contextlib.ExitStack() as stack:
+            metrics = stack.enter_context(MetricsLog(self.run.workdir)) if self.is_main else None
+            tokens_total, t_start = 0, time.perf_counter()
+            bar = None
+            if self.is_main and sys.stdout.isatty():
+                from tqdm import tqdm
+
+                bar = tqdm(total=self.iterations, initial=self.step, desc="train")
+            while self.step < self.iterations:
+                t0 = time.perf_counter()
+                positions = batch_positions(self.step, len(self.examples), hp.seed, hp.global_batch_size)
+                # global batch = [micro 0: rank 0, rank 1, ...][micro 1: ...]: each rank its own slices.
+                loss_sum: torch.Tensor | None = None
+                tokens = 0
+                for m in range(self.grad_accum):
+                    lo = (m * self.world + self.rank) * hp.micro_batch_size
+                    examples = [self.examples[i] for i in positions[lo : lo + hp.micro_batch_size]]
+                    # counted on the host from the examples: no tensor reduction, no device sync.
+                    tokens += sum(len(e.input_ids) for e in examples)
+                    batch = {k: v.to(self.torch_device) for k, v in collate(examples, pad).items()}
+                    sync = m == self.grad_accum - 1
+                    no_sync = self.world > 1 and not sync and hasattr(self.engine, "no_sync")
+                    with self.engine.no_sync() if no_sync else contextlib.nullcontext(), autocast():
+                        loss = self.engine(**batch).loss
+                    if self.grad_accum > 1:  # x / 1 is exact, but it is one more op and graph node
+                        loss = loss / self.grad_accum
+                    if self.deepspeed_stage is not None:
+                        self.engine.backward(loss)
+                    else:
+                        loss.backward()
+                    loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
+                assert loss_sum is not None
                 if self.deepspeed_stage is not None:
-                    self.engine.backward(loss)
+                    self.engine.step()
                 else:
-                    loss.backward()
-                loss_sum += loss.detach()
-            if self.deepspeed_stage is not None:
-                self.engine.step()
-            else:
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-            lr = self.scheduler.get_last_lr()[0]
-            self.scheduler.step()
-            if self.world > 1:
-                torch.distributed.all_reduce(loss_sum)
-                loss_sum /= self.world
-            self.step += 1
-            loss_value = float(loss_sum)
-            dt = time.perf_counter() - t0
-            tokens_total += tokens
-            tps = tokens / dt
-            if self.first_loss is None:
-                self.first_loss = loss_value
-            self.last_loss = loss_value
-            if self.is_main:
-                assert self.files is not None
-                self.files.metric(
-                    step=self.step,
-                    loss=loss_value,
-                    learning_rate=lr,
-                    tokens_per_s_per_card=tps,
-                    elapsed_s=time.perf_counter() - t_start,
-                )
-                line = (
-                    f"iteration {self.step}/{self.iterations} | lm loss {loss_value:.4f} | "
-                    f"elapsed time per iteration (ms): {dt * 1000:.1f} | learning rate {lr:.1e} | "
-                    f"tokens/s/card {tps:.1f}"
-                )
-                if bar:
-                    bar.update(1)
-                    bar.set_postfix_str(f"loss {loss_value:.3f}")
-                else:
-                    print(line, flush=True)
-            if self.step in self.ckpt_at:
-                self.save_checkpoint()
-        if bar:
-            bar.close()
+                    self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                lr = self.scheduler.get_last_lr()[0]
+                self.scheduler.step()
+                if self.world > 1:
+                    torch.distributed.all_reduce(loss_sum)
+                    loss_sum /= self.world
+                self.step += 1
+                loss_value = float(loss_sum)
+                dt = time.perf_counter() - t0
+                tokens_total += tokens
+                tps = tokens / dt
+                if self.first_loss is None:
+                    self.first_loss = loss_value
+                self.last_loss = loss_value
+                if self.is_main:
+                    assert metrics is not None
+                    metrics.write(
+                        step=self.step,
+                        loss=loss_value,
+                        learning_rate=lr,
+                        tokens_per_s_per_card=tps,
+                        elapsed_s=time.perf_counter() - t_start,
+                    )
+                    line = (
+                        f"iteration {self.step}/{self.iterations} | lm loss {loss_value:.4f} | "
+                        f"elapsed time per iteration (ms): {dt * 1000:.1f} | learning rate {lr:.1e} | "
+                        f"tokens/s/card {tps:.1f}"
+                    )
+                    if bar:
+                        bar.update(1)
+                        bar.set_postfix_str(f"loss {loss_value:.3f}")
+                    else:
+                        print(line, flush=True)
+                if self.step in self.ckpt_at:
+                    self.save_checkpoint()
+            if bar:
+                bar.close()
         elapsed = time.perf_counter() - t_start
         self.tokens_per_s = tokens_total / elapsed if elapsed > 0 else 0.0
 
@@ -385,11 +396,3 @@ class TrainRecipe:
         if self.world > 1:
             torch.distributed.barrier()
         return outputs
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
