@@ -311,3 +311,49 @@ def _gateway_pids() -> list[int]:
             if b"runners.gateway" in argv and b"zsconf.executors.wrap" not in argv:
                 out.append(int(entry))
     return out
+
+
+def test_webhook_receiver_gets_the_subscribed_events(tmp_path: Path, engine_env: Path) -> None:
+    """Runs once helper A's `daemon.notify.deliver_events` has landed (skipped before)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import daemon.notify
+
+    if not hasattr(daemon.notify, "deliver_events"):
+        pytest.skip("daemon.notify.deliver_events is not there yet")
+    from zsconf.engine import Engine
+
+    got: list[dict[str, Any]] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            got.append(json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0))))
+            self.send_response(204)
+            self.end_headers()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
+    hook = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    text = PIPELINE.replace(
+        "    output: {model: bot}\n",
+        f"    output: {{model: bot}}\n    options: {{notify: {{events: [completed], webhook: '{hook}'}}}}\n",
+        1,
+    )
+    stack = make_stack(tmp_path / "s", text)
+    d = DaemonProc(stack)
+    eng = Engine(stack)
+    try:
+        eventually(lambda: any("finetune/acme/ft" in json.dumps(p) for p in got), 60, "a webhook POST")
+        body = json.dumps(got)
+        assert "completed" in body or "succeeded" in body, body
+        # Only what the resource subscribes to: nothing about the other resources.
+        assert all("finetune/acme/ft" in json.dumps(p) for p in got), got
+        assert d.terminate() == 0
+    finally:
+        server.shutdown()
+        cleanup([d], stack)
+        eng.close()
