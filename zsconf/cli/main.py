@@ -35,6 +35,7 @@ COMMAND_MODULES = (
     "zsconf.cli.status_cmds",
     "zsconf.cli.daemon_cmds",
     "zsconf.cli.up_cmds",
+    "zsconf.cli.job_cmds",
 )
 
 

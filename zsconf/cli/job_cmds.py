@@ -1,0 +1,166 @@
+"""`zsconf job stop | resume | checkpoints ADDRESS`: control a fine-tune, compression or evaluation.
+
+Registered by `zsconf.cli.main`. Calls `zsconf.engine.jobs` with the stack's state store and
+executor; stop and resume take the state lock like apply. Module top level stays light
+(`zsconf --help` imports it): the engine and SQLAlchemy are imported inside the commands.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+if TYPE_CHECKING:
+    from zsconf.state import Store
+
+__all__ = ["register", "resolve_job_address"]
+
+JOB_KINDS = ("finetune", "compression", "evaluation")  # zsconf.engine.refresh.JOB_KINDS
+
+Dir = Annotated[Path, typer.Option("--dir", "-C", help="stack directory (default: the current one)")]
+Address = Annotated[
+    str,
+    typer.Argument(
+        help="the job: finetune/TENANT/NAME, finetune/NAME (default tenant), or NAME when unique",
+        show_default=False,
+    ),
+]
+LockTimeout = Annotated[
+    str, typer.Option("--lock-timeout", help="wait this long for the state lock, e.g. 30s")
+]
+
+app = typer.Typer(
+    name="job",
+    help=(
+        "Control jobs (fine-tunes, compressions, evaluations) the stack started.\n\n"
+        "A stopped job stays stopped (the daemon does not restart it) until `zsconf job resume`, "
+        "which starts a new attempt from the latest checkpoint. Follow a job with "
+        "`zsconf logs ADDRESS -f`."
+    ),
+    no_args_is_help=True,
+)
+
+
+def _store(directory: Path) -> Store:
+    from zsconf.cli.status_cmds import _store as open_stack_store
+
+    return open_stack_store(directory)
+
+
+def _default_tenant(directory: Path) -> str | None:
+    """platform.default_tenant of the stack, None when the stack does not load."""
+    try:
+        from zsconf.loading import load_stack
+
+        return load_stack(directory).stack.platform.default_tenant
+    except Exception:  # a broken stack must not block stopping a job
+        return None
+
+
+def resolve_job_address(store: Store, text: str, directory: Path | None = None) -> str:
+    """A full job address from `kind/tenant/name`, `kind/name` or a bare unique `name`."""
+    from zsconf.errors import StateError
+
+    jobs = sorted(a for a, r in store.resources().items() if r.kind in JOB_KINDS)
+    parts = text.strip("/").split("/")
+    if len(parts) == 3:
+        matches = [text] if text in jobs else []
+    elif len(parts) == 2:
+        matches = [a for a in jobs if a.startswith(parts[0] + "/") and a.endswith("/" + parts[1])]
+        if len(matches) > 1 and directory is not None:
+            tenant = _default_tenant(directory)
+            matches = [a for a in matches if a == f"{parts[0]}/{tenant}/{parts[1]}"] or matches
+    else:
+        matches = [a for a in jobs if a.rsplit("/", 1)[-1] == parts[-1]]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        listing = ", ".join(jobs) if jobs else "none in the state (apply the stack first)"
+        raise StateError(f"no job {text!r}; jobs: {listing}")
+    raise StateError(f"{text!r} is ambiguous: {', '.join(matches)} (give the full address)")
+
+
+def _seconds(text: str) -> float:
+    from schemas.common import parse_duration
+
+    return 0.0 if text in ("0", "0s", "") else float(parse_duration(text))
+
+
+def stop(address: Address, directory: Dir = Path("."), lock_timeout: LockTimeout = "0s") -> None:
+    """Stop a running or queued job. It keeps its checkpoints and is not restarted automatically;
+    `zsconf job resume ADDRESS` continues it from the latest one."""
+    from zsconf.cli.output import console
+    from zsconf.engine.apply import default_executor
+    from zsconf.engine.jobs import stop_job
+    from zsconf.executors.supervise import latest_checkpoint
+
+    store = _store(directory)
+    addr = resolve_job_address(store, address, directory)
+    with store.locked("job stop", _seconds(lock_timeout)):
+        run = stop_job(store, default_executor(directory.resolve()), addr)
+    ck = latest_checkpoint(run.workdir)
+    where = f"latest checkpoint: {ck.name}" if ck else "no checkpoint was written yet"
+    console().print(f"[yellow]stopped[/] {addr} (run {run.run_id}); {where}")
+    console().print(f"resume with: zsconf job resume {addr}")
+
+
+def resume(address: Address, directory: Dir = Path("."), lock_timeout: LockTimeout = "0s") -> None:
+    """Start a stopped or failed job again from its latest checkpoint (a new attempt in the same
+    run folder, so model, optimizer and data position continue where they were saved)."""
+    from zsconf.cli.output import console
+    from zsconf.engine.apply import default_executor
+    from zsconf.engine.jobs import resume_job
+
+    store = _store(directory)
+    addr = resolve_job_address(store, address, directory)
+    with store.locked("job resume", _seconds(lock_timeout)):
+        run = resume_job(store, default_executor(directory.resolve()), addr)
+    frm = f"from {Path(run.checkpoints[0]).name}" if run.checkpoints else "from the start (no checkpoint)"
+    console().print(f"[green]resumed[/] {addr} as run {run.run_id} (attempt {run.attempt}), {frm}")
+    console().print(f"follow it with: zsconf logs {addr} -f")
+
+
+def _size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def checkpoints(address: Address, directory: Dir = Path(".")) -> None:
+    """List a job's checkpoints (step, time, size, folder); the latest, marked *, is where
+    `zsconf job resume` continues."""
+    from rich.table import Table
+
+    from zsconf.cli.output import console
+    from zsconf.engine.jobs import list_checkpoints
+
+    store = _store(directory)
+    addr = resolve_job_address(store, address, directory)
+    items = list_checkpoints(store, addr)
+    if not items:
+        console().print(f"{addr} has no checkpoints yet")
+        return
+    table = Table(title=f"checkpoints of {addr}")
+    for col in ("", "step", "time", "size", "path"):
+        table.add_column(col, justify="right" if col in ("step", "size") else "left")
+    for i, c in enumerate(items):
+        latest = i == len(items) - 1
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c.created))
+        table.add_row("*" if latest else "", "-" if c.step is None else str(c.step), when, _size(c.size_bytes),
+                      c.path + (" (latest)" if latest else ""))  # fmt: skip
+    console().print(table)
+
+
+app.command("stop")(stop)
+app.command("resume")(resume)
+app.command("checkpoints")(checkpoints)
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="job")

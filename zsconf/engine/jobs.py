@@ -1,0 +1,299 @@
+"""Job control: stop, resume, auto-stop and auto-restart of fine-tune / compression / evaluation jobs.
+
+Called by `zsconf job stop|resume|checkpoints` (zsconf/cli/job_cmds.py), by the engine's
+`finish_runs` and by the daemon every pass (`supervise_jobs`). Works from the state store and the
+executor alone (no loaded stack): a new attempt is rebuilt from the resource row's spec and the
+previous attempt's `spec.json` envelope, with a new run id, `"resume": true` and the SAME workdir,
+so the runner continues from the latest checkpoint in `workdir/checkpoints/`.
+
+Bookkeeping kept in the runs table: each attempt's `checkpoints` column holds the latest
+checkpoint that existed when it started (empty for the first), so "did this failed attempt make
+progress" is a comparison; `restarted` events carry the run id they started, so restarts made by
+the supervisor are told apart from starts by the user (a user resume starts a fresh budget).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from schemas.common import parse_duration
+from zsconf.engine.refresh import JOB_KINDS
+from zsconf.errors import StateError
+from zsconf.executors.supervise import enforce_auto_stop, latest_checkpoint, should_restart
+from zsconf.state import ResourceRow, RunRow, Store
+
+__all__ = ["CheckpointInfo", "list_checkpoints", "resume_job", "stop_job", "supervise_jobs"]
+
+_ACTIVE = ("intent", "submitted", "queued", "running")
+_STOP_GRACE_S = 30.0  # a runner may be writing a checkpoint; give it time before SIGKILL
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """One checkpoint folder of a job's current workdir (`step` None when the name has no number)."""
+
+    step: int | None
+    path: str
+    created: float  # epoch seconds (folder mtime)
+    size_bytes: int
+
+
+# -- lookups ------------------------------------------------------------------------------------
+def _job_row(store: Store, address: str) -> ResourceRow:
+    row = store.resource(address)
+    if row is None:
+        raise StateError(f"{address} is not in the state (apply the stack first)")
+    if row.kind not in JOB_KINDS:
+        raise StateError(f"{address} is a {row.kind}, not a job ({', '.join(JOB_KINDS)})")
+    return row
+
+
+def _current_runs(store: Store, row: ResourceRow) -> list[RunRow]:
+    """Attempts of the resource's current content (older contents are history)."""
+    return [r for r in store.runs(row.address) if r.content_hash == row.content_hash]
+
+
+def _options(row: ResourceRow) -> dict[str, Any]:
+    return dict((row.spec or {}).get("options") or {})
+
+
+def _auto_stop_s(row: ResourceRow) -> float | None:
+    value = _options(row).get("auto_stop")
+    return float(parse_duration(value)) if value not in (None, "", 0) else None
+
+
+def _policy(row: ResourceRow) -> dict[str, Any]:
+    policy = {"enabled": True, "max_restarts": 3, "unconditional": False}
+    policy.update(_options(row).get("auto_restart") or {})
+    return policy
+
+
+def _start_checkpoint(run: RunRow) -> str | None:
+    return run.checkpoints[0] if run.checkpoints else None
+
+
+def _now_dt() -> datetime:
+    return datetime.now(UTC)
+
+
+def _restart_run_ids(store: Store, address: str) -> set[str]:
+    return {str(ev.data.get("run_id")) for ev in store.events(address=address, limit=100_000)
+            if ev.event == "restarted"}  # fmt: skip
+
+
+def _restart_counts(store: Store, runs: list[RunRow]) -> tuple[int, int]:
+    """(restarts made since the last start by apply or the user, consecutive failures ending
+    with the last run). A failed attempt that wrote a new checkpoint made progress: the streak
+    starts again with it."""
+    if not runs:
+        return 0, 0
+    restarted = _restart_run_ids(store, runs[0].address)
+    restarts = 0
+    for r in reversed(runs):
+        if r.run_id not in restarted:
+            break
+        restarts += 1
+    consecutive = 0
+    for i in range(len(runs) - 1, -1, -1):
+        r = runs[i]
+        if r.status != "failed":
+            break
+        consecutive += 1
+        at_end = _start_checkpoint(runs[i + 1]) if i + 1 < len(runs) else _latest(r.workdir)
+        if at_end != _start_checkpoint(r) or r.run_id not in restarted:
+            break  # progress made, or this attempt was started by apply / the user
+    return restarts, consecutive
+
+
+def _latest(workdir: str) -> str | None:
+    ck = latest_checkpoint(workdir) if workdir else None
+    return str(ck) if ck else None
+
+
+# -- starting an attempt ------------------------------------------------------------------------
+def _run_id(address: str, content_hash: str, suffix: str) -> str:
+    # Same derivation as zsconf.engine.apply._run_id: a retried start finds its own intent row.
+    return "r-" + hashlib.sha256(f"{address}|{content_hash}|{suffix}".encode()).hexdigest()[:12]
+
+
+def _request(store: Store, row: ResourceRow, run_id: str, spec_path: Path, workdir: str) -> Any:
+    """The JobRequest of a new attempt, from the resource row alone (the rule of apply's `_cards`)."""
+    from zsconf.engine.apply import runner_module
+    from zsconf.executors import JobRequest
+
+    res = (row.spec or {}).get("resources") or {}
+    cards, device = 0, "cpu"
+    try:
+        from zsconf.catalog import load_catalog
+
+        fl = load_catalog().flavor(res.get("flavor") or "cpu.small")
+        cards, device = int(getattr(fl, "cards", 0) or 0), str(getattr(fl, "device", "cpu") or "cpu")
+    except Exception:  # unknown flavor: run on CPU, as apply does
+        pass
+    max_cards = None
+    tenant_row = store.resource(f"tenant/{row.tenant}") if row.tenant else None
+    if tenant_row is not None:
+        max_cards = ((tenant_row.spec or {}).get("quotas") or {}).get("max_cards")
+    return JobRequest(
+        run_id=run_id, address=row.address, spec_path=str(spec_path), workdir=workdir,
+        module=runner_module(row.kind), kind=row.kind, cards=cards, nodes=int(res.get("nodes") or 1),
+        device=device, priority=int(res.get("priority") or 0), tenant=row.tenant,
+        max_cards_for_tenant=max_cards, deepspeed_stage=res.get("deepspeed_stage"),
+    )  # fmt: skip
+
+
+def _start_attempt(store: Store, executor: Any, row: ResourceRow, prev: RunRow) -> RunRow:
+    """Start the next attempt of `row` in `prev`'s workdir with `resume: true`; returns its row."""
+    all_runs = store.runs(row.address)
+    attempt = max((r.attempt for r in all_runs), default=0) + 1
+    run_id = _run_id(row.address, row.content_hash, f"a{len(all_runs) + 1}")
+    workdir = Path(prev.workdir)
+    try:
+        envelope = json.loads((workdir / "spec.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise StateError(f"cannot resume {row.address}: {workdir / 'spec.json'} unreadable ({exc})") from exc
+    ckpt = _latest(str(workdir))
+    # Intent first: a crash after this line leaves a run the engine adopts or starts, not a ghost.
+    run = store.add_run(RunRow(address=row.address, run_id=run_id, attempt=attempt,
+                               content_hash=row.content_hash, workdir=str(workdir),
+                               output_dir=prev.output_dir, checkpoints=[ckpt] if ckpt else []))  # fmt: skip
+    envelope.update(run_id=run_id, resume=True)
+    spec_path = workdir / "spec.json"
+    tmp = spec_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(envelope, indent=1))
+    os.replace(tmp, spec_path)
+    # The previous attempt's result.json must not be read as this attempt's: keep it aside.
+    old = workdir / "result.json"
+    if old.exists():
+        os.replace(old, workdir / f"result.{prev.run_id}.json")
+    sub = executor.submit(_request(store, row, run_id, spec_path, str(workdir)))
+    obs = executor.observe(run_id)
+    handle: dict[str, Any] = {}
+    if obs.pid:
+        handle = {"pid": obs.pid, "start_time": obs.start_time, "pgid": obs.pid,
+                  "host": os.uname().nodename, "workdir": str(workdir)}  # fmt: skip
+    status = "queued" if sub.state == "queued" and obs.state == "queued" else "running"
+    run = store.update_run(run_id, status=status, pid=obs.pid, start_time=obs.start_time,
+                           host=os.uname().nodename, handle=handle, started_at=_now_dt()) or run  # fmt: skip
+    outputs = dict(row.outputs or {})
+    outputs.update({"run_id": run_id, "workdir": str(workdir)})
+    store.update_resource(row.address, status="running", outputs=outputs)
+    return run
+
+
+def _resume_from(run: RunRow) -> str:
+    ck = _start_checkpoint(run)
+    return f"from {Path(ck).name}" if ck else "from the start (no checkpoint yet)"
+
+
+# -- public API ---------------------------------------------------------------------------------
+def stop_job(store: Store, executor: Any, address: str, reason: str = "stopped by user") -> RunRow:
+    """Stop the running (or queued) attempt of a job; it is not restarted until `resume_job`.
+
+    Raises StateError when the job has no active attempt. The resource's status becomes
+    "stopped"; event `job_stopped`."""
+    row = _job_row(store, address)
+    runs = _current_runs(store, row)
+    active = [r for r in runs if r.status in _ACTIVE]
+    if not active:
+        last = runs[-1].status if runs else "never started"
+        raise StateError(f"{address} has no running attempt to stop (last attempt: {last})")
+    run = active[-1]
+    obs = executor.cancel(run.run_id, grace_s=_STOP_GRACE_S, reason=reason)
+    ck = _latest(run.workdir)
+    stopped = store.update_run(run.run_id, status="cancelled", error=reason, exit_code=obs.exit_code,
+                               finished_at=_now_dt()) or run  # fmt: skip
+    store.update_resource(address, status="stopped")
+    where = f"latest checkpoint {Path(ck).name}" if ck else "no checkpoint yet"
+    store.add_event("job_stopped", f"run {run.run_id} stopped ({reason}); {where}", address,
+                    run_id=run.run_id, checkpoint=ck, reason=reason)  # fmt: skip
+    return stopped
+
+
+def resume_job(store: Store, executor: Any, address: str, reason: str = "resumed by user") -> RunRow:
+    """Start a new attempt of a stopped or failed job from its latest checkpoint (same workdir,
+    `resume: true`). Raises StateError when it is still running or already succeeded."""
+    row = _job_row(store, address)
+    runs = _current_runs(store, row)
+    if not runs:
+        raise StateError(f"{address} never ran with its current spec: run `zsconf apply`")
+    last = runs[-1]
+    if last.status in _ACTIVE:
+        raise StateError(f"{address} is already {last.status} (run {last.run_id}); nothing to resume")
+    if last.status == "succeeded":
+        raise StateError(f"{address} already succeeded (run {last.run_id}); nothing to resume")
+    run = _start_attempt(store, executor, row, last)
+    store.add_event("job_resumed", f"run {run.run_id} started ({reason}), {_resume_from(run)}", address,
+                    run_id=run.run_id, previous=last.run_id, checkpoint=_start_checkpoint(run))  # fmt: skip
+    return run
+
+
+def supervise_jobs(store: Store, executor: Any, now: float | None = None) -> list[str]:
+    """One supervision pass over every job resource: stop attempts running longer than the
+    spec's `options.auto_stop`, restart failed ones as `options.auto_restart` allows (resuming
+    from the latest checkpoint). Call after `finish_runs` (it acts on runs recorded as failed).
+    Returns one line per action taken."""
+    lines: list[str] = []
+    for address, view in sorted(store.resources().items()):
+        if view.kind not in JOB_KINDS or view.status in ("deleting", "stopped"):
+            continue
+        row = store.resource(address)
+        if row is None:
+            continue
+        runs = _current_runs(store, row)
+        if not runs:
+            continue
+        last = runs[-1]
+        if last.status in ("submitted", "queued", "running"):
+            limit = _auto_stop_s(row)
+            reason = f"auto_stop: ran longer than {_options(row).get('auto_stop')}"
+            if limit and enforce_auto_stop(executor, last.run_id, limit, grace_s=_STOP_GRACE_S, now=now):
+                store.update_run(last.run_id, status="cancelled", error=reason, finished_at=_now_dt())
+                store.update_resource(address, status="stopped")
+                store.add_event("auto_stopped", f"run {last.run_id} stopped: {reason}", address,
+                                run_id=last.run_id, checkpoint=_latest(last.workdir))  # fmt: skip
+                lines.append(f"{address}: {reason}")
+        elif last.status == "failed":
+            policy = _policy(row)
+            restarts, consecutive = _restart_counts(store, runs)
+            if not should_restart(last.exit_code, restarts, consecutive, policy):
+                continue
+            run = _start_attempt(store, executor, row, last)
+            why = f"exit code {last.exit_code}" if last.exit_code is not None else "process lost"
+            msg = (f"run {last.run_id} failed ({why}); restart {restarts + 1} of "
+                   f"{policy['max_restarts']} as run {run.run_id}, {_resume_from(run)}")  # fmt: skip
+            store.add_event("restarted", msg, address, run_id=run.run_id, previous=last.run_id,
+                            restart=restarts + 1, max_restarts=policy["max_restarts"],
+                            exit_code=last.exit_code, checkpoint=_start_checkpoint(run))  # fmt: skip
+            lines.append(f"{address}: {msg}")
+    return lines
+
+
+def list_checkpoints(store: Store, address: str) -> list[CheckpointInfo]:
+    """Checkpoints of the job's current workdir, oldest first (the last is what a resume uses)."""
+    row = _job_row(store, address)
+    runs = _current_runs(store, row)
+    if not runs:
+        return []
+    root = Path(runs[-1].workdir) / "checkpoints"
+    latest = latest_checkpoint(runs[-1].workdir)
+    if latest is None:
+        return []
+    out: list[CheckpointInfo] = []
+    for d in root.iterdir():
+        if not d.is_dir() or d.name.startswith("."):
+            continue
+        m = re.search(r"(\d+)$", d.name)
+        size = sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
+        out.append(CheckpointInfo(step=int(m.group(1)) if m else None, path=str(d),
+                                  created=d.stat().st_mtime, size_bytes=size))  # fmt: skip
+    # Same order as latest_checkpoint's rule (step, then time): the last one is the latest.
+    out.sort(key=lambda c: (c.step if c.step is not None else -1, c.created))
+    return out
