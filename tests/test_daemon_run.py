@@ -313,6 +313,36 @@ def _gateway_pids() -> list[int]:
     return out
 
 
+def test_a_crashed_job_is_restarted_from_its_checkpoint_and_the_pipeline_goes_on(
+    tmp_path: Path, engine_env: Path
+) -> None:
+    from zsconf.engine import Engine
+
+    starts = tmp_path / "ckpt-starts.log"
+    env = {**os.environ, "ZSCONF_RUNNER_MODULE_FINETUNE": "fake_runners.ckpt_job", "CKPT_MODE": "crash_first",
+           "CKPT_STARTS": str(starts), "CKPT_STEP_S": "0.1"}  # fmt: skip
+    stack = make_stack(tmp_path / "s", PIPELINE)
+    d = DaemonProc(stack, env=env)
+    eng = Engine(stack)
+    st = eng.store
+    try:
+
+        def done() -> bool:
+            ev = st.resource("evaluation/acme/ev")
+            return bool(ev and ev.status == "succeeded" and serving(st, 1))
+
+        eventually(done, 90, "the pipeline to finish")
+        (restart,) = events(st, "restarted", "finetune/acme/ft")
+        assert restart.data["exit_code"] == 137 and restart.data["restart"] == 1
+        # Two attempts: the first from scratch, the second from its checkpoint (step 2).
+        assert [int(line.split()[1]) for line in starts.read_text().splitlines()] == [0, 2]
+        assert [v.version for v in st.model_versions("acme", "bot")] == [1]
+        assert d.terminate() == 0
+    finally:
+        cleanup([d], stack)
+        eng.close()
+
+
 def test_webhook_receiver_gets_the_subscribed_events(tmp_path: Path, engine_env: Path) -> None:
     """Runs once helper A's `daemon.notify.deliver_events` has landed (skipped before)."""
     import threading
