@@ -208,19 +208,23 @@ async def _asgi_call(scope: Scope, receive: Receive, send: Send, kind: str) -> N
     # A stream: relay chunk by chunk; a client that goes away cancels the relay (the relay's
     # `finally` meters what was generated and closes the upstream response).
     me = asyncio.current_task()
+    more = True  # False once the last bytes are sent: the server then reports http.disconnect
 
     async def watch() -> None:
         while (await receive())["type"] != "http.disconnect":
             pass
-        if me is not None:
+        if me is not None and more:
             me.cancel()
 
     watcher = asyncio.create_task(watch())
     try:
         await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
-        async for chunk in out:
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b""})
+        async for chunk, more_body in out:  # type: ignore[union-attr]
+            if more:  # after the last bytes the relay only finishes (release, metering)
+                await send({"type": "http.response.body", "body": chunk, "more_body": more_body})
+                more = more_body
+        if more:
+            await send({"type": "http.response.body", "body": b""})
     except asyncio.CancelledError:
         if not watcher.done():
             raise
