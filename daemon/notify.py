@@ -1,7 +1,8 @@
 """Webhook notifications, delivered off the reconcile path.
 
-Called by the reconcile loop (`Notifier.send`) whenever it records an event a resource subscribes
-to. Deliveries run on one background thread with a bounded queue; each is retried with exponential
+Called by the reconcile loop: `deliver_events(store, notifier)` once per pass turns the events
+recorded since the last pass into POSTs for the resources that subscribe to them
+(`options.notify` of a job, `notify` of a deployment), through `Notifier.send`. Deliveries run on one background thread with a bounded queue; each is retried with exponential
 backoff and then dropped with a logged warning, so a slow or dead receiver never blocks
 reconciliation.
 """
@@ -15,9 +16,30 @@ import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["Notification", "Notifier"]
+if TYPE_CHECKING:
+    from zsconf.state import Event, Store
+
+__all__ = ["CURSOR_KEY", "Notification", "Notifier", "deliver_events", "notify_event_name"]
+
+CURSOR_KEY = "notify_cursor"  # meta row: id of the last event looked at
+MAX_AGE_S = 3600.0  # older events (a daemon that was down, a first start) are not announced late
+JOB_KINDS = ("finetune", "compression", "evaluation")
+
+# Engine / daemon event names -> the spec's NotifyEvent names (schemas/common.py).
+_EVENT_MAP = {
+    "created": "created",
+    "run_succeeded": "completed",
+    "run_failed": "failed",
+    "failed": "failed",
+    "run_cancelled": "stopped",
+    "job_stopped": "stopped",
+    "auto_stopped": "stopped",
+    "restarted": "restarted",
+    "job_resumed": "running",
+    "hang": "hang",
+}
 
 log = logging.getLogger("zsconf.daemon.notify")
 
@@ -77,3 +99,71 @@ class Notifier:
                         log.warning("webhook %s failed after %d attempts: %s", item.url, attempt + 1, exc)
                     else:
                         time.sleep(self.base_delay_s * 2**attempt)
+
+
+def notify_event_name(ev: Event, kind: str) -> str | None:
+    """The NotifyEvent an engine event announces for a resource of `kind` (None: none)."""
+    if ev.event == "submitted":
+        return "queued" if "queued" in ev.message else "running"
+    if ev.event == "status":
+        health = (ev.data or {}).get("health")
+        return {"Healthy": "healthy", "Degraded": "degraded"}.get(str(health))
+    if ev.event in ("updated in-place", "replaced"):
+        # a deployment changed under traffic is upgraded; a replaced job is a new job
+        return "upgraded" if kind == "deployment" else ("created" if ev.event == "replaced" else None)
+    return _EVENT_MAP.get(ev.event)
+
+
+def _subscription(spec: dict[str, Any], kind: str) -> dict[str, Any]:
+    notify = (spec.get("options") or {}).get("notify") if kind in JOB_KINDS else spec.get("notify")
+    return notify if isinstance(notify, dict) else {}
+
+
+def _cursor(store: Store) -> int:
+    from zsconf.state import Meta
+
+    with store.session() as s:
+        row = s.get(Meta, CURSOR_KEY)
+        return int(row.value) if row else 0
+
+
+def _set_cursor(store: Store, value: int) -> None:
+    from zsconf.state import Meta
+
+    with store.session() as s:
+        row = s.get(Meta, CURSOR_KEY)
+        if row is None:
+            s.add(Meta(key=CURSOR_KEY, value=str(value)))
+        else:
+            row.value = str(value)
+            s.add(row)
+        s.commit()
+
+
+def deliver_events(store: Store, notifier: Notifier, now: float | None = None) -> int:
+    """Queue a webhook POST for every event recorded since the last call that its resource
+    subscribes to; returns how many were queued. The cursor (meta `notify_cursor`) advances past
+    every event looked at, matched or not, so each event is considered once. The payload is
+    {"event", "address", "message", "ts", "event_id"}: never the event's data or the spec."""
+    now = time.time() if now is None else now
+    cursor = _cursor(store)
+    resources = store.resources()
+    sent = 0
+    while True:
+        batch = store.events(since_id=cursor, limit=500)
+        if not batch:
+            break
+        for ev in batch:
+            cursor = max(cursor, int(ev.id or 0))
+            row = resources.get(ev.address or "")
+            if row is None or now - ev.ts > MAX_AGE_S:
+                continue
+            sub = _subscription(row.spec or {}, row.kind)
+            name = notify_event_name(ev, row.kind)
+            if not sub.get("webhook") or name is None or name not in (sub.get("events") or []):
+                continue
+            notifier.send(sub["webhook"], {"event": name, "address": ev.address, "message": ev.message,
+                                           "ts": ev.ts, "event_id": ev.id})  # fmt: skip
+            sent += 1
+        _set_cursor(store, cursor)
+    return sent
