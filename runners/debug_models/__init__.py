@@ -19,9 +19,32 @@ __all__ = ["CHATML_TEMPLATE", "LLAMA3_TEMPLATE", "build_debug_model"]
 
 CORPUS = Path(__file__).with_name("corpus.txt")
 
+# ChatML as Qwen2 writes it. Tools (a list of JSON schemas) go into the system turn inside
+# <tools></tools>; a `function_call` turn is the assistant's <tool_call>, a `tool` turn (ShareGPT
+# observation) is a user <tool_response>. Without tools and those roles it is plain ChatML.
 CHATML_TEMPLATE = (
+    "{% set ns = namespace(skip_system=false) %}"
+    "{% if tools %}"
+    "{{ '<|im_start|>system\n' }}"
+    "{% if messages and messages[0]['role'] == 'system' %}"
+    "{{ messages[0]['content'] + '\n\n' }}{% set ns.skip_system = true %}"
+    "{% endif %}"
+    "{{ '# Tools\n\nYou may call one or more functions to assist with the user query.\n\n'"
+    " + 'You are provided with function signatures within <tools></tools> XML tags:\n<tools>' }}"
+    "{% for tool in tools %}{{ '\n' }}{{ tool | tojson }}{% endfor %}"
+    "{{ '\n</tools>\n\nFor each function call, return a json object with function name and '"
+    " + 'arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n'"
+    ' + \'{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call><|im_end|>\n\' }}'
+    "{% endif %}"
     "{% for message in messages %}"
+    "{% if loop.first and ns.skip_system %}"
+    "{% elif message['role'] == 'function_call' %}"
+    "{{ '<|im_start|>assistant\n<tool_call>\n' + message['content'] + '\n</tool_call><|im_end|>\n' }}"
+    "{% elif message['role'] == 'tool' %}"
+    "{{ '<|im_start|>user\n<tool_response>\n' + message['content'] + '\n</tool_response><|im_end|>\n' }}"
+    "{% else %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )

@@ -14,7 +14,16 @@ from typing import Any
 
 import torch
 
-__all__ = ["IGNORE", "Example", "batch_positions", "collate", "load_examples", "read_samples", "tokenize_sft"]
+__all__ = [
+    "IGNORE",
+    "Example",
+    "batch_positions",
+    "collate",
+    "load_examples",
+    "parse_tools",
+    "read_samples",
+    "tokenize_sft",
+]
 
 IGNORE = -100
 
@@ -43,7 +52,15 @@ def read_samples(path: str, fmt: str) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         for s in report.samples:
             if hasattr(s, "messages"):
-                out.append({"messages": [{"role": m.role, "content": m.content} for m in s.messages]})
+                sample: dict[str, Any] = {
+                    "messages": [{"role": m.role, "content": m.content} for m in s.messages]
+                }
+                if getattr(s, "tools", None):
+                    try:
+                        sample["tools"] = parse_tools(s.tools)
+                    except (ValueError, DataError) as exc:
+                        raise DataError(f"{path}: line {s.source_line}: tools: {exc}") from exc
+                out.append(sample)
             else:
                 out.append({"text": s.text})
         return out
@@ -55,16 +72,39 @@ def read_samples(path: str, fmt: str) -> list[dict[str, Any]]:
     ]
 
 
-def tokenize_sft(tokenizer: Any, messages: list[dict[str, str]], seq_len: int) -> Example:
-    """Render `messages` with the chat template; label only assistant spans. Spans are found by
-    rendering prefixes (prompt + generation header vs. prompt + answer), so any template works."""
-    text = tokenizer.apply_chat_template(messages, tokenize=False)
+def parse_tools(tools: Any) -> list[dict[str, Any]]:
+    """A ShareGPT `tools` value (a JSON string of a list of function schemas, or one schema) as
+    the list `apply_chat_template(tools=...)` takes."""
+    import json
+
+    value = json.loads(tools) if isinstance(tools, str) else tools
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+        raise DataError(f"tools must be a JSON list of function schemas, got {str(tools)[:80]!r}")
+    return value
+
+
+# Turns the model writes: trained on. `function_call` is the assistant calling a tool (ShareGPT).
+_TRAINED_ROLES = ("assistant", "function_call")
+
+
+def tokenize_sft(
+    tokenizer: Any, messages: list[dict[str, str]], seq_len: int, tools: list[dict[str, Any]] | None = None
+) -> Example:
+    """Render `messages` (and `tools`, for templates that describe them) with the chat template;
+    label only the assistant's spans. Spans are found by rendering prefixes (prompt + generation
+    header vs. prompt + answer), so any template works."""
+    kw: dict[str, Any] = {"tools": tools} if tools else {}
+    text = tokenizer.apply_chat_template(messages, tokenize=False, **kw)
     spans: list[tuple[int, int]] = []
     for i, m in enumerate(messages):
-        if m["role"] != "assistant":
+        if m["role"] not in _TRAINED_ROLES:
             continue
-        start = len(tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True))
-        end = len(tokenizer.apply_chat_template(messages[: i + 1], tokenize=False))
+        start = len(
+            tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True, **kw)
+        )
+        end = len(tokenizer.apply_chat_template(messages[: i + 1], tokenize=False, **kw))
         spans.append((start, end))
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = enc["input_ids"]
@@ -91,7 +131,11 @@ def load_examples(tokenizer: Any, path: str, fmt: str, method: str, seq_len: int
         raise DataError(f"{path}: the dataset has no samples")
     if method == "continued_pretrain":
         texts = [
-            s["text"] if "text" in s else tokenizer.apply_chat_template(s["messages"], tokenize=False)
+            s["text"]
+            if "text" in s
+            else tokenizer.apply_chat_template(
+                s["messages"], tokenize=False, **({"tools": s["tools"]} if s.get("tools") else {})
+            )
             for s in samples
         ]
         return _pack(tokenizer, texts, seq_len)
@@ -101,7 +145,10 @@ def load_examples(tokenizer: Any, path: str, fmt: str, method: str, seq_len: int
             raise DataError(
                 f"{path}: sample {n}: {method} needs conversations, got plain text (use continued_pretrain)"
             )
-        ex = tokenize_sft(tokenizer, s["messages"], seq_len)
+        try:
+            ex = tokenize_sft(tokenizer, s["messages"], seq_len, s.get("tools"))
+        except DataError as exc:
+            raise DataError(f"{path}: sample {n}: {exc}") from exc
         if all(x == IGNORE for x in ex.labels):
             continue  # truncation removed every assistant token: nothing to learn
         out.append(ex)
