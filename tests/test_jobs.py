@@ -41,7 +41,9 @@ def job_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """The engine runs tests/fake_runners/ckpt_job.py; returns its start log ("run_id step")."""
     starts = tmp_path / "starts.log"
     monkeypatch.setenv("ZSCONF_RUNNER_MODULE_FINETUNE", "fake_runners.ckpt_job")
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), str(REPO), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join([str(TESTS), str(REPO), os.environ.get("PYTHONPATH", "")])
+    )
     monkeypatch.setenv("CKPT_STARTS", str(starts))
     monkeypatch.setenv("CKPT_STEP_S", "0.05")
     monkeypatch.setenv("CKPT_MODE", "ok")
@@ -100,7 +102,9 @@ def _events(eng: Any, name: str) -> list[Any]:
     return [e for e in eng.store.events(address=ADDR) if e.event == name]
 
 
-def test_auto_restart_after_crash_resumes_from_checkpoint(make_engine: Any, job_env: Path, monkeypatch: Any) -> None:
+def test_auto_restart_after_crash_resumes_from_checkpoint(
+    make_engine: Any, job_env: Path, monkeypatch: Any
+) -> None:
     monkeypatch.setenv("CKPT_MODE", "crash_first")
     eng = make_engine("{auto_restart: {max_restarts: 2}}")
     assert eng.apply(eng.plan()).ok
@@ -118,7 +122,9 @@ def test_auto_restart_after_crash_resumes_from_checkpoint(make_engine: Any, job_
     assert eng.store.resource(ADDR).status == "succeeded"
 
 
-def test_user_failure_not_restarted_unless_unconditional(make_engine: Any, job_env: Path, monkeypatch: Any) -> None:
+def test_user_failure_not_restarted_unless_unconditional(
+    make_engine: Any, job_env: Path, monkeypatch: Any
+) -> None:
     monkeypatch.setenv("CKPT_MODE", "fail")
     eng = make_engine("{auto_restart: {max_restarts: 10}}")
     assert eng.apply(eng.plan()).ok
@@ -157,7 +163,9 @@ def test_auto_stop_stops_a_long_run_for_good(make_engine: Any, job_env: Path, mo
     assert eng.executor.observe(run.run_id).state == "stopped"
 
 
-def test_stop_then_resume_continues_from_latest_checkpoint(make_engine: Any, job_env: Path, monkeypatch: Any) -> None:
+def test_stop_then_resume_continues_from_latest_checkpoint(
+    make_engine: Any, job_env: Path, monkeypatch: Any
+) -> None:
     from zsconf.engine.jobs import list_checkpoints, resume_job, stop_job
     from zsconf.errors import StateError
 
@@ -191,3 +199,52 @@ def test_stop_then_resume_continues_from_latest_checkpoint(make_engine: Any, job
     assert names.index("job_stopped") < names.index("job_resumed") < names.index("run_succeeded")
     with pytest.raises(StateError, match="already succeeded"):
         resume_job(eng.store, eng.executor, ADDR)
+
+
+class _DiesOnSubmit:
+    """The real executor, except that the first submit raises: a starter dying between its
+    intent row and the submit."""
+
+    def __init__(self, real: Any) -> None:
+        self.real, self.died = real, False
+
+    def submit(self, req: Any) -> Any:
+        if not self.died:
+            self.died = True
+            raise RuntimeError("starter died")
+        return self.real.submit(req)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+def test_interrupted_restart_is_submitted_later(make_engine: Any, job_env: Path, monkeypatch: Any) -> None:
+    from zsconf.engine.apply import finish_runs
+    from zsconf.engine.jobs import supervise_jobs
+
+    monkeypatch.setenv("CKPT_MODE", "crash_first")
+    eng = make_engine()
+    assert eng.apply(eng.plan()).ok
+    _wait_status(eng, "failed")
+    dying = _DiesOnSubmit(eng.executor)
+    with pytest.raises(RuntimeError):
+        supervise_jobs(eng.store, dying)
+    intent = eng.store.last_run(ADDR)
+    assert intent.status == "intent" and len(_events(eng, "restarted")) == 1  # announced before the submit
+    assert supervise_jobs(eng.store, eng.executor) == []  # too fresh: its starter may still be at work
+    (line,) = supervise_jobs(eng.store, eng.executor, now=time.time() + 60)
+    assert intent.run_id in line and "interrupted" in line
+    _until_settled(eng)
+    assert [r.status for r in eng.store.runs(ADDR)] == ["failed", "succeeded"]
+    assert _starts(job_env)[-1] == (intent.run_id, 2)
+    finish_runs(eng.store, eng.executor)
+
+
+def _wait_status(eng: Any, status: str) -> None:
+    from zsconf.engine.apply import finish_runs
+
+    deadline = time.monotonic() + 20
+    while eng.store.last_run(ADDR).status != status:
+        assert time.monotonic() < deadline, eng.store.last_run(ADDR).status
+        finish_runs(eng.store, eng.executor)
+        time.sleep(0.05)

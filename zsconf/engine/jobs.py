@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,14 +28,19 @@ from typing import Any
 
 from schemas.common import parse_duration
 from zsconf.engine.refresh import JOB_KINDS
-from zsconf.errors import StateError
+from zsconf.errors import StateError, ZsconfError
 from zsconf.executors.supervise import enforce_auto_stop, latest_checkpoint, should_restart
 from zsconf.state import ResourceRow, RunRow, Store
 
 __all__ = ["CheckpointInfo", "list_checkpoints", "resume_job", "stop_job", "supervise_jobs"]
 
+log = logging.getLogger("zsconf.engine.jobs")
+
 _ACTIVE = ("intent", "submitted", "queued", "running")
-_STOP_GRACE_S = 30.0  # a runner may be writing a checkpoint; give it time before SIGKILL
+_STOP_GRACE_S = 30.0
+# An intent row older than this whose starter is gone is submitted by the supervisor (apply and
+# resume go from intent to submit in well under a second).
+INTENT_GRACE_S = 30.0  # a runner may be writing a checkpoint; give it time before SIGKILL
 
 
 @dataclass(frozen=True)
@@ -81,6 +89,11 @@ def _start_checkpoint(run: RunRow) -> str | None:
 
 def _now_dt() -> datetime:
     return datetime.now(UTC)
+
+
+def _age_s(run: RunRow, now: float | None) -> float:
+    created = run.created_at if run.created_at.tzinfo else run.created_at.replace(tzinfo=UTC)
+    return (time.time() if now is None else now) - created.timestamp()
 
 
 def _restart_run_ids(store: Store, address: str) -> set[str]:
@@ -149,41 +162,56 @@ def _request(store: Store, row: ResourceRow, run_id: str, spec_path: Path, workd
     )  # fmt: skip
 
 
-def _start_attempt(store: Store, executor: Any, row: ResourceRow, prev: RunRow) -> RunRow:
-    """Start the next attempt of `row` in `prev`'s workdir with `resume: true`; returns its row."""
+def _start_attempt(
+    store: Store, executor: Any, row: ResourceRow, prev: RunRow, announce: Callable[[RunRow], None]
+) -> RunRow:
+    """Start the next attempt of `row` in `prev`'s workdir with `resume: true`; returns its row.
+
+    The intent row and `announce(run)` (the event saying why) are written before anything starts,
+    so a crash in between leaves an intent that `supervise_jobs` submits later, and the restart
+    budget counts it."""
     all_runs = store.runs(row.address)
     attempt = max((r.attempt for r in all_runs), default=0) + 1
     run_id = _run_id(row.address, row.content_hash, f"a{len(all_runs) + 1}")
     workdir = Path(prev.workdir)
-    try:
-        envelope = json.loads((workdir / "spec.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise StateError(f"cannot resume {row.address}: {workdir / 'spec.json'} unreadable ({exc})") from exc
+    if not (workdir / "spec.json").is_file():
+        raise StateError(f"cannot resume {row.address}: {workdir / 'spec.json'} is missing")
     ckpt = _latest(str(workdir))
-    # Intent first: a crash after this line leaves a run the engine adopts or starts, not a ghost.
     run = store.add_run(RunRow(address=row.address, run_id=run_id, attempt=attempt,
                                content_hash=row.content_hash, workdir=str(workdir),
                                output_dir=prev.output_dir, checkpoints=[ckpt] if ckpt else []))  # fmt: skip
-    envelope.update(run_id=run_id, resume=True)
+    announce(run)
+    return _submit(store, executor, row, run, prev.run_id)
+
+
+def _submit(store: Store, executor: Any, row: ResourceRow, run: RunRow, prev_run_id: str) -> RunRow:
+    """Point the workdir's envelope at `run` (resume: true) and submit it. Idempotent: the
+    executor answers a run id it already has with its status."""
+    workdir = Path(run.workdir)
     spec_path = workdir / "spec.json"
+    try:
+        envelope = json.loads(spec_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise StateError(f"cannot resume {row.address}: {spec_path} unreadable ({exc})") from exc
+    envelope.update(run_id=run.run_id, resume=True)
     tmp = spec_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(envelope, indent=1))
     os.replace(tmp, spec_path)
     # The previous attempt's result.json must not be read as this attempt's: keep it aside.
     old = workdir / "result.json"
-    if old.exists():
-        os.replace(old, workdir / f"result.{prev.run_id}.json")
-    sub = executor.submit(_request(store, row, run_id, spec_path, str(workdir)))
-    obs = executor.observe(run_id)
+    if old.exists() and executor.observe(run.run_id).state == "lost":
+        os.replace(old, workdir / f"result.{prev_run_id}.json")
+    sub = executor.submit(_request(store, row, run.run_id, spec_path, str(workdir)))
+    obs = executor.observe(run.run_id)
     handle: dict[str, Any] = {}
     if obs.pid:
         handle = {"pid": obs.pid, "start_time": obs.start_time, "pgid": obs.pid,
                   "host": os.uname().nodename, "workdir": str(workdir)}  # fmt: skip
     status = "queued" if sub.state == "queued" and obs.state == "queued" else "running"
-    run = store.update_run(run_id, status=status, pid=obs.pid, start_time=obs.start_time,
+    run = store.update_run(run.run_id, status=status, pid=obs.pid, start_time=obs.start_time,
                            host=os.uname().nodename, handle=handle, started_at=_now_dt()) or run  # fmt: skip
     outputs = dict(row.outputs or {})
-    outputs.update({"run_id": run_id, "workdir": str(workdir)})
+    outputs.update({"run_id": run.run_id, "workdir": str(workdir)})
     store.update_resource(row.address, status="running", outputs=outputs)
     return run
 
@@ -229,17 +257,20 @@ def resume_job(store: Store, executor: Any, address: str, reason: str = "resumed
         raise StateError(f"{address} is already {last.status} (run {last.run_id}); nothing to resume")
     if last.status == "succeeded":
         raise StateError(f"{address} already succeeded (run {last.run_id}); nothing to resume")
-    run = _start_attempt(store, executor, row, last)
-    store.add_event("job_resumed", f"run {run.run_id} started ({reason}), {_resume_from(run)}", address,
-                    run_id=run.run_id, previous=last.run_id, checkpoint=_start_checkpoint(run))  # fmt: skip
-    return run
+
+    def announce(run: RunRow) -> None:
+        store.add_event("job_resumed", f"run {run.run_id} started ({reason}), {_resume_from(run)}", address,
+                        run_id=run.run_id, previous=last.run_id, checkpoint=_start_checkpoint(run))  # fmt: skip
+
+    return _start_attempt(store, executor, row, last, announce)
 
 
 def supervise_jobs(store: Store, executor: Any, now: float | None = None) -> list[str]:
     """One supervision pass over every job resource: stop attempts running longer than the
-    spec's `options.auto_stop`, restart failed ones as `options.auto_restart` allows (resuming
-    from the latest checkpoint). Call after `finish_runs` (it acts on runs recorded as failed).
-    Returns one line per action taken."""
+    spec's `options.auto_stop` (per attempt), restart failed ones as `options.auto_restart`
+    allows (resuming from the latest checkpoint). Call after `finish_runs` (it acts on runs
+    recorded as failed). Returns one line per action taken; a job that cannot be handled gets a
+    line too and does not stop the others."""
     lines: list[str] = []
     for address, view in sorted(store.resources().items()):
         if view.kind not in JOB_KINDS or view.status in ("deleting", "stopped"):
@@ -247,33 +278,55 @@ def supervise_jobs(store: Store, executor: Any, now: float | None = None) -> lis
         row = store.resource(address)
         if row is None:
             continue
-        runs = _current_runs(store, row)
-        if not runs:
-            continue
-        last = runs[-1]
-        if last.status in ("submitted", "queued", "running"):
-            limit = _auto_stop_s(row)
-            reason = f"auto_stop: ran longer than {_options(row).get('auto_stop')}"
-            if limit and enforce_auto_stop(executor, last.run_id, limit, grace_s=_STOP_GRACE_S, now=now):
-                store.update_run(last.run_id, status="cancelled", error=reason, finished_at=_now_dt())
-                store.update_resource(address, status="stopped")
-                store.add_event("auto_stopped", f"run {last.run_id} stopped: {reason}", address,
-                                run_id=last.run_id, checkpoint=_latest(last.workdir))  # fmt: skip
-                lines.append(f"{address}: {reason}")
-        elif last.status == "failed":
-            policy = _policy(row)
-            restarts, consecutive = _restart_counts(store, runs)
-            if not should_restart(last.exit_code, restarts, consecutive, policy):
-                continue
-            run = _start_attempt(store, executor, row, last)
-            why = f"exit code {last.exit_code}" if last.exit_code is not None else "process lost"
-            msg = (f"run {last.run_id} failed ({why}); restart {restarts + 1} of "
-                   f"{policy['max_restarts']} as run {run.run_id}, {_resume_from(run)}")  # fmt: skip
-            store.add_event("restarted", msg, address, run_id=run.run_id, previous=last.run_id,
-                            restart=restarts + 1, max_restarts=policy["max_restarts"],
-                            exit_code=last.exit_code, checkpoint=_start_checkpoint(run))  # fmt: skip
-            lines.append(f"{address}: {msg}")
+        try:
+            _supervise_one(store, executor, row, now, lines)
+        except (ZsconfError, OSError) as exc:
+            log.warning("supervising %s failed: %s", address, exc)
+            lines.append(f"{address}: supervision failed: {exc}")
     return lines
+
+
+def _supervise_one(
+    store: Store, executor: Any, row: ResourceRow, now: float | None, lines: list[str]
+) -> None:
+    address = row.address
+    runs = _current_runs(store, row)
+    if not runs:
+        return
+    last = runs[-1]
+    if last.status in ("submitted", "queued", "running"):
+        limit = _auto_stop_s(row)
+        reason = f"auto_stop: ran longer than {_options(row).get('auto_stop')}"
+        if limit and enforce_auto_stop(executor, last.run_id, limit, grace_s=_STOP_GRACE_S, now=now):
+            store.update_run(last.run_id, status="cancelled", error=reason, finished_at=_now_dt())
+            store.update_resource(address, status="stopped")
+            store.add_event("auto_stopped", f"run {last.run_id} stopped: {reason}", address,
+                            run_id=last.run_id, checkpoint=_latest(last.workdir))  # fmt: skip
+            lines.append(f"{address}: {reason}")
+    elif last.status == "failed":
+        policy = _policy(row)
+        restarts, consecutive = _restart_counts(store, runs)
+        if not should_restart(last.exit_code, restarts, consecutive, policy):
+            return
+        why = f"exit code {last.exit_code}" if last.exit_code is not None else "process lost"
+        n, limit = restarts + 1, int(policy["max_restarts"])
+
+        def announce(run: RunRow) -> None:
+            msg = f"run {last.run_id} failed ({why}); restart {n} of {limit} as run {run.run_id}, {_resume_from(run)}"
+            store.add_event("restarted", msg, address, run_id=run.run_id, previous=last.run_id, restart=n,
+                            max_restarts=limit, exit_code=last.exit_code, checkpoint=_start_checkpoint(run))  # fmt: skip
+            lines.append(f"{address}: {msg}")
+
+        _start_attempt(store, executor, row, last, announce)
+    elif (
+        last.status == "intent"
+        and len(runs) > 1
+        and last.workdir == runs[-2].workdir  # an attempt of ours (apply's get a new workdir)
+        and _age_s(last, now) > INTENT_GRACE_S
+    ):
+        # A restart or resume whose starter died between its intent row and the submit.
+        _submit(store, executor, row, last, runs[-2].run_id)
+        lines.append(f"{address}: submitted run {last.run_id} (its start was interrupted)")
 
 
 def list_checkpoints(store: Store, address: str) -> list[CheckpointInfo]:
