@@ -108,7 +108,7 @@ def test_auto_restart_after_crash_resumes_from_checkpoint(
     monkeypatch.setenv("CKPT_MODE", "crash_first")
     eng = make_engine("{auto_restart: {max_restarts: 2}}")
     assert eng.apply(eng.plan()).ok
-    lines = _until_settled(eng)
+    _until_settled(eng)
     runs = eng.store.runs(ADDR)
     assert [r.status for r in runs] == ["failed", "succeeded"]
     assert runs[0].exit_code == 137 and runs[1].attempt == 2
@@ -117,7 +117,6 @@ def test_auto_restart_after_crash_resumes_from_checkpoint(
     assert _starts(job_env) == [(runs[0].run_id, 0), (runs[1].run_id, 2)]
     (ev,) = _events(eng, "restarted")
     assert "exit code 137" in ev.message and "restart 1 of 2" in ev.message and "checkpoint-2" in ev.message
-    assert len(lines) == 1 and ADDR in lines[0]
     assert [v.version for v in eng.store.model_versions("acme", "bot")] == [1]
     assert eng.store.resource(ADDR).status == "succeeded"
 
@@ -128,7 +127,8 @@ def test_user_failure_not_restarted_unless_unconditional(
     monkeypatch.setenv("CKPT_MODE", "fail")
     eng = make_engine("{auto_restart: {max_restarts: 10}}")
     assert eng.apply(eng.plan()).ok
-    assert _until_settled(eng) == []  # exit 1 = user/data error: not an environment fault
+    _until_settled(eng)
+    assert _events(eng, "restarted") == []  # exit 1 = user/data error: not an environment fault
     assert [r.status for r in eng.store.runs(ADDR)] == ["failed"]
 
 
@@ -136,10 +136,11 @@ def test_unconditional_stops_after_three_in_a_row(make_engine: Any, job_env: Pat
     monkeypatch.setenv("CKPT_MODE", "fail")
     eng = make_engine("{auto_restart: {max_restarts: 10, unconditional: true}}")
     assert eng.apply(eng.plan()).ok
-    lines = _until_settled(eng, 30)
+    _until_settled(eng, 30)
     runs = eng.store.runs(ADDR)
     assert [r.status for r in runs] == ["failed"] * 4  # first run + 3 restarts in a row
-    assert len(lines) == 3 and "restart 3 of 10" in lines[-1]
+    restarts = _events(eng, "restarted")
+    assert len(restarts) == 3 and "restart 3 of 10" in restarts[-1].message
     assert [r.attempt for r in runs] == [1, 2, 3, 4]
 
 
@@ -150,11 +151,11 @@ def test_auto_stop_stops_a_long_run_for_good(make_engine: Any, job_env: Path, mo
     from zsconf.engine.jobs import supervise_jobs
 
     t0 = time.time()
-    lines: list[str] = []
-    while not lines and time.time() - t0 < 15:
-        lines = _pass(eng)
+    while not _events(eng, "auto_stopped") and time.time() - t0 < 15:
+        _pass(eng)
         time.sleep(0.2)
-    assert lines and "auto_stop" in lines[0]
+    (ev,) = _events(eng, "auto_stopped")
+    assert "auto_stop: ran longer than 1s" in ev.message
     (run,) = eng.store.runs(ADDR)
     assert run.status == "cancelled" and eng.store.resource(ADDR).status == "stopped"
     assert len(_events(eng, "auto_stopped")) == 1
@@ -218,33 +219,42 @@ class _DiesOnSubmit:
         return getattr(self.real, name)
 
 
-def test_interrupted_restart_is_submitted_later(make_engine: Any, job_env: Path, monkeypatch: Any) -> None:
-    from zsconf.engine.apply import finish_runs
-    from zsconf.engine.jobs import supervise_jobs
+def test_interrupted_resume_is_submitted_later(make_engine: Any, job_env: Path, monkeypatch: Any) -> None:
+    from zsconf.engine.jobs import list_checkpoints, resume_job, stop_job, supervise_jobs
 
-    monkeypatch.setenv("CKPT_MODE", "crash_first")
+    monkeypatch.setenv("CKPT_STEPS", "40")
+    monkeypatch.setenv("CKPT_STEP_S", "0.1")
     eng = make_engine()
     assert eng.apply(eng.plan()).ok
-    _wait_status(eng, "failed")
-    dying = _DiesOnSubmit(eng.executor)
+    deadline = time.monotonic() + 10
+    while not list_checkpoints(eng.store, ADDR) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop_job(eng.store, eng.executor, ADDR)
+    monkeypatch.setenv("CKPT_STEP_S", "0.01")
     with pytest.raises(RuntimeError):
-        supervise_jobs(eng.store, dying)
+        resume_job(eng.store, _DiesOnSubmit(eng.executor), ADDR)
     intent = eng.store.last_run(ADDR)
-    assert intent.status == "intent" and len(_events(eng, "restarted")) == 1  # announced before the submit
+    assert intent.status == "intent" and len(_events(eng, "job_resumed")) == 1  # announced first
     assert supervise_jobs(eng.store, eng.executor) == []  # too fresh: its starter may still be at work
     (line,) = supervise_jobs(eng.store, eng.executor, now=time.time() + 60)
     assert intent.run_id in line and "interrupted" in line
     _until_settled(eng)
-    assert [r.status for r in eng.store.runs(ADDR)] == ["failed", "succeeded"]
-    assert _starts(job_env)[-1] == (intent.run_id, 2)
-    finish_runs(eng.store, eng.executor)
+    assert [r.status for r in eng.store.runs(ADDR)] == ["cancelled", "succeeded"]
+    assert _starts(job_env)[-1][0] == intent.run_id and _starts(job_env)[-1][1] > 0
 
 
-def _wait_status(eng: Any, status: str) -> None:
-    from zsconf.engine.apply import finish_runs
+def test_resume_finishes_an_interrupted_resume(make_engine: Any, job_env: Path, monkeypatch: Any) -> None:
+    from zsconf.engine.jobs import resume_job, stop_job
 
-    deadline = time.monotonic() + 20
-    while eng.store.last_run(ADDR).status != status:
-        assert time.monotonic() < deadline, eng.store.last_run(ADDR).status
-        finish_runs(eng.store, eng.executor)
-        time.sleep(0.05)
+    monkeypatch.setenv("CKPT_STEPS", "40")
+    eng = make_engine()
+    assert eng.apply(eng.plan()).ok
+    stop_job(eng.store, eng.executor, ADDR)
+    monkeypatch.setenv("CKPT_STEP_S", "0.01")
+    with pytest.raises(RuntimeError):
+        resume_job(eng.store, _DiesOnSubmit(eng.executor), ADDR)
+    intent = eng.store.last_run(ADDR)
+    run = resume_job(eng.store, eng.executor, ADDR)  # the user tries again: same attempt, submitted
+    assert run.run_id == intent.run_id and run.status in ("running", "queued")
+    _until_settled(eng)
+    assert [r.status for r in eng.store.runs(ADDR)] == ["cancelled", "succeeded"]

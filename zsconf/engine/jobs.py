@@ -77,6 +77,16 @@ def _auto_stop_s(row: ResourceRow) -> float | None:
     return float(parse_duration(value)) if value not in (None, "", 0) else None
 
 
+def _duration_text(seconds: float) -> str:
+    """3600 -> '1h', 5400 -> '1h30m', 90 -> '1m30s' (the spec's own notation)."""
+    s, out = int(seconds), ""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if s >= size:
+            out += f"{s // size}{unit}"
+            s %= size
+    return out or "0s"
+
+
 def _policy(row: ResourceRow) -> dict[str, Any]:
     policy = {"enabled": True, "max_restarts": 3, "unconditional": False}
     policy.update(_options(row).get("auto_restart") or {})
@@ -89,6 +99,12 @@ def _start_checkpoint(run: RunRow) -> str | None:
 
 def _now_dt() -> datetime:
     return datetime.now(UTC)
+
+
+def _interrupted_start(runs: list[RunRow]) -> bool:
+    """The last attempt is an intent row of a restart or resume (same workdir as the attempt
+    before it; apply gives each of its runs a new workdir) that was never submitted."""
+    return len(runs) > 1 and runs[-1].status == "intent" and runs[-1].workdir == runs[-2].workdir
 
 
 def _age_s(run: RunRow, now: float | None) -> float:
@@ -180,6 +196,8 @@ def _start_attempt(
     run = store.add_run(RunRow(address=row.address, run_id=run_id, attempt=attempt,
                                content_hash=row.content_hash, workdir=str(workdir),
                                output_dir=prev.output_dir, checkpoints=[ckpt] if ckpt else []))  # fmt: skip
+    # "running" from the intent on: the supervisor then finishes a start that was interrupted.
+    store.update_resource(row.address, status="running")
     announce(run)
     return _submit(store, executor, row, run, prev.run_id)
 
@@ -253,6 +271,8 @@ def resume_job(store: Store, executor: Any, address: str, reason: str = "resumed
     if not runs:
         raise StateError(f"{address} never ran with its current spec: run `zsconf apply`")
     last = runs[-1]
+    if _interrupted_start(runs):
+        return _submit(store, executor, row, last, runs[-2].run_id)
     if last.status in _ACTIVE:
         raise StateError(f"{address} is already {last.status} (run {last.run_id}); nothing to resume")
     if last.status == "succeeded":
@@ -296,7 +316,7 @@ def _supervise_one(
     last = runs[-1]
     if last.status in ("submitted", "queued", "running"):
         limit = _auto_stop_s(row)
-        reason = f"auto_stop: ran longer than {_options(row).get('auto_stop')}"
+        reason = f"auto_stop: ran longer than {_duration_text(limit or 0)}"
         if limit and enforce_auto_stop(executor, last.run_id, limit, grace_s=_STOP_GRACE_S, now=now):
             store.update_run(last.run_id, status="cancelled", error=reason, finished_at=_now_dt())
             store.update_resource(address, status="stopped")
@@ -318,12 +338,7 @@ def _supervise_one(
             lines.append(f"{address}: {msg}")
 
         _start_attempt(store, executor, row, last, announce)
-    elif (
-        last.status == "intent"
-        and len(runs) > 1
-        and last.workdir == runs[-2].workdir  # an attempt of ours (apply's get a new workdir)
-        and _age_s(last, now) > INTENT_GRACE_S
-    ):
+    elif _interrupted_start(runs) and _age_s(last, now) > INTENT_GRACE_S:
         # A restart or resume whose starter died between its intent row and the submit.
         _submit(store, executor, row, last, runs[-2].run_id)
         lines.append(f"{address}: submitted run {last.run_id} (its start was interrupted)")
