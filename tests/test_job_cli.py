@@ -76,7 +76,7 @@ def test_cli_stop_checkpoints_resume(engine: Any, job_env: Path, monkeypatch: An
     assert engine.apply(engine.plan()).ok
     d = str(engine.stack_dir)
     with engine.store.locked("apply"):  # stop takes the state lock like apply
-        r = invoke("job", "stop", "ft", "-C", d)
+        r = invoke("job", "stop", "ft", "-C", d, "--lock-timeout", "0s")
         assert r.exit_code == 1 and "lock" in r.text.lower()
     _wait(lambda: len(_ckpts(engine)) >= 2)
     r = invoke("job", "stop", "finetune/ft", "-C", d)

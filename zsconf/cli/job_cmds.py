@@ -29,7 +29,10 @@ Address = Annotated[
     ),
 ]
 LockTimeout = Annotated[
-    str, typer.Option("--lock-timeout", help="wait this long for the state lock, e.g. 30s")
+    str,
+    typer.Option(
+        "--lock-timeout", help="wait this long for the state lock (a daemon pass or an apply may hold it)"
+    ),
 ]
 
 app = typer.Typer(
@@ -89,7 +92,7 @@ def _seconds(text: str) -> float:
     return 0.0 if text in ("0", "0s", "") else float(parse_duration(text))
 
 
-def stop(address: Address, directory: Dir = Path("."), lock_timeout: LockTimeout = "0s") -> None:
+def stop(address: Address, directory: Dir = Path("."), lock_timeout: LockTimeout = "30s") -> None:
     """Stop a running or queued job. It keeps its checkpoints and is not restarted automatically;
     `zsconf job resume ADDRESS` continues it from the latest one."""
     from zsconf.cli.output import console
@@ -107,7 +110,7 @@ def stop(address: Address, directory: Dir = Path("."), lock_timeout: LockTimeout
     console().print(f"resume with: zsconf job resume {addr}")
 
 
-def resume(address: Address, directory: Dir = Path("."), lock_timeout: LockTimeout = "0s") -> None:
+def resume(address: Address, directory: Dir = Path("."), lock_timeout: LockTimeout = "30s") -> None:
     """Start a stopped or failed job again from its latest checkpoint (a new attempt in the same
     run folder, so model, optimizer and data position continue where they were saved)."""
     from zsconf.cli.output import console
