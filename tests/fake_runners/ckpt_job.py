@@ -48,7 +48,9 @@ def main() -> int:
     out = Path(spec["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps({"model_type": "qwen2", "fake": True, "steps": total}))
-    _atomic(workdir / "result.json", {"status": "succeeded", "error": None, "outputs": {"model_dir": str(out)}})
+    _atomic(
+        workdir / "result.json", {"status": "succeeded", "error": None, "outputs": {"model_dir": str(out)}}
+    )
     return 0
 
 
