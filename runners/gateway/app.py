@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -111,6 +112,11 @@ class Gateway:
             import signal
 
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload, True)
+        # Everything built so far (modules, app, caches: ~110k objects) lives as long as the process;
+        # frozen, the collector stops rescanning it. Measured under streaming load without this:
+        # ~70 us of CPU per call in GC, mostly full collections walking those startup objects.
+        gc.collect()
+        gc.freeze()
 
     async def stop(self) -> None:
         for t in self._tasks:
