@@ -49,7 +49,7 @@ def test_quickstart_composes_presets_then_its_own_values() -> None:
     ft = loaded.stack.finetunes["faq-lora"]
     assert ft.method == "lora"  # from recipes/finetune/lora.yaml
     assert ft.hyperparameters.lr_scheduler == "cosine"  # preset value kept
-    assert ft.hyperparameters.learning_rate == pytest.approx(3e-3)  # stack overrides the preset
+    assert ft.hyperparameters.learning_rate == pytest.approx(2e-3)  # stack overrides the preset
     assert ft.hyperparameters.lora_dropout == 0.0
     assert ft.tenant == "demo"  # platform.default_tenant
     assert loaded.stack.compressions["faq-w8a8"].strategy == "smoothquant-w8a8"

@@ -24,7 +24,7 @@ from runners.serve.process import ServeProcess
 pytestmark = pytest.mark.slow
 
 KEY = "internal-test-key"
-MAX_LEN = 256
+MAX_LEN = 512  # room for the tools preamble the chat template renders
 MESSAGES = [{"role": "user", "content": "你好, tell me about training data"}]
 
 
@@ -74,8 +74,8 @@ def reference(tiny_qwen2: Path) -> Any:
         tokenizer = tok
 
         @staticmethod
-        def chat_ids(messages: list[dict[str, Any]]) -> list[int]:
-            text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        def chat_ids(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> list[int]:
+            text = tok.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=False)
             return tok(text, add_special_tokens=False)["input_ids"]
 
         @staticmethod
@@ -308,7 +308,7 @@ def test_bad_json_unknown_model_and_route(server: ServeProcess, client: openai.O
     assert missing.status_code == 404 and "error" in missing.json()
 
 
-def test_tools_are_accepted(client: openai.OpenAI) -> None:
+def test_tools_are_accepted(client: openai.OpenAI, reference: Any) -> None:
     tools = [
         {
             "type": "function",
@@ -328,6 +328,9 @@ def test_tools_are_accepted(client: openai.OpenAI) -> None:
     ]
     resp = client.chat.completions.create(model="tiny", messages=messages, tools=tools, max_tokens=3)
     assert resp.usage is not None and resp.usage.completion_tokens >= 1
+    # The tools reached the chat template: the prompt is the template rendered with them.
+    assert resp.usage.prompt_tokens == len(reference.chat_ids(messages, tools))
+    assert resp.usage.prompt_tokens > len(reference.chat_ids(messages))
 
 
 def test_concurrent_requests_are_not_interleaved(server: ServeProcess, client: openai.OpenAI) -> None:

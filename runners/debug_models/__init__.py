@@ -20,8 +20,9 @@ __all__ = ["CHATML_TEMPLATE", "LLAMA3_TEMPLATE", "build_debug_model"]
 CORPUS = Path(__file__).with_name("corpus.txt")
 
 # ChatML as Qwen2 writes it. Tools (a list of JSON schemas) go into the system turn inside
-# <tools></tools>; a `function_call` turn is the assistant's <tool_call>, a `tool` turn (ShareGPT
-# observation) is a user <tool_response>. Without tools and those roles it is plain ChatML.
+# <tools></tools>; a `function_call` turn, or an assistant turn with OpenAI `tool_calls`, is the
+# assistant's <tool_call>; a `tool` turn (ShareGPT observation) is a user <tool_response>.
+# Without tools and those roles it is plain ChatML.
 CHATML_TEMPLATE = (
     "{% set ns = namespace(skip_system=false) %}"
     "{% if tools %}"
@@ -40,6 +41,11 @@ CHATML_TEMPLATE = (
     "{% if loop.first and ns.skip_system %}"
     "{% elif message['role'] == 'function_call' %}"
     "{{ '<|im_start|>assistant\n<tool_call>\n' + message['content'] + '\n</tool_call><|im_end|>\n' }}"
+    "{% elif message['role'] == 'assistant' and message['tool_calls'] %}"
+    "{{ '<|im_start|>assistant' }}{% if message['content'] %}{{ '\n' + message['content'] }}{% endif %}"
+    "{% for call in message['tool_calls'] %}{% set fn = call['function'] or call %}"
+    "{{ '\n<tool_call>\n{\"name\": \"' + fn['name'] + '\", \"arguments\": ' + fn['arguments'] + '}\n</tool_call>' }}"
+    "{% endfor %}{{ '<|im_end|>\n' }}"
     "{% elif message['role'] == 'tool' %}"
     "{{ '<|im_start|>user\n<tool_response>\n' + message['content'] + '\n</tool_response><|im_end|>\n' }}"
     "{% else %}"
