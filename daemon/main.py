@@ -11,7 +11,7 @@ Called by `zsconf daemon` and `zsconf up` (`run_daemon`). One thread runs the pa
   lease_s/3 and takes over within a lease period after the leader dies (at once when the dead
   leader was on this host). The leader renews on a thread; when a renew fails it stops acting at
   once and goes back to standby.
-- the admin API (helper C's `daemon.admin.AdminServer`) and the discovery file
+- the admin API (`daemon.admin.AdminServer`) and the discovery file
   `<stack>/.zsconf/daemon.json` the CLI finds it by.
 
 SIGTERM / SIGINT: stop accepting admin calls, let the current pass finish, release the lease,
@@ -33,6 +33,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from daemon.admin import AdminServer, admin_token, remove_discovery, write_discovery
+from daemon.notify import Notifier
 
 __all__ = ["DaemonState", "run_daemon"]
 
@@ -154,7 +157,7 @@ def run_daemon(
     store = engine.store
     watcher = StackWatcher(stack).start()
     lease = Lease(store, lease_s)
-    notifier = _notifier(say)
+    notifier = Notifier()
 
     def leading_long() -> bool:
         return lease.acquired_at is not None and time.monotonic() - lease.acquired_at >= lease_s
@@ -172,7 +175,7 @@ def run_daemon(
     def discovery(leader: bool) -> None:
         if not leader and _other_daemon_there(stack):
             return  # a standby sharing this directory leaves the leader's discovery file alone
-        _write_discovery(stack, {"pid": os.getpid(), "start_time": _own_start_time(),
+        write_discovery(stack, {"pid": os.getpid(), "start_time": _own_start_time(),
                                  "admin_url": admin_url, "leader": leader, "started_at": started_at,
                                  "lease_holder": lease.holder})  # fmt: skip
 
@@ -269,10 +272,9 @@ def run_daemon(
                 store.add_event("leader_released", f"daemon {lease.holder} stopped", None)
         else:
             lease.stop_renewing()
-        if notifier is not None:
-            with contextlib.suppress(Exception):
-                notifier.close(timeout_s=2.0)
-        _remove_discovery(stack)
+        with contextlib.suppress(Exception):
+            notifier.close(timeout_s=2.0)
+        remove_discovery(stack, os.getpid())
         engine.close()
         say("stopped; jobs, model servers and the gateway were left running")
     return 0
@@ -336,51 +338,9 @@ def _own_start_time() -> float | None:
     return process_start_time(os.getpid())
 
 
-def _notifier(say: Callable[[str], None]) -> Any:
-    try:
-        from daemon.notify import Notifier
-    except ImportError:
-        return None
-    return Notifier()
-
-
 def _start_admin(view: DaemonState, stack: Path, port: int | None, say: Callable[[str], None]) -> Any:
-    try:
-        from daemon.admin import AdminServer, admin_token
-    except ImportError as exc:
-        say(f"not available yet, skipped: the admin API (daemon.admin: {exc})")
-        return None
     try:
         return AdminServer(view, "127.0.0.1", port or 0, admin_token(stack)).start()
     except Exception as exc:  # a taken port: the daemon still reconciles
         say(f"admin API not started: {type(exc).__name__}: {exc}")
         return None
-
-
-def _write_discovery(stack: Path, info: dict[str, Any]) -> None:
-    try:
-        from daemon.admin import write_discovery
-    except ImportError:
-        import json
-
-        path = stack / ".zsconf" / "daemon.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".daemon.json.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(info))
-        os.replace(tmp, path)
-        return
-    write_discovery(stack, info)
-
-
-def _remove_discovery(stack: Path) -> None:
-    try:
-        from daemon.admin import remove_discovery
-    except ImportError:
-        path = stack / ".zsconf" / "daemon.json"
-        with contextlib.suppress(OSError, ValueError):
-            import json
-
-            if json.loads(path.read_text()).get("pid") == os.getpid():
-                path.unlink()
-        return
-    remove_discovery(stack, os.getpid())

@@ -14,10 +14,6 @@ with the error naming file and line, one `plan_error` event) while everything al
 keeps running; a failed action is retried with exponential backoff (5 s doubling to 5 min) and
 holds back only its own dependents; a state lock held by a person's `zsconf apply` makes the pass
 skip and come back in a moment. The outcome of a pass is a frozen `PassResult`.
-
-Parts other helpers own are called through guarded imports, so the daemon runs without them:
-`zsconf.engine.jobs.supervise_jobs` (helper A), `daemon.notify.deliver_events` (helper A),
-`daemon.status.compute_statuses/record_statuses` (helper C), `Engine.sync_gateway` (lead).
 """
 
 from __future__ import annotations
@@ -32,6 +28,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from daemon.notify import deliver_events
+from daemon.status import compute_statuses, record_statuses
+from zsconf.engine.apply import gating_evaluations
+from zsconf.engine.jobs import supervise_jobs
+from zsconf.engine.refresh import JOB_KINDS
 from zsconf.errors import StateLockedError, ZsconfError
 from zsconf.plans import Action, Change, Plan
 
@@ -42,7 +43,6 @@ log = logging.getLogger("zsconf.daemon")
 BACKOFF_START_S = 5.0
 BACKOFF_MAX_S = 300.0
 LOCK_RETRY_S = 2.0  # a person's apply holds the lock: look again this soon
-JOB_KINDS = ("finetune", "compression", "evaluation")
 
 
 @dataclass(frozen=True)
@@ -73,16 +73,6 @@ class _Backoff:
     failures: int
     until: float  # monotonic
     message: str
-
-
-def _optional(module: str, name: str) -> Callable[..., Any] | None:
-    """`module.name` if that part has landed, else None (another helper may still be writing it)."""
-    import importlib
-
-    try:
-        return getattr(importlib.import_module(module), name, None)
-    except ImportError:
-        return None
 
 
 class Reconciler:
@@ -119,7 +109,6 @@ class Reconciler:
         self._plan_error: str | None = None
         self._orphans: set[str] = set()
         self._lock_holder: str | None = None
-        self._missing: set[str] = set()
         self._mutex = threading.Lock()
 
     # -- the pass ----------------------------------------------------------------------------
@@ -234,10 +223,7 @@ class Reconciler:
         return out
 
     def _supervise(self) -> list[str]:
-        fn = self._part("zsconf.engine.jobs", "supervise_jobs", "job supervision (auto_stop, auto_restart)")
-        if fn is None:
-            return []
-        return [str(x) for x in fn(self.store, self.engine.executor) or []]
+        return supervise_jobs(self.store, self.engine.executor)
 
     def _plan(self) -> tuple[Plan | None, str | None]:
         try:
@@ -277,7 +263,7 @@ class Reconciler:
         producing = {
             a for a, r in rows.items() if r.kind in JOB_KINDS and r.status in ("running", "pending")
         } | {a for a, c in changes.items() if c.kind in JOB_KINDS and c.action in starts}
-        gated = _gating_evaluations(changes)
+        gated = gating_evaluations(changes)
         deferred: dict[str, str] = dict(held)
         if not self.auto_apply:
             return [], {a: "auto-apply is off (zsconf apply, or restart without --no-auto-apply)"
@@ -336,29 +322,21 @@ class Reconciler:
         return applied, failed
 
     def _sync_gateway(self) -> list[str]:
-        fn = getattr(self.engine, "sync_gateway", None)
-        if fn is None:
-            self._note_missing("Engine.sync_gateway")
-            return []
         try:
-            info = fn()
+            info = self.engine.sync_gateway()
         except ZsconfError as exc:
             self._event("failed", f"gateway: {exc}", "platform/gateway")
             return [f"gateway: {exc}"]
-        if info is not None and (getattr(info, "started", False) or getattr(info, "changed", False)):
-            what = "started" if getattr(info, "started", False) else "config updated"
+        if info is not None and (info.started or info.changed):
+            what = "started" if info.started else "config updated"
             return [f"gateway {what}: {info.url} (pid {info.pid})"]
         return []
 
     def _statuses(self, plan: Plan | None, orphans: set[str], plan_error: str | None) -> int:
-        compute = self._part("daemon.status", "compute_statuses", "resource statuses")
-        record = self._part("daemon.status", "record_statuses", "resource statuses")
-        if compute is None or record is None:
-            return 0
         observed = self.engine.refresh()
         failures = {a: b.message for a, b in self.backoff.items()}
-        statuses = compute(plan, self.store, observed, orphans, failures, plan_error)
-        transitions = record(self.store, statuses)
+        statuses = compute_statuses(plan, self.store, observed, orphans, failures, plan_error)
+        transitions = record_statuses(self.store, statuses)
         for t in transitions:
             a = t.after
             self.on_line(f"{a.address}: {a.sync}/{a.health}" + (f" ({a.reason})" if a.reason else ""))
@@ -367,12 +345,10 @@ class Reconciler:
     def _deliver(self) -> None:
         if self.notifier is None:
             return
-        fn = self._part("daemon.notify", "deliver_events", "webhook notifications")
-        if fn is not None:
-            try:
-                fn(self.store, self.notifier)
-            except Exception:  # a notification never blocks or breaks reconciliation
-                log.exception("delivering notifications failed")
+        try:
+            deliver_events(self.store, self.notifier)
+        except Exception:  # a notification never blocks or breaks reconciliation
+            log.exception("delivering notifications failed")
 
     # -- reporting ---------------------------------------------------------------------------
     def _report_plan_error(self, plan_error: str | None) -> None:
@@ -398,27 +374,6 @@ class Reconciler:
             self.store.add_event(event, message, address, **data)
         except Exception:  # the store is down: the log line is all we can do
             log.warning("could not record event %s: %s", event, message)
-
-    def _part(self, module: str, name: str, what: str) -> Callable[..., Any] | None:
-        fn = _optional(module, name)
-        if fn is None:
-            self._note_missing(f"{module}.{name} ({what})")
-        return fn
-
-    def _note_missing(self, what: str) -> None:
-        if what not in self._missing:
-            self._missing.add(what)
-            self.on_line(f"not available yet, skipped: {what}")
-
-
-def _gating_evaluations(changes: dict[str, Change]) -> dict[str, set[str]]:
-    """deployment -> evaluations of this plan whose gate judges the version it would serve: the
-    engine's own rule (apply makes the deployment wait for them), asked rather than restated."""
-    try:
-        from zsconf.engine.apply import _gating_evaluations as rule
-    except ImportError:
-        return {}
-    return rule(changes)
 
 
 def _key(ch: Change) -> str:

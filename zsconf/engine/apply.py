@@ -26,7 +26,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from schemas.common import parse_model_ref
 from zsconf.engine import gates, launcher
@@ -36,6 +36,10 @@ from zsconf.engine.refresh import JOB_KINDS, instance_alive, read_result, refres
 from zsconf.errors import ExecutorError, PlanError
 from zsconf.plans import Action, Change, Plan
 from zsconf.state import ApiKey, ModelVersion, ResourceRow, RunRow, Store
+
+if TYPE_CHECKING:
+    from zsconf.catalog import Catalog
+    from zsconf.executors import JobRequest
 
 __all__ = ["ApplyResult", "apply_plan", "finish_runs", "runner_module"]
 
@@ -147,7 +151,7 @@ def apply_plan(
             }  # fmt: skip
         else:
             deps[addr] = {d for d in ch.dependencies if d in todo}
-    for addr, evals in _gating_evaluations(todo).items():
+    for addr, evals in gating_evaluations(todo).items():
         deps[addr] |= evals  # a gated version must not take traffic before its verdict
         ctx.needed |= evals
     failed: set[str] = set()
@@ -192,7 +196,7 @@ def apply_plan(
     return result
 
 
-def _gating_evaluations(todo: dict[str, Change]) -> dict[str, set[str]]:
+def gating_evaluations(todo: dict[str, Change]) -> dict[str, set[str]]:
     """deployment -> evaluations in this plan that have a gate and score the model it serves."""
     gated: dict[tuple[str, str], set[str]] = {}
     for addr, ch in todo.items():
@@ -416,17 +420,36 @@ def _build_debug_base(ctx: _Ctx, base: str, path: Path) -> None:
 _ACTIVE = ("intent", "submitted", "queued", "running")
 
 
-def _run_id(addr: str, content_hash: str, suffix: str = "") -> str:
+def new_run_id(addr: str, content_hash: str, suffix: str = "") -> str:
+    """Derived, not random: a start retried after a crash finds its own intent row."""
     return "r-" + hashlib.sha256(f"{addr}|{content_hash}|{suffix}".encode()).hexdigest()[:12]
 
 
-def _cards(ctx: _Ctx, flavor: str) -> tuple[int, str]:
+def _cards(catalog: Catalog, flavor: str) -> tuple[int, str]:
     """(cards per node, device) of a catalog flavor; (0, "cpu") when unknown."""
     try:
-        fl = ctx.catalog.flavor(flavor)
+        fl = catalog.flavor(flavor)
     except Exception:
         return 0, "cpu"
     return int(getattr(fl, "cards", 0) or 0), str(getattr(fl, "device", "cpu") or "cpu")
+
+
+def job_request(
+    catalog: Catalog, run_id: str, address: str, tenant: str, resources: dict[str, Any],
+    spec_path: Path, workdir: Path, max_cards: int | None,
+) -> JobRequest:  # fmt: skip
+    """The executor's request for one attempt of a job: one rule for apply's first attempt and
+    the supervisor's restarts (`zsconf.engine.jobs`)."""
+    from zsconf.executors import JobRequest
+
+    kind = address.split("/", 1)[0]
+    cards, device = _cards(catalog, resources.get("flavor") or "cpu.small")
+    return JobRequest(
+        run_id=run_id, address=address, spec_path=str(spec_path), workdir=str(workdir),
+        module=runner_module(kind), kind=kind, cards=cards, nodes=int(resources.get("nodes") or 1),
+        device=device, priority=int(resources.get("priority") or 0), tenant=tenant,
+        max_cards_for_tenant=max_cards, deepspeed_stage=resources.get("deepspeed_stage"),
+    )  # fmt: skip
 
 
 def _job(ctx: _Ctx, ch: Change) -> str:
@@ -449,7 +472,7 @@ def _job(ctx: _Ctx, ch: Change) -> str:
     runs = ctx.store.runs(ch.address)
     active = [r for r in runs if r.content_hash == ch.content_hash and r.status in _ACTIVE]
     run = active[-1] if active else None
-    run_id = run.run_id if run else _run_id(ch.address, ch.content_hash, f"a{len(runs) + 1}")
+    run_id = run.run_id if run else new_run_id(ch.address, ch.content_hash, f"a{len(runs) + 1}")
     workdir = ctx.artifacts / "runs" / tenant / kind / name / run_id
     out_dir: Path | None = None
     if kind != "evaluation":
@@ -482,16 +505,9 @@ def _job(ctx: _Ctx, ch: Change) -> str:
         workdir.mkdir(parents=True, exist_ok=True)
         spec_path = workdir / "spec.json"
         spec_path.write_text(json.dumps(envelope, indent=1))
-        cards, device = _cards(ctx, spec.resources.flavor)
         quotas = ctx.loaded.stack.tenants[tenant].quotas
-        from zsconf.executors import JobRequest
-
-        sub = ex.submit(
-            JobRequest(run_id=run_id, address=ch.address, spec_path=str(spec_path), workdir=str(workdir),
-                       module=runner_module(kind), kind=kind, cards=cards, nodes=spec.resources.nodes,
-                       device=device, priority=spec.resources.priority, tenant=tenant,
-                       max_cards_for_tenant=quotas.max_cards)
-        )  # fmt: skip
+        sub = ex.submit(job_request(ctx.catalog, run_id, ch.address, tenant, spec.resources.model_dump(),
+                                    spec_path, workdir, quotas.max_cards))  # fmt: skip
         _crash_point("after_start")
         where = f"pid {sub.handle.pid}" if sub.handle else f"queued behind {', '.join(sub.waiting_behind)}"
         ctx.store.add_event("submitted", f"run {run_id} submitted ({where})", ch.address)
@@ -532,17 +548,24 @@ def _job_inputs(ctx: _Ctx, spec: Any, tenant: str, kind: str) -> dict[str, Any]:
 
 
 def _wait_run(ctx: _Ctx, run_id: str, poll: float = 0.2) -> str:
+    """Wait for a job to end, following its restarts: auto_restart (applied by `supervise_jobs`,
+    as the daemon does) starts a new run of the same address that resumes from a checkpoint."""
+    from zsconf.engine.jobs import supervise_jobs
+
+    first = ctx.store.run(run_id)
+    if first is None:
+        raise ExecutorError(f"run {run_id} vanished from state")
     while True:
         finish_runs(ctx.store, ctx.executor)
-        run = ctx.store.run(run_id)
-        if run is None:
-            raise ExecutorError(f"run {run_id} vanished from state")
+        with _FINISH_LOCK:  # parallel waits must not restart one job twice
+            supervise_jobs(ctx.store, ctx.executor)
+        run = ctx.store.last_run(first.address) or first
         if run.status not in _ACTIVE:
             break
         time.sleep(poll)
     if run.status != "succeeded":
-        raise ExecutorError(f"run {run_id} {run.status}: {run.error or ''}".strip())
-    return f"run {run_id} succeeded"
+        raise ExecutorError(f"run {run.run_id} {run.status}: {run.error or ''}".strip())
+    return f"run {run.run_id} succeeded"
 
 
 def finish_runs(store: Store, executor: Any) -> list[str]:
@@ -696,7 +719,7 @@ def _deployment(ctx: _Ctx, ch: Change) -> str:
         elif r.status != "intent":
             ctx.store.update_run(r.run_id, status="failed", error="instance not running")
     intents = [r for r in keep if r.status == "intent" and r not in alive]
-    cards, device = _cards(ctx, spec.flavor)
+    cards, device = _cards(ctx.catalog, spec.flavor)
     started: list[RunRow] = []
     while len(alive) + len(started) < spec.instances:
         if intents:
@@ -704,7 +727,7 @@ def _deployment(ctx: _Ctx, ch: Change) -> str:
         else:
             # Intent first, with the instance index the executor will file it under.
             index = len(ctx.store.runs(ch.address))
-            run_id = _run_id(ch.address, gen_key, f"i{index}")
+            run_id = new_run_id(ch.address, gen_key, f"i{index}")
             workdir = ctx.artifacts / "runs" / tenant / "deployment" / name / run_id
             run = ctx.store.add_run(RunRow(address=ch.address, run_id=run_id, content_hash=gen_key,
                                            workdir=str(workdir), handle={"index": index}))  # fmt: skip

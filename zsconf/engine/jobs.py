@@ -14,7 +14,6 @@ the supervisor are told apart from starts by the user (a user resume starts a fr
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -147,35 +146,16 @@ def _latest(workdir: str) -> str | None:
 
 
 # -- starting an attempt ------------------------------------------------------------------------
-def _run_id(address: str, content_hash: str, suffix: str) -> str:
-    # Same derivation as zsconf.engine.apply._run_id: a retried start finds its own intent row.
-    return "r-" + hashlib.sha256(f"{address}|{content_hash}|{suffix}".encode()).hexdigest()[:12]
+def _request(store: Store, row: ResourceRow, run_id: str, spec_path: Path, workdir: Path) -> Any:
+    """The JobRequest of a new attempt, from the resource row alone, by apply's rule."""
+    from zsconf.catalog import load_catalog
+    from zsconf.engine.apply import job_request
 
-
-def _request(store: Store, row: ResourceRow, run_id: str, spec_path: Path, workdir: str) -> Any:
-    """The JobRequest of a new attempt, from the resource row alone (the rule of apply's `_cards`)."""
-    from zsconf.engine.apply import runner_module
-    from zsconf.executors import JobRequest
-
-    res = (row.spec or {}).get("resources") or {}
-    cards, device = 0, "cpu"
-    try:
-        from zsconf.catalog import load_catalog
-
-        fl = load_catalog().flavor(res.get("flavor") or "cpu.small")
-        cards, device = int(getattr(fl, "cards", 0) or 0), str(getattr(fl, "device", "cpu") or "cpu")
-    except Exception:  # unknown flavor: run on CPU, as apply does
-        pass
-    max_cards = None
     tenant_row = store.resource(f"tenant/{row.tenant}") if row.tenant else None
-    if tenant_row is not None:
-        max_cards = ((tenant_row.spec or {}).get("quotas") or {}).get("max_cards")
-    return JobRequest(
-        run_id=run_id, address=row.address, spec_path=str(spec_path), workdir=workdir,
-        module=runner_module(row.kind), kind=row.kind, cards=cards, nodes=int(res.get("nodes") or 1),
-        device=device, priority=int(res.get("priority") or 0), tenant=row.tenant,
-        max_cards_for_tenant=max_cards, deepspeed_stage=res.get("deepspeed_stage"),
-    )  # fmt: skip
+    max_cards = ((tenant_row.spec or {}).get("quotas") or {}).get("max_cards") if tenant_row else None
+    resources = (row.spec or {}).get("resources") or {}
+    return job_request(load_catalog(), run_id, row.address, row.tenant or "", resources, spec_path,
+                       workdir, max_cards)  # fmt: skip
 
 
 def _start_attempt(
@@ -188,7 +168,9 @@ def _start_attempt(
     budget counts it."""
     all_runs = store.runs(row.address)
     attempt = max((r.attempt for r in all_runs), default=0) + 1
-    run_id = _run_id(row.address, row.content_hash, f"a{len(all_runs) + 1}")
+    from zsconf.engine.apply import new_run_id
+
+    run_id = new_run_id(row.address, row.content_hash, f"a{len(all_runs) + 1}")
     workdir = Path(prev.workdir)
     if not (workdir / "spec.json").is_file():
         raise StateError(f"cannot resume {row.address}: {workdir / 'spec.json'} is missing")
@@ -219,7 +201,7 @@ def _submit(store: Store, executor: Any, row: ResourceRow, run: RunRow, prev_run
     old = workdir / "result.json"
     if old.exists() and executor.observe(run.run_id).state == "lost":
         os.replace(old, workdir / f"result.{prev_run_id}.json")
-    sub = executor.submit(_request(store, row, run.run_id, spec_path, str(workdir)))
+    sub = executor.submit(_request(store, row, run.run_id, spec_path, workdir))
     obs = executor.observe(run.run_id)
     handle: dict[str, Any] = {}
     if obs.pid:
