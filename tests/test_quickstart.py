@@ -61,7 +61,7 @@ def test_zsconf_up_quickstart_answers_with_the_trained_answers(tmp_path: Path) -
         assert proc.stdout is not None
         for line in proc.stdout:
             lines.append(line)
-            if line.startswith("Gateway:    "):
+            if line.startswith("API key:    "):  # the banner's last line before the snippets
                 ready.set()
 
     threading.Thread(target=read, daemon=True).start()
@@ -70,10 +70,9 @@ def test_zsconf_up_quickstart_answers_with_the_trained_answers(tmp_path: Path) -
         assert ready.wait(900) or proc.poll() is not None, "".join(lines[-40:])
         assert proc.poll() is None, "".join(lines[-40:])
         elapsed = time.monotonic() - started
-        time.sleep(0.5)  # the key line follows the gateway line
         text = "".join(lines)
         url = re.search(r"^Gateway:    (\S+)", text, re.M).group(1)  # type: ignore[union-attr]
-        key = re.search(r"^API key for service_group/demo/faq-app .*: (zs-\S+)$", text, re.M).group(1)  # type: ignore[union-attr]
+        key = re.search(r"^API key:    (zs-\S+)  \(service_group/demo/faq-app;", text, re.M).group(1)  # type: ignore[union-attr]
         assert text.count(key) >= 1 and "curl " + url in text
         client = openai.OpenAI(base_url=url, api_key=key, max_retries=0, timeout=60)
         answers = {}

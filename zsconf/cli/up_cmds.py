@@ -17,16 +17,18 @@ __all__ = ["HELP", "register", "up"]
 
 
 def _snippets(gateway_url: str, model: str, key: str) -> str:
-    """The calls to paste, with this stack's URL and model (the key as given: real or a $VAR)."""
+    """The calls to paste, with this stack's URL and model (the key as given: real or a $VAR).
+    Greedy (temperature 0): the model's sampling default is 1.0, as on vLLM."""
     return f"""\
 curl {gateway_url}/chat/completions \\
   -H "Authorization: Bearer {key}" -H "Content-Type: application/json" \\
-  -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "What is zsconf?"}}]}}'
+  -d '{{"model": "{model}", "temperature": 0, "messages": [{{"role": "user", "content": "What is zsconf?"}}]}}'
 
 python - <<'EOF'
 from openai import OpenAI
 client = OpenAI(base_url="{gateway_url}", api_key="{key}")
-r = client.chat.completions.create(model="{model}", messages=[{{"role": "user", "content": "What is zsconf?"}}])
+r = client.chat.completions.create(model="{model}", temperature=0,
+                                   messages=[{{"role": "user", "content": "What is zsconf?"}}])
 print(r.choices[0].message.content)
 EOF"""
 
@@ -45,7 +47,7 @@ def _banner(info: dict[str, Any], secrets: dict[str, list[str]], eng: Any) -> st
     model = next((s for r in groups.values() for s in (r.spec.get("services") or [])), "MODEL")
     key = "$ZSCONF_KEY"
     for addr, keys in secrets.items():
-        lines.append(f"API key for {addr} (shown once, store it now): {keys[0]}")
+        lines.append(f"API key:    {keys[0]}  ({addr}; not shown again after this run: store it)")
         key = keys[0]
     if not secrets and groups:
         lines.append(
@@ -109,7 +111,8 @@ def up(
                 secrets = result.secrets
 
         def on_ready(info: dict[str, Any]) -> None:
-            out.print(_banner(info, secrets, eng), markup=False, highlight=False)
+            # soft_wrap: the snippets must paste as printed, whatever the terminal width
+            out.print(_banner(info, secrets, eng), markup=False, highlight=False, soft_wrap=True)
             sys.stdout.flush()
 
         code = run_daemon(stack_dir, interval=seconds, prune=prune, admin_port=admin_port, on_ready=on_ready)
