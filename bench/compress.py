@@ -56,8 +56,8 @@ def main() -> None:
     from runners.compress.run import compress
 
     logger.disable("llmcompressor")  # its per-module log lines would bury the table
-    from runners.compress.runfiles import RunFiles
     from runners.debug_models import build_debug_model
+    from runners.runfiles import RunFiles
     from schemas.run_compress import CompressRunSpec
 
     with tempfile.TemporaryDirectory() as tmp:

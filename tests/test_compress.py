@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from runners.compress.runfiles import UserError
 from runners.compress.strategies import plan_strategy
+from runners.runfiles import UserError
 from schemas.run_compress import CompressRunSpec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,7 +43,7 @@ def _spec(tmp: Path, model_dir: Path, strategy: str, calibration: dict | None = 
 
 def _compress(tmp: Path, model_dir: Path, strategy: str, **kw: Any) -> dict:
     from runners.compress.run import compress
-    from runners.compress.runfiles import RunFiles
+    from runners.runfiles import RunFiles
 
     run = CompressRunSpec.model_validate(_spec(tmp, model_dir, strategy, **kw))
     return compress(run, RunFiles(run.workdir))

@@ -142,6 +142,10 @@ def test_real_lora_stop_resume_registers_version(tiny_qwen2: Path, tmp_path: Pat
         assert r.exit_code == 0, r.output
         assert not (Path(run.workdir) / "result.json").exists(), "finished before the stop"
         first = _ckpts_of(eng, addr)
+        from zsconf.engine.jobs import list_checkpoints
+
+        losses = [c.loss for c in list_checkpoints(eng.store, addr)]
+        assert losses and all(isinstance(x, float) and x > 0 for x in losses), losses
         r = invoke("job", "resume", "finetune/faq-lora", "-C", str(stack))
         assert r.exit_code == 0, r.output
         assert f"from {first[-1].name}" in r.output

@@ -43,6 +43,7 @@ def test_lora_memorises_and_answers(tiny_qwen2: Path, tmp_path: Path) -> None:
             lora_rank=16,
             lora_alpha=32,
             lora_targets=ALL_LINEAR,
+            validation=data,
         )
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -58,6 +59,10 @@ def test_lora_memorises_and_answers(tiny_qwen2: Path, tmp_path: Path) -> None:
     rows = metrics(tmp_path)
     assert [r["step"] for r in rows] == list(range(1, 41))
     assert {"loss", "learning_rate", "tokens_per_s_per_card", "elapsed_s"} <= rows[0].keys()
+    # Validation (here the memorised set itself) at each checkpoint and at the end.
+    val = {r["step"]: r["validation_loss"] for r in rows if "validation_loss" in r}
+    assert sorted(val) == [20, 40] and val[40] < val[20] and val[40] < out["first_loss"] * 0.3, val
+    assert out["validation_loss"] == val[40] and "validation lm loss" in proc.stdout
     events = [json.loads(x)["event"] for x in (tmp_path / "work" / "events.jsonl").read_text().splitlines()]
     assert events[0] == "started" and events[-1] == "completed" and events.count("checkpoint") == 2
     q, a = QA[0]

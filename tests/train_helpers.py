@@ -53,6 +53,7 @@ def spec(
     method: str = "lora",
     resume: bool = False,
     resources: dict | None = None,
+    validation: Path | None = None,
     **hp: Any,
 ) -> Path:
     hyper = {
@@ -87,6 +88,9 @@ def spec(
         "inputs": {"model_dir": str(model_dir), "datasets": {"train": {"path": str(data), "format": fmt}}},
         "resume": resume,
     }
+    if validation is not None:
+        body["spec"]["datasets"]["validation"] = "qa-val"  # type: ignore[index]
+        body["inputs"]["datasets"]["validation"] = {"path": str(validation), "format": fmt}  # type: ignore[index]
     path = tmp / "spec.json"
     path.write_text(json.dumps(body))
     return path

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from runners.compress.runfiles import RunFiles, UserError
+from runners.runfiles import RunFiles, UserError
 from schemas.run_compress import CompressRunSpec
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
-from runners.compress.runfiles import UserError
+from runners.runfiles import UserError
 
 __all__ = ["BUILTIN_CALIBRATION", "Record", "builtin_records", "iter_records", "read_records"]
 

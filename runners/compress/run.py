@@ -16,8 +16,8 @@ from typing import Any
 from runners.compress.cpu_guard import no_pinning_without_accelerator
 from runners.compress.data import Record, builtin_records, read_records
 from runners.compress.perplexity import perplexity
-from runners.compress.runfiles import RunFiles, UserError
 from runners.compress.strategies import build_recipe, plan_strategy
+from runners.runfiles import RunFiles, UserError
 from schemas.run_compress import CompressRunSpec
 
 __all__ = ["compress", "folder_weight_bytes", "gate_passed", "render_text"]

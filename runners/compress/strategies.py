@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from runners.compress.runfiles import UserError
+from runners.runfiles import UserError
 
 __all__ = ["FP8_KV_CACHE", "StrategyPlan", "build_recipe", "plan_strategy"]
 

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from runners.compress.data import Record, iter_records
-from runners.compress.runfiles import RunFiles, UserError
 from runners.evaluate.metrics import METRICS, score
+from runners.runfiles import RunFiles, UserError
 from schemas.run_evaluate import EvaluateRunSpec
 
 __all__ = ["SAMPLING_SEED", "check_gate", "evaluate", "split_sample"]

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from kernels import select_device
-from runners.compress.runfiles import RunFiles, UserError
+from runners.runfiles import RunFiles, UserError
 from runners.train.data import batch_positions, collate, load_examples
 from runners.train.metrics import MetricsLog
 from schemas.run_train import TrainRunSpec
@@ -105,11 +105,15 @@ class TrainRecipe:
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        ds = self.run.inputs.datasets["train"]
+
+        def load(role: str) -> list[Any]:
+            ds = self.run.inputs.datasets.get(role)  # type: ignore[call-overload]  # Literal keys
+            if ds is None:
+                return []
+            return load_examples(self.tokenizer, ds.path, ds.format, self.ft.method, self.hp.sequence_length)
+
         try:
-            self.examples = load_examples(
-                self.tokenizer, ds.path, ds.format, self.ft.method, self.hp.sequence_length
-            )
+            self.examples, self.val_examples = load("train"), load("validation")
         except ValueError as exc:
             raise UserError(str(exc)) from exc
         self.iterations = total_iterations(
@@ -140,6 +144,7 @@ class TrainRecipe:
         self.step = 0
         self.first_loss: float | None = None
         self.last_loss: float | None = None
+        self.last_val_loss: float | None = None
         if self.run.resume:
             self._restore()
         self.engine = self.model
@@ -209,6 +214,7 @@ class TrainRecipe:
                 "iterations": self.iterations,
                 "first_loss": self.first_loss,
                 "last_loss": self.last_loss,
+                "validation_loss": self.last_val_loss,  # computed at this step when there is a set
             }
             (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
             shutil.rmtree(final, ignore_errors=True)
@@ -256,16 +262,33 @@ class TrainRecipe:
         self.event("resumed", f"resumed from {ckpt} at iteration {self.step}/{self.iterations}")
 
     # ---------------------------------------------------------------- train
+    def _autocast(self) -> contextlib.AbstractContextManager[object]:
+        # bf16 autocast only where the card has it; entering a disabled one each step is waste.
+        if not self.autocast:
+            return contextlib.nullcontext()
+        return torch.autocast(self.torch_device.type, dtype=torch.bfloat16)
+
+    def validation_loss(self) -> float | None:
+        """Mean loss over the validation dataset (None without one). Every rank computes it: under
+        DDP and ZeRO-3 the forward pass is collective."""
+        if not self.val_examples:
+            return None
+        pad, size = self.tokenizer.pad_token_id, self.hp.micro_batch_size
+        self.engine.eval()
+        total = 0.0
+        with torch.no_grad(), self._autocast():
+            for lo in range(0, len(self.val_examples), size):
+                examples = self.val_examples[lo : lo + size]
+                batch = {k: v.to(self.torch_device) for k, v in collate(examples, pad).items()}
+                total += float(self.engine(**batch).loss) * len(examples)
+        self.engine.train()
+        return total / len(self.val_examples)
+
     def train(self) -> None:
         hp = self.hp
         pad = self.tokenizer.pad_token_id
+        autocast = self._autocast
         self.model.train()
-
-        def autocast() -> contextlib.AbstractContextManager[object]:
-            # bf16 autocast only where the card has it; entering a disabled one each step is waste.
-            if not self.autocast:
-                return contextlib.nullcontext()
-            return torch.autocast(self.torch_device.type, dtype=torch.bfloat16)
 
         with contextlib.ExitStack() as stack:
             metrics = stack.enter_context(MetricsLog(self.run.workdir)) if self.is_main else None
@@ -317,14 +340,21 @@ class TrainRecipe:
                 if self.first_loss is None:
                     self.first_loss = loss_value
                 self.last_loss = loss_value
+                # Validation at each checkpoint and at the end: what the checkpoint is worth.
+                val = None
+                if self.step in self.ckpt_at or self.step == self.iterations:
+                    val = self.validation_loss()
+                    self.last_val_loss = val if val is not None else self.last_val_loss
                 if self.is_main:
                     assert metrics is not None
+                    extra = {} if val is None else {"validation_loss": val}
                     metrics.write(
                         step=self.step,
                         loss=loss_value,
                         learning_rate=lr,
                         tokens_per_s_per_card=tps,
                         elapsed_s=time.perf_counter() - t_start,
+                        **extra,
                     )
                     line = (
                         f"iteration {self.step}/{self.iterations} | lm loss {loss_value:.4f} | "
@@ -334,8 +364,10 @@ class TrainRecipe:
                     if bar:
                         bar.update(1)
                         bar.set_postfix_str(f"loss {loss_value:.3f}")
+                        if val is not None:
+                            bar.write(f"iteration {self.step}: validation lm loss {val:.4f}")
                     else:
-                        print(line, flush=True)
+                        print(line + ("" if val is None else f" | validation lm loss {val:.4f}"), flush=True)
                 if self.step in self.ckpt_at:
                     self.save_checkpoint()
             if bar:
@@ -372,6 +404,7 @@ class TrainRecipe:
             "iterations": self.iterations,
             "final_loss": self.last_loss,
             "first_loss": self.first_loss,
+            "validation_loss": self.last_val_loss,
             "train_samples": len(self.examples),
             "tokens_per_s_per_card": getattr(self, "tokens_per_s", 0.0),
             "checkpoints": [str(p) for p in self.checkpoints()],

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from runners.compress.runfiles import RunFiles
+from runners.runfiles import RunFiles
 from runners.validate.checks import validate_weights
 from schemas.run_validate import ValidateRunSpec
 

@@ -126,6 +126,10 @@ def resume(address: Address, directory: Dir = Path("."), lock_timeout: LockTimeo
     console().print(f"follow it with: zsconf logs {addr} -f")
 
 
+def _loss(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
 def _size(n: int) -> str:
     size = float(n)
     for unit in ("B", "KiB", "MiB", "GiB"):
@@ -150,12 +154,13 @@ def checkpoints(address: Address, directory: Dir = Path(".")) -> None:
         console().print(f"{addr} has no checkpoints yet")
         return
     table = Table(title=f"checkpoints of {addr}")
-    for col in ("", "step", "time", "size", "path"):
-        table.add_column(col, justify="right" if col in ("step", "size") else "left")
+    for col in ("", "step", "time", "loss", "val loss", "size", "path"):
+        table.add_column(col, justify="left" if col in ("", "time", "path") else "right")
     for i, c in enumerate(items):
         latest = i == len(items) - 1
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c.created))
-        table.add_row("*" if latest else "", "-" if c.step is None else str(c.step), when, _size(c.size_bytes),
+        table.add_row("*" if latest else "", "-" if c.step is None else str(c.step), when, _loss(c.loss),
+                      _loss(c.validation_loss), _size(c.size_bytes),
                       c.path + (" (latest)" if latest else ""))  # fmt: skip
     console().print(table)
 

@@ -360,7 +360,9 @@ def _model(ctx: _Ctx, ch: Change) -> str:
         if not (src / "config.json").exists():
             raise ExecutorError(f"model folder {src} does not exist or has no config.json")
         path, fmt = src.resolve(), "huggingface"
-        validated = _validate(ctx, ch, src) if spec.validate_weights else False
+        if spec.validate_weights:
+            _validate(ctx, ch, src)
+        validated = spec.validate_weights
     elif spec.base.startswith("debug/"):
         path = ctx.artifacts / "base" / spec.base.replace("/", "_")
         if not (path / "config.json").exists():
@@ -378,12 +380,8 @@ def _model(ctx: _Ctx, ch: Change) -> str:
     return f"version 1 at {path}"
 
 
-def _validate(ctx: _Ctx, ch: Change, src: Path) -> bool:
-    """Run the weight-validation runner when it exists (another helper writes it)."""
-    import importlib.util
-
-    if importlib.util.find_spec("runners.validate") is None:
-        return False
+def _validate(ctx: _Ctx, ch: Change, src: Path) -> None:
+    """The platform's weight checks on an imported folder, in a runner process (transformers)."""
     workdir = ctx.artifacts / "runs" / ch.address.replace("/", "_") / "validate"
     workdir.mkdir(parents=True, exist_ok=True)
     spec_path = workdir / "spec.json"
@@ -395,7 +393,6 @@ def _validate(ctx: _Ctx, ch: Change, src: Path) -> bool:
                           capture_output=True, text=True, timeout=600)  # fmt: skip
     if proc.returncode != 0:
         raise ExecutorError(f"weight validation failed for {src}: {proc.stdout[-500:]}{proc.stderr[-500:]}")
-    return True
 
 
 def _build_debug_base(ctx: _Ctx, base: str, path: Path) -> None:

@@ -50,6 +50,8 @@ class CheckpointInfo:
     path: str
     created: float  # epoch seconds (folder mtime)
     size_bytes: int
+    loss: float | None = None  # training loss at that step (trainer_state.json), when recorded
+    validation_loss: float | None = None
 
 
 # -- lookups ------------------------------------------------------------------------------------
@@ -342,8 +344,14 @@ def list_checkpoints(store: Store, address: str) -> list[CheckpointInfo]:
             continue
         m = re.search(r"(\d+)$", d.name)
         size = sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
+        try:
+            state = json.loads((d / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            state = {}  # another runner's layout: losses unknown
         out.append(CheckpointInfo(step=int(m.group(1)) if m else None, path=str(d),
-                                  created=d.stat().st_mtime, size_bytes=size))  # fmt: skip
+                                  created=d.stat().st_mtime, size_bytes=size,
+                                  loss=state.get("last_loss"),
+                                  validation_loss=state.get("validation_loss")))  # fmt: skip
     # Same order as latest_checkpoint's rule (step, then time): the last one is the latest.
     out.sort(key=lambda c: (c.step if c.step is not None else -1, c.created))
     return out

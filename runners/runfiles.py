@@ -1,7 +1,7 @@
 """Run-directory files of a runner (CONTRACTS.md §2): events.jsonl, metrics.jsonl, result.json.
 
-Used by `runners.compress` and `runners.evaluate`. result.json is written last and atomically
-(tmp + rename) so the engine never reads half a result.
+Shared by every job runner (train, compress, evaluate, validate). result.json is written last and
+atomically (tmp + rename) so the engine never reads half a result.
 """
 
 from __future__ import annotations
