@@ -16,24 +16,7 @@ from schemas.run_gateway import ERROR_CODES
 if TYPE_CHECKING:
     from zsconf.state import Store, UsageRecord
 
-__all__ = ["CSV_COLUMNS", "percentile", "query_usage", "summarize", "write_csv"]
-
-CSV_COLUMNS = (
-    "ts",
-    "tenant",
-    "group",
-    "key_id",
-    "model",
-    "deployment",
-    "instance",
-    "prompt_tokens",
-    "completion_tokens",
-    "latency_ms",
-    "ttft_ms",
-    "status",
-    "error_code",
-    "stream",
-)
+__all__ = ["percentile", "query_usage", "summarize", "write_csv"]
 
 
 def percentile(sorted_values: list[float], q: float) -> float | None:
@@ -120,9 +103,11 @@ def summarize(records: list[Any]) -> dict[str, Any]:
 
 
 def write_csv(records: list[Any], path: str | Path) -> int:
+    from zsconf.state import USAGE_COLUMNS
+
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow(CSV_COLUMNS)
+        w.writerow(USAGE_COLUMNS)
         for r in records:
-            w.writerow([getattr(r, c) for c in CSV_COLUMNS])
+            w.writerow([getattr(r, c) for c in USAGE_COLUMNS])
     return len(records)

@@ -18,23 +18,6 @@ __all__ = ["Meter"]
 
 log = logging.getLogger("runners.gateway")
 
-_NAMES = (
-    "ts",
-    "tenant",
-    "group",
-    "key_id",
-    "model",
-    "deployment",
-    "instance",
-    "prompt_tokens",
-    "completion_tokens",
-    "latency_ms",
-    "ttft_ms",
-    "status",
-    "error_code",
-    "stream",
-)
-
 
 class Meter:
     def __init__(self, store: Store, interval: float) -> None:
@@ -44,17 +27,18 @@ class Meter:
         self._lock = asyncio.Lock()
 
     def record(self, *fields: object) -> None:
-        """fields: ts, tenant, group, key_id, model, deployment, instance, prompt_tokens,
-        completion_tokens, latency_ms, ttft_ms, status, error_code, stream."""
+        """fields in `zsconf.state.USAGE_COLUMNS` order: ts, tenant, group, key_id, model,
+        deployment, instance, prompt_tokens, completion_tokens, latency_ms, ttft_ms, status,
+        error_code, stream."""
         self._buf.append(fields)
 
     def _write(self, batch: list[tuple]) -> None:
         """One Core INSERT of many rows (ORM objects cost ~10x more CPU per record)."""
         from sqlalchemy import insert
 
-        from zsconf.state import UsageRecord
+        from zsconf.state import USAGE_COLUMNS, UsageRecord
 
-        rows = [dict(zip(_NAMES, f, strict=True)) for f in batch]
+        rows = [dict(zip(USAGE_COLUMNS, f, strict=True)) for f in batch]
         with self._store.engine.begin() as conn:
             conn.execute(insert(UsageRecord.__table__), rows)  # type: ignore[attr-defined]
 

@@ -6,6 +6,7 @@ Imported lazily by commands that need state (never at `zsconf --help` time): SQL
 from __future__ import annotations
 
 from zsconf.state.models import (
+    USAGE_COLUMNS,
     ApiKey,
     Event,
     LeaseRow,
@@ -20,6 +21,7 @@ from zsconf.state.store import SCHEMA_VERSION, LockInfo, Store, open_store
 
 __all__ = [
     "SCHEMA_VERSION",
+    "USAGE_COLUMNS",
     "ApiKey",
     "Event",
     "LeaseRow",

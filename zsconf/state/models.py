@@ -14,6 +14,7 @@ from sqlalchemy import JSON, Column
 from sqlmodel import Field, SQLModel
 
 __all__ = [
+    "USAGE_COLUMNS",
     "ApiKey",
     "Event",
     "LeaseRow",
@@ -138,6 +139,11 @@ class UsageRecord(SQLModel, table=True):
     status: int = 200
     error_code: str | None = None
     stream: bool = False
+
+
+# A usage record's columns in declaration order (all but the id): the gateway's batched INSERT
+# and the CSV export both follow it, so neither restates the table.
+USAGE_COLUMNS: tuple[str, ...] = tuple(n for n in UsageRecord.model_fields if n != "id")
 
 
 class Event(SQLModel, table=True):
