@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from zsconf.executors.procs import pid_running
 from zsconf.state.models import LeaseRow
 
 if TYPE_CHECKING:
@@ -59,20 +60,8 @@ def _local_holder_dead(holder: str) -> bool:
     if host != socket.gethostname() or not pid_text.isdigit():
         return False
     pid = int(pid_text)
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
     # A zombie (killed, not yet reaped by its parent) holds nothing either.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
+    return pid != os.getpid() and not pid_running(pid)
 
 
 class Lease:

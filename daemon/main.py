@@ -36,6 +36,7 @@ from typing import Any
 
 from daemon.admin import AdminServer, admin_token, remove_discovery, write_discovery
 from daemon.notify import Notifier
+from zsconf.executors.procs import pid_running, process_start_time
 
 __all__ = ["DaemonState", "run_daemon"]
 
@@ -69,8 +70,6 @@ class _RunPoller:
 
     def check(self) -> str | None:
         """A reason for a pass now, or None."""
-        from zsconf.engine.launcher import process_start_time
-
         for run_id, (pid, start) in self._procs.items():
             if run_id in self._reported:
                 continue  # a pass saw it already; do not loop on a run the state keeps active
@@ -321,20 +320,10 @@ def _other_daemon_there(stack: Path) -> bool:
         pid = int(json.loads((stack / ".zsconf" / "daemon.json").read_text()).get("pid"))
     except (OSError, ValueError, TypeError):
         return False
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid != os.getpid() and pid_running(pid)
 
 
 def _own_start_time() -> float | None:
-    from zsconf.engine.launcher import process_start_time
-
     return process_start_time(os.getpid())
 
 

@@ -219,7 +219,7 @@ def test_drift_dead_server_and_missing_model_files(tmp_path: Path, state_url: st
 def _wait_dead(pid: int) -> None:
     import time
 
-    from zsconf.engine.launcher import process_start_time
+    from zsconf.executors.procs import process_start_time
 
     for _ in range(100):
         if process_start_time(pid) is None:

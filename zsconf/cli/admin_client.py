@@ -9,7 +9,6 @@ nothing here imports the daemon package or SQLAlchemy.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -25,20 +24,10 @@ class AdminError(ZsconfError):
 def _pid_matches(pid: Any, start_time: Any) -> bool:
     """The discovery file's process is alive and is the same process (pid + start time, so a
     reused pid after a crash does not count)."""
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    if start_time is None:
-        return True
     from zsconf.executors.procs import process_start_time
 
-    now = process_start_time(pid)
-    return now is None or float(now) == float(start_time)
+    now = process_start_time(pid) if isinstance(pid, int) and pid > 0 else None
+    return now is not None and (start_time is None or float(now) == float(start_time))
 
 
 def connect(stack_dir: str | Path, timeout: float = 0.5) -> AdminClient | None:

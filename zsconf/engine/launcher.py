@@ -12,7 +12,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ProcessRef", "find_run", "is_alive", "process_start_time"]
+from zsconf.executors.procs import process_start_time
+
+__all__ = ["ProcessRef", "find_run", "is_alive"]
 
 RUN_ID_ENV = "ZSCONF_RUN_ID"
 
@@ -21,18 +23,6 @@ RUN_ID_ENV = "ZSCONF_RUN_ID"
 class ProcessRef:
     pid: int
     start_time: float
-
-
-def process_start_time(pid: int) -> float | None:
-    """Start time of `pid` in clock ticks since boot (/proc/PID/stat field 22), None if gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2 :].split()
-    if fields[0] == "Z":  # zombie: finished, not yet reaped
-        return None
-    return float(fields[19])
 
 
 def is_alive(ref: ProcessRef) -> bool:

@@ -12,7 +12,15 @@ import signal
 import time
 from pathlib import Path
 
-__all__ = ["find_leader", "group_pids", "is_alive", "kill_group", "pgid_of", "process_start_time"]
+__all__ = [
+    "find_leader",
+    "group_pids",
+    "is_alive",
+    "kill_group",
+    "pgid_of",
+    "pid_running",
+    "process_start_time",
+]
 
 
 def process_start_time(pid: int) -> float | None:
@@ -46,6 +54,11 @@ def _psutil_start_time(pid: int) -> float | None:
 
 def is_alive(pid: int, start_time: float) -> bool:
     return process_start_time(pid) == start_time
+
+
+def pid_running(pid: int) -> bool:
+    """Some process (not a zombie) has this pid; whichever it is (see `is_alive` for identity)."""
+    return pid > 0 and process_start_time(pid) is not None
 
 
 def group_pids(pgid: int) -> list[int]:

@@ -53,16 +53,6 @@ def default_url(stack_dir: str | Path | None) -> str:
     return f"sqlite:///{base / 'state.db'}"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class ResourceView:
     """A read-only resource row (what `Store.resources()` returns); same fields as ResourceRow."""
 
@@ -392,7 +382,9 @@ class Store:
             row = s.get(LockRow, "state")
             if row is None:
                 return None
-            stale = row.host == socket.gethostname() and not _pid_alive(row.pid)
+            from zsconf.executors.procs import pid_running  # lazy: the gateway imports the store
+
+            stale = row.host == socket.gethostname() and not pid_running(row.pid)
             return LockInfo(row.lock_id, row.operation, row.who, row.host, row.pid, row.created, stale)
 
     def acquire_lock(self, operation: str, timeout: float = 0.0) -> str:
