@@ -121,6 +121,18 @@ def test_auto_restart_after_crash_resumes_from_checkpoint(
     assert eng.store.resource(ADDR).status == "succeeded"
 
 
+def test_apply_wait_follows_the_restart_to_its_end(make_engine: Any, job_env: Path, monkeypatch: Any) -> None:
+    monkeypatch.setenv("CKPT_MODE", "crash_first")
+    eng = make_engine("{auto_restart: {max_restarts: 2}}")
+    result = eng.apply(eng.plan(), wait=True)
+    runs = eng.store.runs(ADDR)
+    assert result.ok, result.diagnostics
+    assert [r.status for r in runs] == ["failed", "succeeded"]
+    (outcome,) = [o for o in result.outcomes if o.address == ADDR]
+    assert f"run {runs[1].run_id} succeeded" in outcome.message
+    assert [v.version for v in eng.store.model_versions("acme", "bot")] == [1]
+
+
 def test_user_failure_not_restarted_unless_unconditional(
     make_engine: Any, job_env: Path, monkeypatch: Any
 ) -> None:

@@ -415,6 +415,7 @@ def _build_debug_base(ctx: _Ctx, base: str, path: Path) -> None:
 
 
 _ACTIVE = ("intent", "submitted", "queued", "running")
+SUPERVISE_EVERY_S = 5.0  # apply --wait: how often auto_stop is checked while a job runs
 
 
 def new_run_id(addr: str, content_hash: str, suffix: str = "") -> str:
@@ -552,11 +553,17 @@ def _wait_run(ctx: _Ctx, run_id: str, poll: float = 0.2) -> str:
     first = ctx.store.run(run_id)
     if first is None:
         raise ExecutorError(f"run {run_id} vanished from state")
+    supervised = time.monotonic()
     while True:
         finish_runs(ctx.store, ctx.executor)
-        with _FINISH_LOCK:  # parallel waits must not restart one job twice
-            supervise_jobs(ctx.store, ctx.executor)
         run = ctx.store.last_run(first.address) or first
+        # Supervision when the run ended (a restart may follow) and now and then for auto_stop;
+        # not every poll: it reads every job of the stack.
+        if run.status not in _ACTIVE or time.monotonic() - supervised > SUPERVISE_EVERY_S:
+            with _FINISH_LOCK:  # parallel waits must not restart one job twice
+                supervise_jobs(ctx.store, ctx.executor)
+            supervised = time.monotonic()
+            run = ctx.store.last_run(first.address) or first
         if run.status not in _ACTIVE:
             break
         time.sleep(poll)
