@@ -1,7 +1,8 @@
 """bench/train.py: tokens/s of runners.train vs a plain transformers training loop.
 
 Same debug model, data, batch, steps and optimizer (AdamW with the recipe's learning rate and weight
-decay, full fine-tune, fp32 on CPU). Both sides do the same work inside their timers: the runner is
+decay, full fine-tune; fp32 on CPU, bf16 autocast over fp32 weights on an accelerator, as the
+runner does). Both sides do the same work inside their timers: the runner is
 timed around `TrainRecipe.train()` (setup excluded; its per-step log lines go to /dev/null, really
 written, and its metrics.jsonl is really appended); the plain loop is timed around its loop, which
 collates each batch from the tokenized examples as any training loop does (the runner collates inside
@@ -12,6 +13,10 @@ prints the median of the per-round ratios, by wall clock (the figure) and by pro
 sensitive to other processes taking the cores), with the load average. Goal: ratio >= 0.95.
 
     python bench/train.py [--arch qwen2] [--steps 60] [--batch 4] [--seq 128] [--rounds 7]
+                          [--device cpu|cuda] [--hidden 128] [--layers 2]
+
+On a GPU the debug size (hidden 128, 2 layers) measures per-step overhead (kernel launches, host
+syncs); `--hidden 1024 --layers 8` gives the GPU real work to do.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ def _data(path: Path) -> None:
             )
 
 
-def _recipe(model_dir: Path, data: Path, tmp: Path, steps: int, batch: int, seq: int) -> Any:
+def _recipe(model_dir: Path, data: Path, tmp: Path, steps: int, batch: int, seq: int, device: str) -> Any:
     from runners.train.recipe import TrainRecipe
     from schemas.run_train import TrainRunSpec
 
@@ -53,7 +58,7 @@ def _recipe(model_dir: Path, data: Path, tmp: Path, steps: int, batch: int, seq:
             "address": "finetune/bench/x",
             "workdir": str(tmp / "work"),
             "output_dir": str(tmp / "out"),
-            "device": "cpu",
+            "device": device,
             "spec": {
                 "description": "bench",
                 "model": "base",
@@ -92,11 +97,18 @@ def _tokens(recipe: Any, steps: int, batch: int) -> int:
     )
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _runner(recipe: Any, steps: int, batch: int) -> tuple[float, float]:
     """(wall seconds, CPU seconds) of recipe.train()."""
     with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
+        _sync(recipe.torch_device)
         w0, c0 = time.perf_counter(), time.process_time()
         recipe.train()
+        _sync(recipe.torch_device)
         return time.perf_counter() - w0, time.process_time() - c0
 
 
@@ -107,19 +119,25 @@ def _plain(model_dir: Path, recipe: Any, steps: int, batch: int) -> tuple[float,
     from runners.train.data import batch_positions, collate
 
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    device = recipe.torch_device
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
     model.train()
     opt = torch.optim.AdamW(
         model.parameters(), lr=recipe.hp.learning_rate, weight_decay=recipe.hp.weight_decay
     )
     examples, pad, seed = recipe.examples, recipe.tokenizer.pad_token_id, recipe.hp.seed
+    bf16 = recipe.autocast
+    _sync(device)
     w0, c0 = time.perf_counter(), time.process_time()
     for s in range(steps):
         b = collate([examples[i] for i in batch_positions(s, len(examples), seed, batch)], pad)
-        loss = model(**b).loss
+        b = {k: v.to(device) for k, v in b.items()}
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = model(**b).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+    _sync(device)
     return time.perf_counter() - w0, time.process_time() - c0
 
 
@@ -130,6 +148,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "npu"])
+    ap.add_argument("--hidden", type=int, default=128, help="hidden size (a multiple of 128)")
+    ap.add_argument("--layers", type=int, default=2)
     args = ap.parse_args()
     from runners.debug_models import build_debug_model
 
@@ -140,11 +161,11 @@ def main() -> None:
             {
                 "architecture": args.arch,
                 "debug": {
-                    "hidden_size": 128,
-                    "intermediate_size": 256,
-                    "num_hidden_layers": 2,
-                    "num_attention_heads": 4,
-                    "num_key_value_heads": 2,
+                    "hidden_size": args.hidden,
+                    "intermediate_size": 2 * args.hidden,
+                    "num_hidden_layers": args.layers,
+                    "num_attention_heads": args.hidden // 32,
+                    "num_key_value_heads": args.hidden // 64,
                     "max_position_embeddings": 2048,
                     "vocab_size": 2048,
                     "seed": 0,
@@ -156,7 +177,7 @@ def main() -> None:
         _data(data)
 
         def recipe(k: int) -> Any:
-            return _recipe(model_dir, data, tmp / f"r{k}", args.steps, args.batch, args.seq)
+            return _recipe(model_dir, data, tmp / f"r{k}", args.steps, args.batch, args.seq, args.device)
 
         # Warm-up (untimed): the first training in a process pays one-time costs (lazy imports,
         # allocator growth) that would otherwise land on whichever side runs first.
@@ -183,7 +204,8 @@ def main() -> None:
         ratio = statistics.median(p[0] / o[0] for o, p in rows)
         cpu_ratio = statistics.median(p[1] / o[1] for o, p in rows)
         print(
-            f"debug/tiny-{args.arch} full fine-tune, CPU, batch {args.batch}, seq<= {args.seq}, "
+            f"debug {args.arch} (hidden {args.hidden}, {args.layers} layers) full fine-tune on "
+            f"{warm.torch_device}{' bf16' if warm.autocast else ''}, batch {args.batch}, seq<= {args.seq}, "
             f"{args.steps} steps, {args.rounds} rounds, load average {os.getloadavg()[0]:.2f} "
             f"on {os.cpu_count()} cores"
         )

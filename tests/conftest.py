@@ -16,6 +16,12 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("ZSCONF_GATEWAY_PORT", "0")
 
 REPO = Path(__file__).resolve().parent.parent
+# The device the runner tests train and serve on. CI has no accelerator: "cpu". On a GPU machine,
+# `ZSCONF_TEST_DEVICE=cuda pytest tests/test_train_*.py tests/test_serve_*.py ...` runs the same tests
+# (and the same assertions) on the CUDA path; compression and evaluation follow `auto` already.
+TEST_DEVICE = os.environ.get("ZSCONF_TEST_DEVICE", "cpu")
+# Servers compared token for token with a float32 reference on CPU load float32 on an accelerator too.
+TEST_ENGINE_ARGS: dict[str, str] = {} if TEST_DEVICE == "cpu" else {"dtype": "float32"}
 DEBUG_DIMS = {
     "hidden_size": 128,
     "intermediate_size": 256,

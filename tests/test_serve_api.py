@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from conftest import TEST_DEVICE, TEST_ENGINE_ARGS
 
 from runners.serve.process import ServeProcess
 
@@ -37,6 +38,8 @@ def Server(tmp: Path, model_dir: Path, **spec: Any) -> ServeProcess:
         "served_model_name": "tiny",
         "port": 0,
         "workdir": str(tmp),
+        "device": TEST_DEVICE,
+        "engine_args": TEST_ENGINE_ARGS,
         **spec,
     }
     return ServeProcess(body, tmp / "serve.json", tmp / "runner.log", env={"OMP_NUM_THREADS": "1"})
@@ -405,6 +408,7 @@ def test_lifecycle_503_while_loading_then_sigterm_finishes_in_flight(
         "port": port,
         "api_key": KEY,
         "workdir": str(tmp_path),
+        "device": TEST_DEVICE,
     }
     (tmp_path / "s.json").write_text(json.dumps(spec))
     proc = subprocess.Popen(
@@ -450,7 +454,7 @@ def test_lifecycle_503_while_loading_then_sigterm_finishes_in_flight(
             "port": port,
             "host": "127.0.0.1",
             "model": "tiny",
-            "device": "cpu",
+            "device": TEST_DEVICE,
             "pid": 0,
         }
         caller = threading.Thread(target=call)

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from conftest import TEST_DEVICE, TEST_ENGINE_ARGS
 
 from runners.serve.process import ServeProcess
 
@@ -63,7 +64,8 @@ def test_compressed_tensors_model_serves(scheme: str, tiny_qwen2: Path, tmp_path
             port = s.getsockname()[1]
         spec: dict[str, Any] = {
             "run_id": "r-q", "address": "deployment/acme/q", "workdir": str(run), "output_dir": None,
-            "device": "cpu", "spec": {"model": "bot@1", "engine": "auto", "max_model_len": 512},
+            "device": TEST_DEVICE, "spec": {"model": "bot@1", "engine": "embedded", "max_model_len": 512,
+                                            "engine_args": TEST_ENGINE_ARGS},
             "inputs": {"model_dir": str(folder), "model_version": 1}, "resume": False,
         }  # fmt: skip
         env = {"ZSCONF_PORT": str(port), "ZSCONF_SERVE_API_KEY": "k-internal"}
@@ -74,6 +76,8 @@ def test_compressed_tensors_model_serves(scheme: str, tiny_qwen2: Path, tmp_path
             "address": "deployment/acme/q",
             "model_dir": str(folder),
             "served_model_name": "tiny",
+            "device": TEST_DEVICE,
+            "engine_args": TEST_ENGINE_ARGS,
         }
         name, key = "tiny", "unused"
     srv = ServeProcess(spec, run / "serve.json", env=env)

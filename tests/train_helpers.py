@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from conftest import TEST_DEVICE
+
 REPO = Path(__file__).resolve().parent.parent
 
 QA = [
@@ -75,7 +77,7 @@ def spec(
         "address": f"finetune/acme/{method}",
         "workdir": str(tmp / "work"),
         "output_dir": str(tmp / "out"),
-        "device": "cpu",
+        "device": TEST_DEVICE,
         "spec": {
             "description": "test",
             "model": "base",
@@ -97,7 +99,8 @@ def spec(
 
 
 def env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
 
 
 def run_runner(spec_path: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from kernels import select_device
+from kernels import HostScalar, select_device
 from runners.runfiles import RunFiles, UserError
 from runners.train.data import batch_positions, collate, load_examples
 from runners.train.metrics import MetricsLog
@@ -194,20 +194,19 @@ class TrainRecipe:
     def save_checkpoint(self) -> None:
         """HF-format weights (or adapter) + optimizer/scheduler/RNG/data position, written to a tmp
         folder then renamed so a kill never leaves a half checkpoint; oldest pruned to the count."""
-        if self.world > 1:
-            torch.distributed.barrier()
+        final = self.ckpt_dir / f"step-{self.step}"
+        tmp = self.ckpt_dir / f".step-{self.step}.tmp"
+        self._barrier()
         if self.is_main:
-            final = self.ckpt_dir / f"step-{self.step}"
-            tmp = self.ckpt_dir / f".step-{self.step}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
+        self._barrier()
+        # every rank's own RNG streams (CPU and card: dropout masks differ per rank and per device)
+        torch.save(self._rng_state(), tmp / f"rng_state_{self.rank}.pt")
+        if self.is_main:
             self.model.save_pretrained(tmp)
             torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
-            torch.save(
-                {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
-                tmp / "rng_state.pt",
-            )
             state = {
                 "step": self.step,
                 "data_position": self.step * self.hp.global_batch_size,
@@ -217,13 +216,31 @@ class TrainRecipe:
                 "validation_loss": self.last_val_loss,  # computed at this step when there is a set
             }
             (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
+        self._barrier()  # every rank's RNG file is in before the rename publishes the checkpoint
+        if self.is_main:
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
             for old in self.checkpoints()[: -self.hp.checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
             self.event("checkpoint", f"checkpoint saved at iteration {self.step}: {final}")
+        self._barrier()
+
+    def _barrier(self) -> None:
         if self.world > 1:
             torch.distributed.barrier()
+
+    def _rng_state(self) -> dict[str, Any]:
+        state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+        if self.device.type != "cpu":
+            state["device"] = torch.cuda.get_rng_state()  # the current card's; NPU through transfer_to_npu
+        return state
+
+    def _set_rng_state(self, state: dict[str, Any]) -> None:
+        random.setstate(state["python"])
+        np.random.set_state(state["numpy"])
+        torch.set_rng_state(state["torch"])
+        if self.device.type != "cpu" and "device" in state:
+            torch.cuda.set_rng_state(state["device"])
 
     def checkpoints(self) -> list[Path]:
         if not self.ckpt_dir.is_dir():
@@ -253,10 +270,11 @@ class TrainRecipe:
                 raise RuntimeError(f"checkpoint {ckpt} does not match the model: missing {missing[:3]}")
         self.optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=False))
         self.scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=False))
-        rng = torch.load(ckpt / "rng_state.pt", weights_only=False)
-        random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
-        torch.set_rng_state(rng["torch"])
+        rng_file = ckpt / f"rng_state_{self.rank}.pt"
+        if rng_file.is_file():
+            self._set_rng_state(torch.load(rng_file, weights_only=False))
+        else:  # written by a run with fewer processes: same data order, fresh dropout masks
+            self.event("warning", f"{ckpt} has no RNG state for rank {self.rank}: random streams start anew")
         st = json.loads((ckpt / "trainer_state.json").read_text())
         self.step, self.first_loss, self.last_loss = st["step"], st["first_loss"], st["last_loss"]
         self.event("resumed", f"resumed from {ckpt} at iteration {self.step}/{self.iterations}")
@@ -288,6 +306,7 @@ class TrainRecipe:
         hp = self.hp
         pad = self.tokenizer.pad_token_id
         autocast = self._autocast
+        self.loss_out = HostScalar(self.torch_device)
         self.model.train()
 
         with contextlib.ExitStack() as stack:
@@ -316,12 +335,19 @@ class TrainRecipe:
                         loss = self.engine(**batch).loss
                     if self.grad_accum > 1:  # x / 1 is exact, but it is one more op and graph node
                         loss = loss / self.grad_accum
+                    loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
+                    if sync:
+                        # the step's loss leaves the card now, before backward is queued: reading it
+                        # after the optimizer step then waits for the forward pass only, not for a
+                        # full sync, so the host queues the next step while the card still works.
+                        if self.world > 1:
+                            torch.distributed.all_reduce(loss_sum)
+                            loss_sum /= self.world
+                        self.loss_out.send(loss_sum)
                     if self.deepspeed_stage is not None:
                         self.engine.backward(loss)
                     else:
                         loss.backward()
-                    loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
-                assert loss_sum is not None
                 if self.deepspeed_stage is not None:
                     self.engine.step()
                 else:
@@ -329,11 +355,8 @@ class TrainRecipe:
                     self.optimizer.zero_grad(set_to_none=True)
                 lr = self.scheduler.get_last_lr()[0]
                 self.scheduler.step()
-                if self.world > 1:
-                    torch.distributed.all_reduce(loss_sum)
-                    loss_sum /= self.world
                 self.step += 1
-                loss_value = float(loss_sum)
+                loss_value = self.loss_out.receive()
                 dt = time.perf_counter() - t0
                 tokens_total += tokens
                 tps = tokens / dt
