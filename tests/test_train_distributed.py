@@ -43,3 +43,6 @@ def test_two_process_torchrun_cpu(tiny_qwen2: Path, tmp_path: Path) -> None:
     # rank 0 alone wrote the metrics: one line per step, not two.
     assert [r["step"] for r in metrics(tmp_path)] == [1, 2, 3, 4, 5, 6]
     assert proc.stdout.count("iteration 6/6") == 1
+    # each rank's random streams are in every checkpoint (resume restores each rank's own)
+    for ckpt in out["checkpoints"]:
+        assert sorted(p.name for p in Path(ckpt).glob("rng_state_*.pt")) == ["rng_state_0.pt", "rng_state_1.pt"]
