@@ -21,12 +21,14 @@ __all__ = [
     "FORMATS",
     "MAX_STORED_ERRORS",
     "Conversation",
+    "DatasetError",
     "DatasetReport",
     "Message",
     "SampleError",
     "TextSample",
     "count",
     "count_samples",
+    "iter_samples",
     "read_dataset",
 ]
 
@@ -266,18 +268,10 @@ _JSONL_PARSERS = {
 }
 
 
-class _Collector:
-    def __init__(self, path: Path, fmt: str) -> None:
-        self.report = DatasetReport(path=str(path), format=fmt)
-        self.unit = "row" if fmt in ("csv", "xlsx") else "line"
-
-    def error(self, line: int, field: str | None, message: str) -> None:
-        self.report.error_count += 1
-        if len(self.report.errors) < MAX_STORED_ERRORS:
-            self.report.errors.append(SampleError(line, field, message, self.unit))
+Item = Conversation | TextSample | SampleError
 
 
-def _read_jsonl(path: Path, fmt: str, out: _Collector) -> None:
+def _jsonl(path: Path, fmt: str) -> Iterator[Item]:
     parse = _JSONL_PARSERS[fmt]
     loads = json.loads
     with open(path, "rb") as f:
@@ -289,20 +283,18 @@ def _read_jsonl(path: Path, fmt: str, out: _Collector) -> None:
             try:
                 obj = loads(raw)
             except UnicodeDecodeError:
-                out.error(number, None, "not UTF-8 text")
+                yield SampleError(number, None, "not UTF-8 text")
                 continue
             except json.JSONDecodeError as exc:
-                out.error(number, None, f"invalid JSON: {exc.msg} at column {exc.pos + 1}")
+                yield SampleError(number, None, f"invalid JSON: {exc.msg} at column {exc.pos + 1}")
                 continue
             except ValueError as exc:
-                out.error(number, None, f"invalid JSON: {exc}")
+                yield SampleError(number, None, f"invalid JSON: {exc}")
                 continue
             try:
-                sample = parse(_object(obj), number)
+                yield parse(_object(obj), number)
             except _Bad as bad:
-                out.error(number, bad.field, bad.message)
-                continue
-            out.report.samples.append(sample)
+                yield SampleError(number, bad.field, bad.message)
 
 
 # ---------------------------------------------------------------- csv / xlsx
@@ -345,11 +337,12 @@ def _rows_xlsx(path: Path) -> Iterator[tuple[int, list[str]]]:
         book.close()
 
 
-def _read_table(path: Path, fmt: str, out: _Collector) -> None:
+def _table(path: Path, fmt: str) -> Iterator[Item]:
+    """Rows grouped into conversations by consecutive conversation_id, in file order; a
+    conversation is yielded when the next one starts (or the file ends)."""
     rows = _rows_csv(path) if fmt == "csv" else _rows_xlsx(path)
     header: dict[str, int] | None = None
-    current: dict[str, Any] | None = None
-    pending: list[dict[str, Any]] = []
+    current: Conversation | None = None
     current_id: int | None = None
     for number, row in rows:
         if not any(cell.strip() for cell in row):
@@ -358,11 +351,12 @@ def _read_table(path: Path, fmt: str, out: _Collector) -> None:
             names = [cell.strip().lower() for cell in row]
             missing = [c for c in _COLUMNS if c not in names]
             if missing:
-                out.error(
+                yield SampleError(
                     number,
                     None,
                     f"header row: expected columns {', '.join(_COLUMNS)}, got {', '.join(repr(n) for n in names)} "
                     f"(missing {', '.join(missing)})",
+                    "row",
                 )
                 return
             header = {c: names.index(c) for c in _COLUMNS}
@@ -375,11 +369,13 @@ def _read_table(path: Path, fmt: str, out: _Collector) -> None:
         except ValueError:
             cid = 0
         if cid <= 0:
-            out.error(number, "conversation_id", f"expected a positive integer, got {raw_id!r}")
+            yield SampleError(
+                number, "conversation_id", f"expected a positive integer, got {raw_id!r}", "row"
+            )
             bad = True
         for col in ("human", "assistant"):
             if not cells[col].strip():
-                out.error(number, col, "expected a non-empty value, got an empty cell")
+                yield SampleError(number, col, "expected a non-empty value, got an empty cell", "row")
                 bad = True
         if bad:
             continue
@@ -388,14 +384,17 @@ def _read_table(path: Path, fmt: str, out: _Collector) -> None:
             Message(role="assistant", content=cells["assistant"]),
         ]
         if current is not None and cid == current_id:
-            current["messages"].extend(turn)
+            current.messages.extend(turn)
         else:
-            current = {"messages": turn, "source_line": number}
-            current_id = cid
-            pending.append(current)
-    out.report.samples.extend(Conversation(c["messages"], None, c["source_line"]) for c in pending)
+            if current is not None:
+                yield current
+            current, current_id = Conversation(turn, None, number), cid
+    if current is not None:
+        yield current
     if header is None:
-        out.error(1, None, f"empty file: expected a header row with columns {', '.join(_COLUMNS)}")
+        yield SampleError(
+            1, None, f"empty file: expected a header row with columns {', '.join(_COLUMNS)}", "row"
+        )
 
 
 # ---------------------------------------------------------------- public API
@@ -406,18 +405,43 @@ def _check_format(fmt: str) -> None:
         raise ValueError(f"unknown dataset format {fmt!r}: expected one of {', '.join(FORMATS)}")
 
 
+def _items(path: str | os.PathLike[str], format: str) -> Iterator[Item]:
+    _check_format(format)
+    p = Path(path)
+    return _table(p, format) if format in ("csv", "xlsx") else _jsonl(p, format)
+
+
 def read_dataset(path: str | os.PathLike[str], format: str) -> DatasetReport:
     """Read and check every line/row of a dataset file. Never stops at the first bad line: all are
     counted in `error_count` (the first MAX_STORED_ERRORS kept in `errors`). Raises OSError when the
     file cannot be opened, ValueError for an unknown format or an unreadable workbook."""
-    _check_format(format)
-    p = Path(path)
-    out = _Collector(p, format)
-    if format in ("csv", "xlsx"):
-        _read_table(p, format, out)
-    else:
-        _read_jsonl(p, format, out)
-    return out.report
+    report = DatasetReport(path=str(path), format=format)
+    samples, errors = report.samples, report.errors
+    for item in _items(path, format):
+        if type(item) is SampleError:
+            report.error_count += 1
+            if len(errors) < MAX_STORED_ERRORS:
+                errors.append(item)
+        else:
+            samples.append(item)  # type: ignore[arg-type]
+    return report
+
+
+class DatasetError(ValueError):
+    """The first bad line or row of a dataset read by `iter_samples`; names the file."""
+
+
+def iter_samples(path: str | os.PathLike[str], format: str) -> Iterator[Conversation | TextSample]:
+    """The samples of a dataset file in file order, streaming: a runner that needs the first N
+    reads only as far as those. Stops at the first bad line or row with a DatasetError naming the
+    file and the line (`read_dataset` is the check that reports them all)."""
+    try:
+        for item in _items(path, format):
+            if type(item) is SampleError:
+                raise DatasetError(f"{path}: {item}")
+            yield item  # type: ignore[misc]
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read the dataset: {exc.strerror or exc}") from exc
 
 
 def count_samples(path: str | os.PathLike[str], format: str) -> int:

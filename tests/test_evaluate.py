@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-from runners.compress.data import Record
 from runners.evaluate.run import split_sample
 
 REPO = Path(__file__).resolve().parent.parent
@@ -51,18 +50,21 @@ def _run(tmp: Path, model_dir: Path, data: Path, fmt: str, **spec: Any) -> subpr
 
 
 def test_split_sample_last_assistant_turn() -> None:
-    rec = Record(
-        messages=(
+    tools = [{"name": "f"}]
+    sample = {
+        "messages": [
             {"role": "user", "content": "hi"},
             {"role": "assistant", "content": "hello"},
             {"role": "user", "content": "2+2?"},
             {"role": "assistant", "content": "4"},
-        )
-    )
-    prompt, expected = split_sample(rec)
-    assert expected == "4" and [m["content"] for m in prompt] == ["hi", "hello", "2+2?"]
+        ],
+        "tools": tools,
+    }
+    prompt, expected = split_sample(sample)
+    assert expected == "4" and [m["content"] for m in prompt["messages"]] == ["hi", "hello", "2+2?"]
+    assert prompt["tools"] == tools  # the prompt keeps the tools the template describes
     with pytest.raises(ValueError, match="assistant"):
-        split_sample(Record(messages=({"role": "user", "content": "x"},)))
+        split_sample({"messages": [{"role": "user", "content": "x"}]})
 
 
 @pytest.mark.slow
@@ -112,7 +114,9 @@ def test_evaluate_sharegpt_bad_sample_exits_1(tmp_path: Path, tiny_llama: Path) 
     assert proc.returncode == 1
     result = json.loads((tmp_path / "work" / "result.json").read_text())
     assert result["status"] == "failed"
-    assert "chat.jsonl: sample 2: sample has no final assistant turn" in result["error"]
+    # the platform's ShareGPT rule, from the one dataset reader, naming the line
+    rule = "chat.jsonl: line 2: conversations: expected an even number of turns ending with 'gpt'"
+    assert rule in result["error"]
 
 
 @pytest.mark.slow

@@ -48,7 +48,8 @@ def tokenizer(tiny_qwen2: Path) -> Any:
 
 
 def test_tools_rendered_and_labels(tokenizer: Any, tmp_path: Path) -> None:
-    from runners.train.data import IGNORE, read_samples, tokenize_sft
+    from runners.samples import read_samples
+    from runners.train.data import IGNORE, tokenize_sft
 
     path = _write(tmp_path / "d.jsonl", [_conv(json.dumps([TOOL]))])
     (sample,) = read_samples(path, "sharegpt")
@@ -66,7 +67,8 @@ def test_tools_rendered_and_labels(tokenizer: Any, tmp_path: Path) -> None:
 
 
 def test_single_schema_and_no_tools(tokenizer: Any, tmp_path: Path) -> None:
-    from runners.train.data import load_examples, read_samples, tokenize_sft
+    from runners.samples import read_samples
+    from runners.train.data import load_examples, tokenize_sft
 
     path = _write(tmp_path / "d.jsonl", [_conv(json.dumps(TOOL)), _conv(None)])
     one, none = read_samples(path, "sharegpt")
@@ -81,8 +83,9 @@ def test_single_schema_and_no_tools(tokenizer: Any, tmp_path: Path) -> None:
 
 
 def test_bad_tools_name_the_line(tmp_path: Path) -> None:
-    from runners.train.data import DataError, read_samples
+    from runners.runfiles import UserError
+    from runners.samples import read_samples
 
     path = _write(tmp_path / "d.jsonl", [_conv(None), _conv("not json")])
-    with pytest.raises(DataError, match=r"d\.jsonl: line 2: tools: "):
+    with pytest.raises(UserError, match=r"d\.jsonl: line 2: tools: "):
         read_samples(path, "sharegpt")

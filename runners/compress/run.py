@@ -14,16 +14,18 @@ from pathlib import Path
 from typing import Any
 
 from runners.compress.cpu_guard import no_pinning_without_accelerator
-from runners.compress.data import Record, builtin_records, read_records
 from runners.compress.perplexity import perplexity
 from runners.compress.strategies import build_recipe, plan_strategy
 from runners.runfiles import RunFiles, UserError
+from runners.samples import chat_text, read_samples
 from schemas.run_compress import CompressRunSpec
 
-__all__ = ["compress", "folder_weight_bytes", "gate_passed", "render_text"]
+__all__ = ["compress", "folder_weight_bytes", "gate_passed"]
 
 # Held-out texts for perplexity: never among the calibration samples.
 MAX_HELDOUT = 32
+# The default calibration set: bilingual paragraphs, one per non-blank line.
+BUILTIN_CALIBRATION = Path(__file__).with_name("calibration.txt")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
 
 
@@ -34,23 +36,13 @@ def folder_weight_bytes(folder: str | Path) -> int:
     )
 
 
-def render_text(record: Record, tokenizer: Any) -> str:
-    """A sample as the text the model sees: chat samples through the model's chat template."""
-    if record.text is not None:
-        return record.text
-    messages = [dict(m) for m in record.messages]
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(messages, tokenize=False)
-    return "\n".join(m["content"] for m in messages)
-
-
-def _split(run: CompressRunSpec) -> tuple[list[Record], list[Record], dict[str, Any]]:
-    """(calibration records, held-out records, description). A dataset is read only as far as
+def _split(run: CompressRunSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+    """(calibration samples, held-out samples, description). A dataset is read only as far as
     needed: `samples` for calibration plus up to MAX_HELDOUT held out after them."""
     cal = run.spec.calibration
     ds = run.inputs.datasets.get("calibration")
     if ds is not None:
-        records = read_records(ds.path, ds.format, cal.samples + MAX_HELDOUT)
+        records = read_samples(ds.path, ds.format, cal.samples + MAX_HELDOUT)
         if len(records) < 2:
             raise UserError(f"{ds.path}: calibration needs at least 2 samples, found {len(records)}")
         # Hold out what lies beyond `samples`, but always at least a fifth (>= 1) of what was read.
@@ -58,7 +50,8 @@ def _split(run: CompressRunSpec) -> tuple[list[Record], list[Record], dict[str, 
         held = min(held, MAX_HELDOUT)
         source = {"source": ds.path, "format": ds.format}
     else:
-        records = builtin_records(10_000)
+        lines = BUILTIN_CALIBRATION.read_text(encoding="utf-8").splitlines()
+        records = [{"text": line.strip()} for line in lines if line.strip()]
         held = max(1, len(records) // 4)
         source = {"source": "builtin", "format": "text"}
     calib, heldout = records[:-held], records[-held:]
@@ -116,7 +109,7 @@ def compress(run: CompressRunSpec, files: RunFiles) -> dict[str, Any]:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     calib, heldout, source = _split(run)
     seq_len = spec.calibration.sequence_length
-    heldout_texts = [render_text(r, tokenizer) for r in heldout]
+    heldout_texts = [chat_text(r, tokenizer) for r in heldout]
     device = _device(run.device)
     files.event("loading", f"model {model_dir} ({plan.strategy}: {plan.algorithm} {plan.scheme})")
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto")
@@ -128,7 +121,7 @@ def compress(run: CompressRunSpec, files: RunFiles) -> dict[str, Any]:
     recipe = build_recipe(plan, spec.smoothing_strength)
     kwargs: dict[str, Any] = {}
     if plan.needs_calibration:
-        calib_texts = [render_text(r, tokenizer) for r in calib]
+        calib_texts = [chat_text(r, tokenizer) for r in calib]
         dataset = _tokenized_dataset(calib_texts, tokenizer, seq_len)
         kwargs = {"dataset": dataset, "max_seq_length": seq_len, "num_calibration_samples": len(dataset)}
         files.event(

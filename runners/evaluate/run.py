@@ -11,9 +11,9 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from runners.compress.data import Record, iter_records
 from runners.evaluate.metrics import METRICS, score
 from runners.runfiles import RunFiles, UserError
+from runners.samples import chat_text, samples
 from schemas.run_evaluate import EvaluateRunSpec
 
 __all__ = ["SAMPLING_SEED", "check_gate", "evaluate", "split_sample"]
@@ -22,18 +22,13 @@ __all__ = ["SAMPLING_SEED", "check_gate", "evaluate", "split_sample"]
 SAMPLING_SEED = 0
 
 
-def split_sample(record: Record) -> tuple[list[dict[str, str]], str]:
-    """(prompt messages, expected answer): the last assistant turn is the expected answer."""
-    msgs = [dict(m) for m in record.messages]
+def split_sample(sample: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """(the prompt: the sample up to its last turn, with its tools; the expected answer: the last
+    assistant turn)."""
+    msgs = sample.get("messages") or []
     if not msgs or msgs[-1]["role"] != "assistant":
         raise ValueError("sample has no final assistant turn to compare with")
-    return msgs[:-1], msgs[-1]["content"]
-
-
-def _prompt_text(messages: list[dict[str, str]], tokenizer: Any) -> str:
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return "\n".join(m["content"] for m in messages) + "\n"
+    return {**sample, "messages": msgs[:-1]}, msgs[-1]["content"]
 
 
 def check_gate(metrics: dict[str, float], gate: dict[str, float | None]) -> dict[str, Any]:
@@ -54,17 +49,15 @@ def evaluate(run: EvaluateRunSpec, files: RunFiles) -> dict[str, Any]:
     ds = run.inputs.datasets.get("eval")
     if ds is None:
         raise UserError("inputs.datasets.eval is required (the benchmark dataset)")
-    if ds.format not in ("alpaca", "sharegpt", "moss"):
-        raise UserError(
-            f"{ds.path}: evaluation needs question/answer samples (alpaca, sharegpt), not {ds.format}"
-        )
-    samples: list[tuple[list[dict[str, str]], str]] = []
-    for index, record in enumerate(islice(iter_records(ds.path, ds.format), spec.max_samples)):
+    if ds.format == "pretrain":
+        raise UserError(f"{ds.path}: evaluation needs question/answer samples, not plain text (pretrain)")
+    pairs: list[tuple[dict[str, Any], str]] = []
+    for index, sample in enumerate(islice(samples(ds.path, ds.format), spec.max_samples)):
         try:
-            samples.append(split_sample(record))
+            pairs.append(split_sample(sample))
         except ValueError as exc:
             raise UserError(f"{ds.path}: sample {index + 1}: {exc}") from exc
-    if not samples:
+    if not pairs:
         raise UserError(f"{ds.path}: no samples to evaluate")
 
     import torch
@@ -93,14 +86,14 @@ def evaluate(run: EvaluateRunSpec, files: RunFiles) -> dict[str, Any]:
         gen_kwargs.update(temperature=None, top_p=None, top_k=None)
     files.event(
         "generating",
-        f"{len(samples)} samples, batch {spec.batch_size}, {'sampling' if sampling else 'greedy'}",
+        f"{len(pairs)} samples, batch {spec.batch_size}, {'sampling' if sampling else 'greedy'}",
     )
 
     totals = dict.fromkeys(METRICS, 0.0)
     with open(Path(run.workdir) / "samples.jsonl", "w", encoding="utf-8") as out:
-        for start in range(0, len(samples), spec.batch_size):
-            batch = samples[start : start + spec.batch_size]
-            prompts = [_prompt_text(msgs, tokenizer) for msgs, _ in batch]
+        for start in range(0, len(pairs), spec.batch_size):
+            batch = pairs[start : start + spec.batch_size]
+            prompts = [chat_text(prompt, tokenizer, generation_prompt=True) for prompt, _ in batch]
             enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
             with torch.no_grad():
                 generated = model.generate(**enc, **gen_kwargs)
@@ -113,16 +106,16 @@ def evaluate(run: EvaluateRunSpec, files: RunFiles) -> dict[str, Any]:
                     totals[name] += scores[name]
                 row = {"prompt": prompt, "expected": expected, "generated": text, "scores": scores}
                 out.write(json.dumps(row, ensure_ascii=False) + "\n")
-            files.metric(samples_done=min(start + spec.batch_size, len(samples)), samples_total=len(samples))
+            files.metric(samples_done=min(start + spec.batch_size, len(pairs)), samples_total=len(pairs))
 
-    means = {name: totals[name] / len(samples) for name in METRICS}
+    means = {name: totals[name] / len(pairs) for name in METRICS}
     gate = check_gate(means, spec.gate.model_dump())
     files.event(
         "gate", f"passed={gate['passed']}" + (f": {'; '.join(gate['failures'])}" if gate["failures"] else "")
     )
     return {
         "metrics": {name: means[name] for name in spec.metrics},
-        "samples": len(samples),
+        "samples": len(pairs),
         "samples_file": str(Path(run.workdir) / "samples.jsonl"),
         "gate": gate,
         "generation": {

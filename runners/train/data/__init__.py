@@ -14,14 +14,15 @@ from typing import Any
 
 import torch
 
+from runners.runfiles import UserError
+from runners.samples import chat_text, read_samples
+
 __all__ = [
     "IGNORE",
     "Example",
     "batch_positions",
     "collate",
     "load_examples",
-    "parse_tools",
-    "read_samples",
     "tokenize_sft",
 ]
 
@@ -32,57 +33,6 @@ IGNORE = -100
 class Example:
     input_ids: list[int]
     labels: list[int]
-
-
-class DataError(ValueError):
-    """Bad dataset content (names file and line)."""
-
-
-def read_samples(path: str, fmt: str) -> list[dict[str, Any]]:
-    """Samples as {"messages": [...]} or {"text": ...}. Uses the shared reader
-    `schemas.samples.read_dataset` when present; until then the jsonl readers of runners.compress."""
-    try:
-        from schemas.samples import read_dataset  # type: ignore[import-not-found]
-    except ImportError:
-        read_dataset = None
-    if read_dataset is not None:
-        report = read_dataset(path, fmt)
-        if report.errors:
-            raise DataError(f"{path}: {report.errors[0]}")
-        out: list[dict[str, Any]] = []
-        for s in report.samples:
-            if hasattr(s, "messages"):
-                sample: dict[str, Any] = {
-                    "messages": [{"role": m.role, "content": m.content} for m in s.messages]
-                }
-                if getattr(s, "tools", None):
-                    try:
-                        sample["tools"] = parse_tools(s.tools)
-                    except (ValueError, DataError) as exc:
-                        raise DataError(f"{path}: line {s.source_line}: tools: {exc}") from exc
-                out.append(sample)
-            else:
-                out.append({"text": s.text})
-        return out
-    from runners.compress.data import iter_records
-
-    return [
-        {"messages": list(r.messages)} if r.messages else {"text": r.text or ""}
-        for r in iter_records(path, fmt)
-    ]
-
-
-def parse_tools(tools: Any) -> list[dict[str, Any]]:
-    """A ShareGPT `tools` value (a JSON string of a list of function schemas, or one schema) as
-    the list `apply_chat_template(tools=...)` takes."""
-    import json
-
-    value = json.loads(tools) if isinstance(tools, str) else tools
-    if isinstance(value, dict):
-        value = [value]
-    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
-        raise DataError(f"tools must be a JSON list of function schemas, got {str(tools)[:80]!r}")
-    return value
 
 
 # Turns the model writes: trained on. `function_call` is the assistant calling a tool (ShareGPT).
@@ -128,32 +78,21 @@ def load_examples(tokenizer: Any, path: str, fmt: str, method: str, seq_len: int
     """Every training example of one dataset file (tokenized up front: datasets here are small)."""
     samples = read_samples(path, fmt)
     if not samples:
-        raise DataError(f"{path}: the dataset has no samples")
+        raise UserError(f"{path}: the dataset has no samples")
     if method == "continued_pretrain":
-        texts = [
-            s["text"]
-            if "text" in s
-            else tokenizer.apply_chat_template(
-                s["messages"], tokenize=False, **({"tools": s["tools"]} if s.get("tools") else {})
-            )
-            for s in samples
-        ]
-        return _pack(tokenizer, texts, seq_len)
+        return _pack(tokenizer, [chat_text(s, tokenizer) for s in samples], seq_len)
     out = []
     for n, s in enumerate(samples, 1):
         if "messages" not in s:
-            raise DataError(
+            raise UserError(
                 f"{path}: sample {n}: {method} needs conversations, got plain text (use continued_pretrain)"
             )
-        try:
-            ex = tokenize_sft(tokenizer, s["messages"], seq_len, s.get("tools"))
-        except DataError as exc:
-            raise DataError(f"{path}: sample {n}: {exc}") from exc
+        ex = tokenize_sft(tokenizer, s["messages"], seq_len, s.get("tools"))
         if all(x == IGNORE for x in ex.labels):
             continue  # truncation removed every assistant token: nothing to learn
         out.append(ex)
     if not out:
-        raise DataError(f"{path}: no sample keeps an assistant token within sequence_length={seq_len}")
+        raise UserError(f"{path}: no sample keeps an assistant token within sequence_length={seq_len}")
     return out
 
 
