@@ -1,5 +1,5 @@
 """Device selection (npu / cuda / cpu) and the compute kernels the runners need. Imports torch."""
 
-from kernels.device import DeviceInfo, DeviceUnavailableError, HostScalar, select_device
+from kernels.device import DeviceInfo, DeviceUnavailableError, HostValues, select_device
 
-__all__ = ["DeviceInfo", "DeviceUnavailableError", "HostScalar", "select_device"]
+__all__ = ["DeviceInfo", "DeviceUnavailableError", "HostValues", "select_device"]

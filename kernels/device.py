@@ -13,7 +13,7 @@ from typing import Literal
 
 import torch
 
-__all__ = ["DeviceInfo", "DeviceUnavailableError", "HostScalar", "select_device"]
+__all__ = ["DeviceInfo", "DeviceUnavailableError", "HostValues", "select_device"]
 
 DeviceType = Literal["npu", "cuda", "cpu"]
 
@@ -76,19 +76,19 @@ def select_device(preference: str = "auto") -> DeviceInfo:
     return _npu() or _cuda() or DeviceInfo("cpu", 1, False, "gloo")
 
 
-class HostScalar:
-    """A scalar read back from the card without a full device sync.
+class HostValues:
+    """A few floats read back from the card without a full device sync.
 
-    `send(t)` starts the copy of the 0-dim tensor `t` into pinned host memory, ordered after the
+    `send(t)` starts the copy of the 1-D tensor `t` into pinned host memory, ordered after the
     kernels that compute it and before whatever is queued later; `receive()` waits for that copy
-    only. `float(t)` would instead wait for everything queued before the read, the whole backward
+    only. `t.tolist()` would instead wait for everything queued before the read, the whole backward
     pass and optimizer step included, and leave the card idle while the host queues the next step.
     On CPU both are plain reads."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, size: int) -> None:
         self.on_card = device.type != "cpu"
         if self.on_card:
-            self.host = torch.empty((), dtype=torch.float32, pin_memory=True)
+            self.host = torch.empty(size, dtype=torch.float32, pin_memory=True)
             self.copied = torch.cuda.Event()  # transfer_to_npu maps this onto the NPU
         self.value: torch.Tensor | None = None
 
@@ -99,9 +99,9 @@ class HostScalar:
         else:
             self.value = t.detach()
 
-    def receive(self) -> float:
+    def receive(self) -> list[float]:
         if self.on_card:
             self.copied.synchronize()
-            return float(self.host)
+            return self.host.tolist()
         assert self.value is not None, "receive() before send()"
-        return float(self.value)
+        return self.value.tolist()

@@ -1,5 +1,6 @@
-"""Kill a real runner (SIGKILL) after a checkpoint, resume, and end with the weights of a run that
-was never interrupted."""
+"""Interrupt a real runner, resume, and end with the weights of a run that was never interrupted:
+SIGKILL after a periodic checkpoint, or SIGTERM (`zsconf job stop`), which checkpoints the step it
+stopped at."""
 
 from __future__ import annotations
 
@@ -25,8 +26,10 @@ def _weights(model_dir: Path) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["full", "lora"])
-def test_kill_then_resume_matches_uninterrupted(tiny_qwen2: Path, tmp_path: Path, method: str) -> None:
+@pytest.mark.parametrize(("method", "how"), [("full", "kill"), ("lora", "kill"), ("lora", "sigterm")])
+def test_interrupt_then_resume_matches_uninterrupted(
+    tiny_qwen2: Path, tmp_path: Path, method: str, how: str
+) -> None:
     import torch
 
     hp = {
@@ -54,18 +57,32 @@ def test_kill_then_resume_matches_uninterrupted(tiny_qwen2: Path, tmp_path: Path
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    ckpts = b / "work" / "checkpoints"
     try:
-        first = b / "work" / "checkpoints" / "step-4"
-        deadline = time.monotonic() + 180
-        while not first.is_dir() and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.05)
-        assert first.is_dir(), "no checkpoint before the deadline"
-        os.kill(proc.pid, signal.SIGKILL)
+        if how == "kill":
+            first = ckpts / "step-4"
+            deadline = time.monotonic() + 180
+            while not first.is_dir() and time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.05)
+            assert first.is_dir(), "no checkpoint before the deadline"
+            os.kill(proc.pid, signal.SIGKILL)
+        else:
+            log = b / "work" / "metrics.jsonl"
+            deadline = time.monotonic() + 180
+            while not (log.is_file() and log.read_text()) and time.monotonic() < deadline:
+                time.sleep(0.005)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(60) == 128 + signal.SIGTERM
     finally:
         proc.kill()
         proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    assert not (b / "work" / "result.json").exists(), "run finished before the kill"
+    assert proc.returncode == (-signal.SIGKILL if how == "kill" else 143)
+    assert not (b / "work" / "result.json").exists(), "run finished before the interruption"
+    if how == "sigterm":
+        # the step it stopped at is checkpointed (between the periodic ones at 4, 8 and 12)
+        stopped_at = len((b / "work" / "metrics.jsonl").read_text().splitlines())
+        assert 1 <= stopped_at < 12 and (ckpts / f"step-{stopped_at}" / "trainer_state.json").is_file()
+        assert '"stopped"' in (b / "work" / "events.jsonl").read_text()
 
     body = json.loads(spec_b.read_text())
     body["resume"] = True
@@ -76,6 +93,9 @@ def test_kill_then_resume_matches_uninterrupted(tiny_qwen2: Path, tmp_path: Path
     assert '"resumed"' in events
     # It really continued: no step before the checkpoint was trained again.
     assert "iteration 1/12 " not in resumed.stdout and "iteration 12/12 " in resumed.stdout
+    if how == "sigterm":
+        steps = [line for line in resumed.stdout.splitlines() if line.startswith("iteration ")]
+        assert steps[0].startswith(f"iteration {stopped_at + 1}/12 ")
     out_a, out_b = result(a)["outputs"], result(b)["outputs"]
     assert out_b["iterations"] == 12
     wa, wb = _weights(Path(out_a["model_dir"])), _weights(Path(out_b["model_dir"]))

@@ -1,13 +1,16 @@
 """`python -m runners.train SPEC.json` (one process, or one per card under torchrun).
 
 Started by the executor with the argv of `runners.train.launch.build_command`. Exit 0 = succeeded,
-1 = user/data error (no retry), 2 = environment fault (retryable). result.json is written last.
+1 = user/data error (no retry), 2 = environment fault (retryable), 143 = stopped by SIGTERM after
+a checkpoint (`zsconf job resume` goes on from it). result.json is written last, and not at all
+when stopped: the run did not end.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -30,12 +33,17 @@ def main(argv: list[str]) -> int:
         return 1
     main_rank = os.environ.get("RANK", "0") == "0"
     files = RunFiles(run.workdir) if main_rank else None
-    try:
-        from runners.train.recipe import TrainRecipe
+    from runners.train.recipe import Stopped, TrainRecipe
 
+    try:
         recipe = TrainRecipe(run)
         outputs = recipe.run_all()
         recipe.cleanup()
+    except Stopped as exc:
+        recipe.cleanup()
+        if files:
+            files.event("stopped", str(exc))
+        return 128 + signal.SIGTERM
     except UserError as exc:
         if files:
             files.event("failed", str(exc))

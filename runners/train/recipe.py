@@ -2,7 +2,8 @@
 
 Run by `runners/train/__main__.py` in each process (one, or one per card under torchrun). Rank 0
 writes every file; data is sharded by rank inside each global batch. Resume restores model weights,
-optimizer, scheduler, RNG (python / numpy / torch) and the data position from the latest checkpoint.
+optimizer, scheduler, each rank's RNG (python / numpy / torch / the card's) and the data position
+from the latest checkpoint. SIGTERM stops after the step in flight and a checkpoint.
 """
 
 from __future__ import annotations
@@ -14,21 +15,27 @@ import math
 import os
 import random
 import shutil
+import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from kernels import HostScalar, select_device
+from kernels import HostValues, select_device
 from runners.runfiles import RunFiles, UserError
 from runners.train.data import batch_positions, collate, load_examples
 from runners.train.metrics import MetricsLog
 from schemas.run_train import TrainRunSpec
 
-__all__ = ["TrainRecipe", "UserError", "checkpoint_steps", "total_iterations"]
+__all__ = ["Stopped", "TrainRecipe", "UserError", "checkpoint_steps", "total_iterations"]
+
+
+class Stopped(Exception):
+    """SIGTERM (`zsconf job stop`, auto_stop) ended the run after a step and its checkpoint."""
 
 
 def total_iterations(samples: int, global_batch: int, epochs: int, given: int | str) -> int:
@@ -225,6 +232,21 @@ class TrainRecipe:
             self.event("checkpoint", f"checkpoint saved at iteration {self.step}: {final}")
         self._barrier()
 
+    @contextlib.contextmanager
+    def _stop_on_sigterm(self) -> Iterator[None]:
+        """SIGTERM asks for a stop: the step in flight finishes, a checkpoint is written, then
+        Stopped. The executor sends SIGKILL after its grace period (30 s) regardless."""
+        self.stop_asked = False
+
+        def ask(signum: int, frame: Any) -> None:
+            self.stop_asked = True
+
+        previous = signal.signal(signal.SIGTERM, ask)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
     def _barrier(self) -> None:
         if self.world > 1:
             torch.distributed.barrier()
@@ -306,10 +328,11 @@ class TrainRecipe:
         hp = self.hp
         pad = self.tokenizer.pad_token_id
         autocast = self._autocast
-        self.loss_out = HostScalar(self.torch_device)
+        readback = HostValues(self.torch_device, 2)
         self.model.train()
 
         with contextlib.ExitStack() as stack:
+            stack.enter_context(self._stop_on_sigterm())
             metrics = stack.enter_context(MetricsLog(self.run.workdir)) if self.is_main else None
             tokens_total, t_start = 0, time.perf_counter()
             bar = None
@@ -337,13 +360,15 @@ class TrainRecipe:
                         loss = loss / self.grad_accum
                     loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
                     if sync:
-                        # the step's loss leaves the card now, before backward is queued: reading it
-                        # after the optimizer step then waits for the forward pass only, not for a
-                        # full sync, so the host queues the next step while the card still works.
+                        # The step's loss (and whether any rank was asked to stop) leaves the card
+                        # now, before backward is queued: reading it after the optimizer step then
+                        # waits for the forward pass only, not for a full sync, so the host queues
+                        # the next step while the card still works. Every rank sees the same stop
+                        # flag at the same step, so all of them take the last checkpoint together.
+                        stats = torch.stack([loss_sum, loss_sum.new_full((), float(self.stop_asked))])
                         if self.world > 1:
-                            torch.distributed.all_reduce(loss_sum)
-                            loss_sum /= self.world
-                        self.loss_out.send(loss_sum)
+                            torch.distributed.all_reduce(stats)
+                        readback.send(stats)
                     if self.deepspeed_stage is not None:
                         self.engine.backward(loss)
                     else:
@@ -356,7 +381,8 @@ class TrainRecipe:
                 lr = self.scheduler.get_last_lr()[0]
                 self.scheduler.step()
                 self.step += 1
-                loss_value = self.loss_out.receive()
+                loss_sum_all, stops = readback.receive()
+                loss_value = loss_sum_all / self.world
                 dt = time.perf_counter() - t0
                 tokens_total += tokens
                 tps = tokens / dt
@@ -393,6 +419,10 @@ class TrainRecipe:
                         print(line + ("" if val is None else f" | validation lm loss {val:.4f}"), flush=True)
                 if self.step in self.ckpt_at:
                     self.save_checkpoint()
+                if stops and self.step < self.iterations:
+                    if self.step not in self.ckpt_at:
+                        self.save_checkpoint()
+                    raise Stopped(f"stopped at iteration {self.step}/{self.iterations}: checkpoint saved")
             if bar:
                 bar.close()
         elapsed = time.perf_counter() - t_start

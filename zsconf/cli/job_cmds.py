@@ -93,7 +93,8 @@ def _seconds(text: str) -> float:
 
 
 def stop(address: Address, directory: Dir = Path("."), lock_timeout: LockTimeout = "30s") -> None:
-    """Stop a running or queued job. It keeps its checkpoints and is not restarted automatically;
+    """Stop a running or queued job. A training run finishes the step in flight and checkpoints it
+    (SIGKILL after 30 s). The job keeps its checkpoints and is not restarted automatically;
     `zsconf job resume ADDRESS` continues it from the latest one."""
     from zsconf.cli.output import console
     from zsconf.engine.apply import default_executor
