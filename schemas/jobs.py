@@ -55,7 +55,9 @@ class AutoRestart(Spec):
 
 
 class JobOptions(Spec):
-    auto_stop: Duration | None = Field(default=None, description="maximum running time, e.g. 2h")
+    auto_stop: Duration | None = Field(
+        default=None, description="maximum running time of the job, restarts included, e.g. 2h"
+    )
     auto_restart: AutoRestart = Field(default_factory=AutoRestart)
     notify: Notify = Field(default_factory=Notify)
     keep_logs: bool = Field(default=False, description="keep logs forever (else 30 days)")

@@ -176,6 +176,49 @@ def test_auto_stop_stops_a_long_run_for_good(make_engine: Any, job_env: Path, mo
     assert eng.executor.observe(run.run_id).state == "stopped"
 
 
+def test_auto_stop_bounds_the_job_across_restarts(make_engine: Any, job_env: Path, monkeypatch: Any) -> None:
+    """auto_stop is the job's running time: a restart continues the same budget."""
+    monkeypatch.setenv("CKPT_MODE", "crash_first")
+    monkeypatch.setenv("CKPT_STEP_S", "1.0")  # the first attempt runs about 2 s, then crashes
+    monkeypatch.setenv("CKPT_STEPS", "400")
+    eng = make_engine("{auto_stop: 10s, auto_restart: {max_restarts: 2}}")
+    assert eng.apply(eng.plan()).ok
+    from zsconf.engine.jobs import supervise_jobs
+
+    deadline = time.monotonic() + 30
+    while len(eng.store.runs(ADDR)) < 2 and time.monotonic() < deadline:
+        _pass(eng)
+        time.sleep(0.05)
+    first, second = eng.store.runs(ADDR)
+    ran = (first.finished_at - first.started_at).total_seconds()
+    assert first.status == "failed" and 2.0 <= ran < 5
+    # 8.5 s into the second attempt: under 10 s for the attempt, over 10 s for the job
+    assert supervise_jobs(eng.store, eng.executor, now=time.time() + 8.5) == [
+        f"{ADDR}: auto_stop: ran longer than 10s"
+    ]
+    assert eng.store.run(second.run_id).status == "cancelled"
+    assert eng.store.resource(ADDR).status == "stopped"
+    (ev,) = _events(eng, "auto_stopped")
+    assert ev.data["run_id"] == second.run_id
+
+
+def test_no_restart_once_the_job_used_its_auto_stop_time(
+    make_engine: Any, job_env: Path, monkeypatch: Any
+) -> None:
+    monkeypatch.setenv("CKPT_MODE", "crash_first")
+    monkeypatch.setenv("CKPT_STEP_S", "0.6")  # crashes after about 1.2 s, over the 1 s budget
+    eng = make_engine("{auto_stop: 1s, auto_restart: {max_restarts: 2}}")
+    assert eng.apply(eng.plan()).ok
+    (run,) = eng.store.runs(ADDR)
+    deadline = time.monotonic() + 30
+    while eng.executor.observe(run.run_id).state == "running" and time.monotonic() < deadline:
+        time.sleep(0.05)  # no supervision meanwhile: the crash, not auto_stop, ends the attempt
+    lines = _until_settled(eng)
+    assert lines == [f"{ADDR}: auto_stop: ran longer than 1s; not restarted"]
+    assert [r.status for r in eng.store.runs(ADDR)] == ["failed"]
+    assert eng.store.resource(ADDR).status == "stopped" and _events(eng, "restarted") == []
+
+
 def test_stop_then_resume_continues_from_latest_checkpoint(
     make_engine: Any, job_env: Path, monkeypatch: Any
 ) -> None:

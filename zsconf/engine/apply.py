@@ -25,6 +25,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -622,7 +623,10 @@ def _finish_one(store: Store, run: RunRow, obs: Any) -> None:
             _crash_point("after_version")
     if status == "succeeded" and row is not None and _gate_status(res) == "failed":
         _record_gate_failure(store, row, run, res)
-    store.update_run(run.run_id, status=status, error=res.get("error"), exit_code=obs.exit_code)
+    # the process's own start and end as the executor saw them (auto_stop adds up attempts' time)
+    times = {k: datetime.fromtimestamp(t, UTC) for k, t in (("started_at", obs.started_at),
+             ("finished_at", obs.ended_at or time.time())) if t}  # fmt: skip
+    store.update_run(run.run_id, status=status, error=res.get("error"), exit_code=obs.exit_code, **times)
     if row is not None and row.content_hash == run.content_hash:
         outputs = dict(row.outputs)
         outputs.update({"run_id": run.run_id, "result": res.get("outputs") or {}})

@@ -142,6 +142,24 @@ def _restart_counts(store: Store, runs: list[RunRow]) -> tuple[int, int]:
     return restarts, consecutive
 
 
+def _ran_s(store: Store, runs: list[RunRow], upto: int) -> float:
+    """Seconds that the attempts before `runs[upto]` ran since apply or the user last started the
+    job: auto_stop bounds the job's running time, and an auto-restart continues the same job (a
+    user's resume starts a new budget)."""
+    restarted = _restart_run_ids(store, runs[0].address)
+    total, i = 0.0, upto
+    while i > 0 and runs[i].run_id in restarted:
+        total += _duration_s(runs[i - 1])
+        i -= 1
+    return total
+
+
+def _duration_s(run: RunRow) -> float:
+    if run.started_at is None or run.finished_at is None:
+        return 0.0
+    return max(0.0, (run.finished_at - run.started_at).total_seconds())
+
+
 def _latest(workdir: str) -> str | None:
     ck = latest_checkpoint(workdir) if workdir else None
     return str(ck) if ck else None
@@ -298,10 +316,12 @@ def _supervise_one(
     if not runs:
         return
     last = runs[-1]
+    limit = _auto_stop_s(row)
+    reason = f"auto_stop: ran longer than {_duration_text(limit or 0)}"
     if last.status in ("submitted", "queued", "running"):
-        limit = _auto_stop_s(row)
-        reason = f"auto_stop: ran longer than {_duration_text(limit or 0)}"
-        if limit and enforce_auto_stop(executor, last.run_id, limit, grace_s=_STOP_GRACE_S, now=now):
+        # what is left of the job's budget after the attempts this one continues
+        left = max(limit - _ran_s(store, runs, len(runs) - 1), 0.001) if limit else None
+        if left and enforce_auto_stop(executor, last.run_id, left, grace_s=_STOP_GRACE_S, now=now):
             store.update_run(last.run_id, status="cancelled", error=reason, finished_at=_now_dt())
             store.update_resource(address, status="stopped")
             store.add_event("auto_stopped", f"run {last.run_id} stopped: {reason}", address,
@@ -311,6 +331,13 @@ def _supervise_one(
         policy = _policy(row)
         restarts, consecutive = _restart_counts(store, runs)
         if not should_restart(last.exit_code, restarts, consecutive, policy):
+            return
+        if limit and _ran_s(store, runs, len(runs) - 1) + _duration_s(last) >= limit:
+            # a restart would only be stopped again: the job has used its running time
+            store.update_resource(address, status="stopped")
+            store.add_event("auto_stopped", f"run {last.run_id} failed and is not restarted: {reason}",
+                            address, run_id=last.run_id, checkpoint=_latest(last.workdir))  # fmt: skip
+            lines.append(f"{address}: {reason}; not restarted")
             return
         why = f"exit code {last.exit_code}" if last.exit_code is not None else "process lost"
         n, limit = restarts + 1, int(policy["max_restarts"])
