@@ -219,6 +219,27 @@ def test_no_restart_once_the_job_used_its_auto_stop_time(
     assert eng.store.resource(ADDR).status == "stopped" and _events(eng, "restarted") == []
 
 
+def test_silent_running_attempt_reported_once_as_suspected_hang(
+    make_engine: Any, job_env: Path, monkeypatch: Any
+) -> None:
+    monkeypatch.setenv("CKPT_STEP_S", "30")  # the fake runner sleeps before its first output
+    monkeypatch.setenv("ZSCONF_HANG_AFTER", "1s")
+    eng = make_engine("{}")
+    assert eng.apply(eng.plan()).ok
+    (run,) = eng.store.runs(ADDR)
+    assert _pass(eng) == []  # just started: not silent yet
+    time.sleep(1.5)
+    (line,) = _pass(eng)
+    assert line.startswith(f"{ADDR}: run {run.run_id}: no progress for 1s") and "suspected hang" in line
+    assert _pass(eng) == []  # once per attempt
+    (ev,) = _events(eng, "hang")
+    assert ev.data["run_id"] == run.run_id
+    from daemon.notify import notify_event_name
+
+    assert notify_event_name(ev, "finetune") == "hang"  # what a `notify: {events: [hang]}` subscriber gets
+    assert eng.executor.observe(run.run_id).state == "running"  # reported, not stopped
+
+
 def test_stop_then_resume_continues_from_latest_checkpoint(
     make_engine: Any, job_env: Path, monkeypatch: Any
 ) -> None:

@@ -36,10 +36,16 @@ __all__ = ["CheckpointInfo", "list_checkpoints", "resume_job", "stop_job", "supe
 log = logging.getLogger("zsconf.engine.jobs")
 
 _ACTIVE = ("intent", "submitted", "queued", "running")
-_STOP_GRACE_S = 30.0
+_STOP_GRACE_S = 30.0  # a training run finishes its step and checkpoints it before SIGKILL
 # An intent row older than this whose starter is gone is submitted by the supervisor (apply and
 # resume go from intent to submit in well under a second).
-INTENT_GRACE_S = 30.0  # a runner may be writing a checkpoint; give it time before SIGKILL
+INTENT_GRACE_S = 30.0
+# A running attempt whose run directory has not changed for this long is reported as a suspected
+# hang (event `hang`, once per attempt; the manual's "suspected hang" notification). Runners write a
+# metrics line per step or batch, so silence this long means a stuck collective or device, not slow
+# work. ZSCONF_HANG_AFTER (a duration, e.g. 45m) overrides it for the whole host.
+HANG_AFTER_DEFAULT = "30m"
+_PROGRESS_FILES = ("metrics.jsonl", "runner.log", "events.jsonl")
 
 
 @dataclass(frozen=True)
@@ -288,9 +294,10 @@ def resume_job(store: Store, executor: Any, address: str, reason: str = "resumed
 
 
 def supervise_jobs(store: Store, executor: Any, now: float | None = None) -> list[str]:
-    """One supervision pass over every job resource: stop attempts running longer than the
-    spec's `options.auto_stop` (per attempt), restart failed ones as `options.auto_restart`
-    allows (resuming from the latest checkpoint). Call after `finish_runs` (it acts on runs
+    """One supervision pass over every job resource: stop jobs running longer than the spec's
+    `options.auto_stop` (restarts included), report a running attempt silent for HANG_AFTER as a
+    suspected hang, restart failed ones as `options.auto_restart` allows (resuming from the
+    latest checkpoint). Call after `finish_runs` (it acts on runs
     recorded as failed). Returns one line per action taken; a job that cannot be handled gets a
     line too and does not stop the others."""
     lines: list[str] = []
@@ -327,6 +334,8 @@ def _supervise_one(
             store.add_event("auto_stopped", f"run {last.run_id} stopped: {reason}", address,
                             run_id=last.run_id, checkpoint=_latest(last.workdir))  # fmt: skip
             lines.append(f"{address}: {reason}")
+        else:
+            _report_hang(store, executor, row, last, now, lines)
     elif last.status == "failed":
         policy = _policy(row)
         restarts, consecutive = _restart_counts(store, runs)
@@ -353,6 +362,35 @@ def _supervise_one(
         # A restart or resume whose starter died between its intent row and the submit.
         _submit(store, executor, row, last, runs[-2].run_id)
         lines.append(f"{address}: submitted run {last.run_id} (its start was interrupted)")
+
+
+def _hang_after_s() -> float:
+    return float(parse_duration(os.environ.get("ZSCONF_HANG_AFTER") or HANG_AFTER_DEFAULT))
+
+
+def _report_hang(
+    store: Store, executor: Any, row: ResourceRow, run: RunRow, now: float | None, lines: list[str]
+) -> None:
+    """Event `hang` once for an attempt that is running but has written nothing for a while."""
+    obs = executor.observe(run.run_id)
+    if obs.state != "running" or obs.started_at is None:
+        return  # queued time is not silence
+    progress = obs.started_at
+    for name in _PROGRESS_FILES:
+        try:
+            progress = max(progress, (Path(run.workdir) / name).stat().st_mtime)
+        except OSError:
+            continue
+    silent = (time.time() if now is None else now) - progress
+    if silent < _hang_after_s():
+        return
+    if any(e.event == "hang" and e.data.get("run_id") == run.run_id
+           for e in store.events(address=row.address, limit=100_000)):  # fmt: skip
+        return
+    msg = (f"run {run.run_id}: no progress for {_duration_text(silent)} (no metrics, log or event "
+           "written); suspected hang. `zsconf logs` shows its last lines; `zsconf job stop` ends it")  # fmt: skip
+    store.add_event("hang", msg, row.address, run_id=run.run_id, silent_s=round(silent))
+    lines.append(f"{row.address}: {msg}")
 
 
 def list_checkpoints(store: Store, address: str) -> list[CheckpointInfo]:
