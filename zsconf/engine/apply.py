@@ -624,9 +624,10 @@ def _finish_one(store: Store, run: RunRow, obs: Any) -> None:
     if status == "succeeded" and row is not None and _gate_status(res) == "failed":
         _record_gate_failure(store, row, run, res)
     # the process's own start and end as the executor saw them (auto_stop adds up attempts' time)
-    times = {k: datetime.fromtimestamp(t, UTC) for k, t in (("started_at", obs.started_at),
-             ("finished_at", obs.ended_at or time.time())) if t}  # fmt: skip
-    store.update_run(run.run_id, status=status, error=res.get("error"), exit_code=obs.exit_code, **times)
+    started = datetime.fromtimestamp(obs.started_at, UTC) if obs.started_at else run.started_at
+    finished = datetime.fromtimestamp(obs.ended_at or time.time(), UTC)
+    store.update_run(run.run_id, status=status, error=res.get("error"), exit_code=obs.exit_code,
+                     started_at=started, finished_at=finished)  # fmt: skip
     if row is not None and row.content_hash == run.content_hash:
         outputs = dict(row.outputs)
         outputs.update({"run_id": run.run_id, "result": res.get("outputs") or {}})

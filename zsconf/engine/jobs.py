@@ -148,12 +148,14 @@ def _restart_counts(store: Store, runs: list[RunRow]) -> tuple[int, int]:
     return restarts, consecutive
 
 
-def _ran_s(store: Store, runs: list[RunRow], upto: int) -> float:
-    """Seconds that the attempts before `runs[upto]` ran since apply or the user last started the
+def _ran_before_last_s(store: Store, runs: list[RunRow]) -> float:
+    """Seconds that the attempts before the last one ran since apply or the user last started the
     job: auto_stop bounds the job's running time, and an auto-restart continues the same job (a
     user's resume starts a new budget)."""
+    if len(runs) < 2:
+        return 0.0  # the common case: no event query on every pass
     restarted = _restart_run_ids(store, runs[0].address)
-    total, i = 0.0, upto
+    total, i = 0.0, len(runs) - 1
     while i > 0 and runs[i].run_id in restarted:
         total += _duration_s(runs[i - 1])
         i -= 1
@@ -297,9 +299,9 @@ def supervise_jobs(store: Store, executor: Any, now: float | None = None) -> lis
     """One supervision pass over every job resource: stop jobs running longer than the spec's
     `options.auto_stop` (restarts included), report a running attempt silent for HANG_AFTER as a
     suspected hang, restart failed ones as `options.auto_restart` allows (resuming from the
-    latest checkpoint). Call after `finish_runs` (it acts on runs
-    recorded as failed). Returns one line per action taken; a job that cannot be handled gets a
-    line too and does not stop the others."""
+    latest checkpoint). Call after `finish_runs` (it acts on runs recorded as failed). Returns one
+    line per action taken; a job that cannot be handled gets a line too and does not stop the
+    others."""
     lines: list[str] = []
     for address, view in sorted(store.resources().items()):
         if view.kind not in JOB_KINDS or view.status in ("deleting", "stopped"):
@@ -327,7 +329,7 @@ def _supervise_one(
     reason = f"auto_stop: ran longer than {_duration_text(limit or 0)}"
     if last.status in ("submitted", "queued", "running"):
         # what is left of the job's budget after the attempts this one continues
-        left = max(limit - _ran_s(store, runs, len(runs) - 1), 0.001) if limit else None
+        left = max(limit - _ran_before_last_s(store, runs), 0.001) if limit else None
         if left and enforce_auto_stop(executor, last.run_id, left, grace_s=_STOP_GRACE_S, now=now):
             store.update_run(last.run_id, status="cancelled", error=reason, finished_at=_now_dt())
             store.update_resource(address, status="stopped")
@@ -341,7 +343,7 @@ def _supervise_one(
         restarts, consecutive = _restart_counts(store, runs)
         if not should_restart(last.exit_code, restarts, consecutive, policy):
             return
-        if limit and _ran_s(store, runs, len(runs) - 1) + _duration_s(last) >= limit:
+        if limit and _ran_before_last_s(store, runs) + _duration_s(last) >= limit:
             # a restart would only be stopped again: the job has used its running time
             store.update_resource(address, status="stopped")
             store.add_event("auto_stopped", f"run {last.run_id} failed and is not restarted: {reason}",
