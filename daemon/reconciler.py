@@ -184,8 +184,9 @@ class Reconciler:
 
     # -- steps -------------------------------------------------------------------------------
     def _take_lock(self) -> str | None:
-        """The state lock without waiting; None when someone else holds it. A lock left by a
-        daemon that died (same host, pid gone) or lost its lead is broken; a person's is not."""
+        """The state lock without waiting; None when someone else holds it. A lock whose holder
+        died on this host is taken over by the store; one left by a daemon that lost its lead
+        (on any host) is broken here once this daemon has led a lease period; a person's is not."""
         for _ in range(2):
             try:
                 lock_id = self.store.acquire_lock("daemon", 0.0)
@@ -193,16 +194,16 @@ class Reconciler:
                     self.on_line("state lock free again; reconciling")
                 self._lock_holder = None
                 return lock_id
-            except StateLockedError as exc:
+            except StateLockedError:
                 info = self.store.lock_info()
                 if info is None:
                     continue  # released in between
-                if info.operation == "daemon" and (info.stale or self.break_daemon_locks()):
+                if info.operation == "daemon" and self.break_daemon_locks():
                     self.store.force_unlock(info.lock_id)
                     self.on_line(f"broke the lock a previous daemon left ({info.describe()})")
                     self._event("lock_broken", f"broke the lock a previous daemon left: {info.describe()}")
                     continue
-                holder = str(exc).removeprefix("state is locked: ")
+                holder = info.describe()
                 if holder != self._lock_holder:
                     self.on_line(f"waiting: {holder}")
                 self._lock_holder = holder

@@ -136,3 +136,29 @@ def test_bad_url_is_a_state_error() -> None:
 
     with pytest.raises(StateError, match="cannot open state database"):
         open_store("nosuchdialect://x")
+
+
+def test_a_version_1_database_is_migrated_in_place(state_url: str) -> None:
+    """A state made before schema 2 (no lock.start_time, no resources.secrets_digest) opens,
+    gains the columns, keeps its rows, and works with the lock and resources at once."""
+    from sqlalchemy import inspect, text
+
+    from zsconf.state import SCHEMA_VERSION, Meta, ResourceRow, open_store
+
+    store = open_store(state_url)
+    store.put_resource(ResourceRow(address="tenant/a", kind="tenant", name="a", spec={"x": 1}))
+    with store.engine.begin() as conn:  # make it a version 1 database
+        conn.execute(text('ALTER TABLE "lock" DROP COLUMN start_time'))
+        conn.execute(text('ALTER TABLE "resources" DROP COLUMN secrets_digest'))
+        conn.execute(text("UPDATE meta SET value = '1' WHERE key = 'schema_version'"))
+    store.close()
+
+    store = open_store(state_url)
+    cols = {t: {c["name"] for c in inspect(store.engine).get_columns(t)} for t in ("lock", "resources")}
+    assert "start_time" in cols["lock"] and "secrets_digest" in cols["resources"]
+    with store.session() as s:
+        assert s.get(Meta, "schema_version").value == str(SCHEMA_VERSION)  # type: ignore[union-attr]
+    row = store.resource("tenant/a")
+    assert row is not None and row.spec == {"x": 1} and row.secrets_digest == ""
+    store.release_lock(store.acquire_lock("apply"))
+    assert open_store(state_url).serial() == store.serial()  # a second open migrates nothing

@@ -47,9 +47,23 @@ def _register() -> None:
 _register()
 
 
+def _warnings_to_stderr() -> None:
+    """The library's warnings (`zsconf.*` loggers: a lock taken over, a pass that failed) as one
+    line each on stderr; the daemon's own progress lines are printed by the daemon."""
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("warning: %(message)s"))
+    handler.setLevel(logging.WARNING)
+    root = logging.getLogger("zsconf")
+    root.addHandler(handler)
+    root.propagate = False
+
+
 def run() -> None:
     """Console-script entry point. Click handles usage errors and exit codes (standalone mode);
     library errors reach here and become one line each, exit 1, no traceback."""
+    _warnings_to_stderr()
     try:
         app()
     except ZsconfError as exc:

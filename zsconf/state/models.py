@@ -44,6 +44,9 @@ class ResourceRow(SQLModel, table=True):
     name: str
     spec: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     content_hash: str = ""
+    # Keyed digest of the secret values in the spec as applied (`spec` holds them masked): a
+    # changed secret is an in-place update, an unchanged one plans to no change. "" = no secrets.
+    secrets_digest: str = ""
     # pending (intent written, side effect not confirmed) | applied | running | succeeded | failed
     # | deleting
     status: str = "pending"
@@ -170,6 +173,8 @@ class LockRow(SQLModel, table=True):
     who: str
     host: str
     pid: int
+    # With host and pid it proves the holder dead (a reused pid has another start time).
+    start_time: float | None = None
     created: datetime = Field(default_factory=utcnow)
 
 

@@ -8,6 +8,7 @@ write the plan depends on and the lock rules live in one place.
 from __future__ import annotations
 
 import getpass
+import logging
 import os
 import socket
 import time
@@ -21,7 +22,7 @@ from typing import Any
 
 from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlmodel import Session, SQLModel, create_engine, delete, select
 
 from zsconf.errors import StateError, StateLockedError
@@ -39,8 +40,10 @@ from zsconf.state.models import (
 
 __all__ = ["SCHEMA_VERSION", "LockInfo", "ResourceView", "Store", "default_url", "open_store"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STATE_URL_ENV = "ZSCONF_STATE_URL"
+
+log = logging.getLogger("zsconf.state")
 
 
 def default_url(stack_dir: str | Path | None) -> str:
@@ -103,9 +106,7 @@ class LockInfo:
             f"for {self.operation!r} since {self.created:%Y-%m-%d %H:%M:%S} UTC"
         )
         if self.stale:
-            text += (
-                f" (stale: process {self.pid} is gone; remove it with `zsconf force-unlock {self.lock_id}`)"
-            )
+            text += f" (stale: process {self.pid} is gone)"
         return text
 
 
@@ -136,6 +137,37 @@ class Store:
                     f"state database {self.display_url} has schema version {row.value}, newer than "
                     f"this zsconf understands ({SCHEMA_VERSION}); upgrade zsconf"
                 )
+            elif int(row.value) < SCHEMA_VERSION:
+                self._migrate(int(row.value))
+
+    def _migrate(self, version: int) -> None:
+        """Bring an older database up to SCHEMA_VERSION. Every change so far added columns with a
+        default (v2: `lock.start_time`, `resources.secrets_digest`), so this adds what the
+        tables lack; two processes migrating at once both succeed."""
+        from sqlalchemy import inspect, text
+
+        have = inspect(self.engine)
+        for table in SQLModel.metadata.sorted_tables:
+            present = {c["name"] for c in have.get_columns(table.name)}
+            for col in table.columns:
+                if col.name in present:
+                    continue
+                ddl = col.type.compile(dialect=self.engine.dialect)
+                default = col.default.arg if col.default is not None and col.default.is_scalar else None
+                clause = f" DEFAULT '{default}'" if isinstance(default, str) else ""
+                try:
+                    with self.engine.begin() as conn:
+                        conn.execute(text(f'ALTER TABLE "{table.name}" ADD COLUMN "{col.name}" {ddl}{clause}'))
+                except DBAPIError:  # added by a concurrent migration, or a real failure:
+                    now = {c["name"] for c in inspect(self.engine).get_columns(table.name)}
+                    if col.name not in now:
+                        raise
+        with self.session() as s:
+            row = s.get(Meta, "schema_version")
+            if row is not None and int(row.value) == version:
+                row.value = str(SCHEMA_VERSION)
+                s.add(row)
+                s.commit()
 
     @property
     def display_url(self) -> str:
@@ -201,8 +233,8 @@ class Store:
             row.updated_at = utcnow()
             if existing is not None:
                 for field in (
-                    "kind", "tenant", "name", "spec", "content_hash", "status", "outputs",
-                    "dependencies", "generation", "updated_at",
+                    "kind", "tenant", "name", "spec", "content_hash", "secrets_digest", "status",
+                    "outputs", "dependencies", "generation", "updated_at",
                 ):  # fmt: skip
                     setattr(existing, field, getattr(row, field))
                 s.add(existing)
@@ -382,38 +414,51 @@ class Store:
             row = s.get(LockRow, "state")
             if row is None:
                 return None
-            from zsconf.executors.procs import pid_running  # lazy: the gateway imports the store
-
-            stale = row.host == socket.gethostname() and not pid_running(row.pid)
-            return LockInfo(row.lock_id, row.operation, row.who, row.host, row.pid, row.created, stale)
+            return LockInfo(row.lock_id, row.operation, row.who, row.host, row.pid, row.created, _dead(row))
 
     def acquire_lock(self, operation: str, timeout: float = 0.0) -> str:
-        """Take the lock or raise StateLockedError naming the holder (after `timeout` seconds)."""
+        """Take the lock or raise StateLockedError naming the holder (after `timeout` seconds).
+
+        A lock whose holder is provably dead (this host, and its pid gone or now another process:
+        the start time differs) is taken over at once, with a `lock_taken_over` event and a
+        warning on the `zsconf.state` logger. A holder on another host, or alive, is waited for."""
         deadline = time.monotonic() + timeout
         lock_id = str(uuid.uuid4())
+        from zsconf.executors.procs import process_start_time  # lazy: the gateway imports the store
+
+        me = os.getpid()
         while True:
             try:
                 with self.session() as s:
-                    s.add(
-                        LockRow(
-                            lock_id=lock_id,
-                            operation=operation,
-                            who=_user(),
-                            host=socket.gethostname(),
-                            pid=os.getpid(),
-                        )
-                    )
+                    s.add(LockRow(lock_id=lock_id, operation=operation, who=_user(), host=socket.gethostname(),
+                                  pid=me, start_time=process_start_time(me)))  # fmt: skip
                     s.commit()
                 self.held_lock = lock_id
                 return lock_id
             except (IntegrityError, OperationalError):
                 pass
+            info = self.lock_info()
+            if info is None:  # released between our insert and our read: try again
+                continue
+            if info.stale:
+                self._take_over(info)
+                continue
             if time.monotonic() >= deadline:
-                info = self.lock_info()
-                if info is None:  # released between our insert and our read: try again
-                    continue
-                raise StateLockedError(f"state is locked: {info.describe()}")
+                raise StateLockedError(
+                    f"state is locked: {info.describe()}; if that process is gone (it ran on another "
+                    f"host), remove the lock with `zsconf force-unlock {info.lock_id}`"
+                )
             time.sleep(0.2)
+
+    def _take_over(self, info: LockInfo) -> None:
+        """Delete a dead holder's lock (only that one: a lock taken meanwhile by someone else stays)."""
+        with self.session() as s:
+            gone = s.exec(delete(LockRow).where(LockRow.lock_id == info.lock_id)).rowcount  # type: ignore[call-overload]
+            s.commit()
+        if gone:
+            msg = f"took over the state lock left by a process that died: {info.describe()}"
+            log.warning("%s", msg)
+            self.add_event("lock_taken_over", msg, None, lock_id=info.lock_id, pid=info.pid)
 
     def release_lock(self, lock_id: str) -> None:
         with self.session() as s:
@@ -438,6 +483,17 @@ class Store:
             yield lock_id
         finally:
             self.release_lock(lock_id)
+
+
+def _dead(row: LockRow) -> bool:
+    """The lock's holder is provably gone: it ran on this host and its pid is free or reused.
+    A holder on another host can never be proven dead from here."""
+    from zsconf.executors.procs import process_start_time
+
+    if row.host != socket.gethostname():
+        return False
+    now = process_start_time(row.pid)
+    return now is None or (row.start_time is not None and now != row.start_time)
 
 
 def _user() -> str:
