@@ -183,7 +183,9 @@ def test_kill_9_during_apply_then_rerun_starts_nothing_twice(
         info = eng.store.lock_info()
         assert info is not None and info.stale  # the dead apply's lock is reported stale...
         result = eng.apply(eng.plan(), wait=True)  # ...and the next apply takes it over
-        assert [e.data["lock_id"] for e in eng.store.events(0) if e.event == "lock_taken_over"] == [info.lock_id]
+        assert [e.data["lock_id"] for e in eng.store.events(0) if e.event == "lock_taken_over"] == [
+            info.lock_id
+        ]
         assert result.ok, result.diagnostics
         assert not eng.plan().actionable()
         starts = _starts(engine_env)

@@ -157,7 +157,9 @@ class Store:
                 clause = f" DEFAULT '{default}'" if isinstance(default, str) else ""
                 try:
                     with self.engine.begin() as conn:
-                        conn.execute(text(f'ALTER TABLE "{table.name}" ADD COLUMN "{col.name}" {ddl}{clause}'))
+                        conn.execute(
+                            text(f'ALTER TABLE "{table.name}" ADD COLUMN "{col.name}" {ddl}{clause}')
+                        )
                 except DBAPIError:  # added by a concurrent migration, or a real failure:
                     now = {c["name"] for c in inspect(self.engine).get_columns(table.name)}
                     if col.name not in now:
