@@ -18,7 +18,11 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from zsconf.loading.secrets import MASK
+
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from zsconf.state import Event, Store
 
 __all__ = ["CURSOR_KEY", "Notification", "Notifier", "deliver_events", "notify_event_name"]
@@ -140,11 +144,16 @@ def _set_cursor(store: Store, value: int) -> None:
         s.commit()
 
 
-def deliver_events(store: Store, notifier: Notifier, now: float | None = None) -> int:
+def deliver_events(
+    store: Store, notifier: Notifier, now: float | None = None, specs: Mapping[str, Any] | None = None
+) -> int:
     """Queue a webhook POST for every event recorded since the last call that its resource
     subscribes to; returns how many were queued. The cursor (meta `notify_cursor`) advances past
     every event looked at, matched or not, so each event is considered once. The payload is
-    {"event", "address", "message", "ts", "event_id"}: never the event's data or the spec."""
+    {"event", "address", "message", "ts", "event_id"}: never the event's data or the spec.
+
+    `specs` (address -> spec with secrets resolved: `Engine.desired_specs()`) gives the webhook
+    URLs; the state's copy has secrets masked, so without it a URL holding one is not called."""
     now = time.time() if now is None else now
     cursor = _cursor(store)
     resources = store.resources()
@@ -158,9 +167,15 @@ def deliver_events(store: Store, notifier: Notifier, now: float | None = None) -
             row = resources.get(ev.address or "")
             if row is None or now - ev.ts > MAX_AGE_S:
                 continue
-            sub = _subscription(row.spec or {}, row.kind)
+            spec = specs.get(row.address) if specs and row.address in specs else row.spec
+            sub = _subscription(spec or {}, row.kind)
             name = notify_event_name(ev, row.kind)
             if not sub.get("webhook") or name is None or name not in (sub.get("events") or []):
+                continue
+            if MASK in sub["webhook"]:
+                log.warning(
+                    "not calling the webhook of %s: its URL holds a secret that is not loaded", row.address
+                )
                 continue
             notifier.send(sub["webhook"], {"event": name, "address": ev.address, "message": ev.message,
                                            "ts": ev.ts, "event_id": ev.id})  # fmt: skip

@@ -347,7 +347,7 @@ class Reconciler:
         if self.notifier is None:
             return
         try:
-            deliver_events(self.store, self.notifier)
+            deliver_events(self.store, self.notifier, specs=self.engine.desired_specs())
         except Exception:  # a notification never blocks or breaks reconciliation
             log.exception("delivering notifications failed")
 

@@ -115,7 +115,7 @@ def test_a_persons_lock_skips_the_pass_and_a_dead_daemons_lock_is_broken(
             assert "'apply'" in r.skipped and r.retry_in == 2.0 and not r.applied
         r = rec.run_pass("test")
         assert "deployment/acme/chat" in r.applied
-        # A daemon SIGKILLed mid-pass leaves its lock row; the pid is gone: broken, not waited on.
+        # A daemon SIGKILLed mid-pass leaves its lock row; the pid is gone: taken over, not waited on.
         import subprocess
         import sys
 
@@ -128,7 +128,7 @@ def test_a_persons_lock_skips_the_pass_and_a_dead_daemons_lock_is_broken(
             s.commit()
         (stack / "stack.yaml").write_text(DEPLOY_STACK.replace("instances: 1", "instances: 2"))
         r = rec.run_pass("test")
-        assert "deployment/acme/chat" in r.applied and events(eng.store, "lock_broken")
+        assert "deployment/acme/chat" in r.applied and events(eng.store, "lock_taken_over")
         assert eng.store.lock_info() is None
         # ...but a live person's lock of the same name on this host is waited for.
         with eng.store.session() as s:

@@ -172,6 +172,18 @@ class Engine:
                 return None
         return sync_gateway(self.store, self.executor, self.stack_dir, self._platform)
 
+    def desired_specs(self) -> dict[str, dict[str, Any]]:
+        """address -> spec as the files say it, secrets resolved, for what uses them (webhooks);
+        never stored or printed ({} when the stack does not load)."""
+        from zsconf.engine.plan import desired_specs
+        from zsconf.errors import ZsconfError
+
+        try:
+            loaded, graph = self.load()
+        except ZsconfError:
+            return {}
+        return desired_specs(loaded, graph)
+
     def gateway_url(self) -> str | None:
         from zsconf.engine.gateway import gateway_url
 

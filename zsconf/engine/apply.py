@@ -36,6 +36,7 @@ from zsconf.engine.hashing import dir_digest
 from zsconf.engine.refresh import JOB_KINDS, instance_alive, read_result, refresh
 from zsconf.errors import ExecutorError, PlanError
 from zsconf.plans import Action, Change, Plan
+from zsconf.privfile import write_private
 from zsconf.state import ApiKey, ModelVersion, ResourceRow, RunRow, Store
 
 if TYPE_CHECKING:
@@ -274,6 +275,7 @@ def _row(
         name=name,
         spec=ch.after or {},
         content_hash=ch.content_hash,
+        secrets_digest=ch.secrets_digest,
         status=status,
         outputs=outputs if outputs is not None else (dict(prev.outputs) if prev else {}),
         dependencies=ch.dependencies,
@@ -288,6 +290,12 @@ def _split(addr: str) -> tuple[str, str | None, str]:
 
 def _spec(ctx: _Ctx, addr: str) -> Any:
     return ctx.graph.nodes[addr]
+
+
+def _resolved(ctx: _Ctx, ch: Change) -> dict[str, Any]:
+    """The spec as the runner needs it, secrets resolved (the plan and the state hold it masked):
+    it goes only into the run's spec.json, mode 0600."""
+    return ctx.graph.nodes[ch.address].model_dump(mode="json")
 
 
 def _record(
@@ -499,11 +507,11 @@ def _job(ctx: _Ctx, ch: Change) -> str:
         inputs = _job_inputs(ctx, spec, tenant, kind)
         envelope = {"run_id": run_id, "address": ch.address, "workdir": str(workdir),
                     "output_dir": str(out_dir) if out_dir else None,
-                    "device": ctx.loaded.stack.platform.device, "spec": ch.after, "inputs": inputs,
+                    "device": ctx.loaded.stack.platform.device, "spec": _resolved(ctx, ch), "inputs": inputs,
                     "resume": (workdir / "checkpoints").exists()}  # fmt: skip
         workdir.mkdir(parents=True, exist_ok=True)
         spec_path = workdir / "spec.json"
-        spec_path.write_text(json.dumps(envelope, indent=1))
+        write_private(spec_path, json.dumps(envelope, indent=1))
         quotas = ctx.loaded.stack.tenants[tenant].quotas
         sub = ex.submit(job_request(ctx.catalog, run_id, ch.address, tenant, spec.resources.model_dump(),
                                     spec_path, workdir, quotas.max_cards))  # fmt: skip
@@ -742,12 +750,12 @@ def _deployment(ctx: _Ctx, ch: Change) -> str:
                                            workdir=str(workdir), handle={"index": index}))  # fmt: skip
         workdir = Path(run.workdir)
         envelope = {"run_id": run.run_id, "address": ch.address, "workdir": str(workdir), "output_dir": None,
-                    "device": ctx.loaded.stack.platform.device, "spec": ch.after,
+                    "device": ctx.loaded.stack.platform.device, "spec": _resolved(ctx, ch),
                     "inputs": {"model_dir": mv.path, "model_version": mv.version,
                                "served_model_name": name},
                     "resume": False}  # fmt: skip
         workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "spec.json").write_text(json.dumps(envelope, indent=1))
+        write_private(workdir / "spec.json", json.dumps(envelope, indent=1))
         from zsconf.executors import InstanceRequest
 
         handle = ex.start_instance(

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from zsconf.errors import ExecutorError
+from zsconf.privfile import write_private
 
 __all__ = [
     "GATEWAY",
@@ -54,16 +55,6 @@ def gateway_dir(stack_dir: Path) -> Path:
     return Path(stack_dir) / ".zsconf" / "gateway"
 
 
-def _private_write(path: Path, text: str) -> None:
-    """Write atomically with mode 0600 (the file may hold a secret or the state URL)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def upstream_key(stack_dir: Path) -> str:
     """The internal key between the gateway and the model servers: made once, kept 0600."""
     path = gateway_dir(stack_dir) / "upstream.key"
@@ -71,7 +62,7 @@ def upstream_key(stack_dir: Path) -> str:
         return path.read_text().strip()
     except FileNotFoundError:
         key = "zs-internal-" + secrets.token_urlsafe(24)
-        _private_write(path, key)
+        write_private(path, key)
         return key
 
 
@@ -176,7 +167,7 @@ def _sync(store: Any, executor: Any, stack_dir: Path, platform: Any, wait_reload
     except FileNotFoundError:
         changed = True
     if changed:
-        _private_write(config_path, config)
+        write_private(config_path, config)
     mtime = config_path.stat().st_mtime
 
     want_port = _port(platform)
@@ -200,7 +191,7 @@ def _sync(store: Any, executor: Any, stack_dir: Path, platform: Any, wait_reload
     run_dir = gdir / "run"
     spec = {"host": _host(platform), "port": port, "state_url": store.url, "config_path": str(config_path),
             "workdir": str(run_dir)}  # fmt: skip
-    _private_write(gdir / "spec.json", json.dumps(spec, indent=1))
+    write_private(gdir / "spec.json", json.dumps(spec, indent=1))
     handle = executor.start_instance(
         InstanceRequest(deployment=GATEWAY, index=0, workdir=str(run_dir), spec_path=str(gdir / "spec.json"),
                         module="runners.gateway", port=port)

@@ -5,12 +5,13 @@ of everything it consumes. Called by `zsconf.engine.plan`.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["file_digest", "json_hash", "lineage_hashes"]
+__all__ = ["file_digest", "json_hash", "lineage_hashes", "secrets_digest"]
 
 _FILE_CACHE: dict[tuple[str, int, int], str] = {}
 
@@ -18,6 +19,16 @@ _FILE_CACHE: dict[tuple[str, int, int], str] = {}
 def json_hash(obj: Any) -> str:
     data = json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str, separators=(",", ":"))
     return hashlib.sha256(data.encode()).hexdigest()
+
+
+def secrets_digest(leaves: list[tuple[str, str]], key: str) -> str:
+    """HMAC-SHA256, keyed with the state store's own key, of the secret-bearing fields of a spec:
+    the state keeps this and the masked spec, so a rotated secret is seen without storing it (nor
+    an unkeyed hash a dictionary could reverse). "" when the spec holds no secret."""
+    if not leaves:
+        return ""
+    body = json.dumps(sorted(leaves), ensure_ascii=False, separators=(",", ":"))
+    return hmac.new(key.encode(), body.encode(), hashlib.sha256).hexdigest()
 
 
 def file_digest(path: Path) -> str:

@@ -29,6 +29,7 @@ from schemas.common import parse_duration
 from zsconf.engine.refresh import JOB_KINDS
 from zsconf.errors import StateError, ZsconfError
 from zsconf.executors.supervise import enforce_auto_stop, latest_checkpoint, should_restart
+from zsconf.privfile import write_private
 from zsconf.state import ResourceRow, RunRow, Store
 
 __all__ = ["CheckpointInfo", "list_checkpoints", "resume_job", "stop_job", "supervise_jobs"]
@@ -222,9 +223,7 @@ def _submit(store: Store, executor: Any, row: ResourceRow, run: RunRow, prev_run
     except (OSError, ValueError) as exc:
         raise StateError(f"cannot resume {row.address}: {spec_path} unreadable ({exc})") from exc
     envelope.update(run_id=run.run_id, resume=True)
-    tmp = spec_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(envelope, indent=1))
-    os.replace(tmp, spec_path)
+    write_private(spec_path, json.dumps(envelope, indent=1))  # it may hold resolved secrets
     # The previous attempt's result.json must not be read as this attempt's: keep it aside.
     old = workdir / "result.json"
     if old.exists() and executor.observe(run.run_id).state == "lost":

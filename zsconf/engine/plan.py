@@ -13,12 +13,12 @@ from schemas.stack import KINDS
 from zsconf.engine import gates
 from zsconf.engine.diff import drop_paths, field_diffs
 from zsconf.engine.estimates import count_samples, estimate
-from zsconf.engine.hashing import file_digest, lineage_hashes
+from zsconf.engine.hashing import file_digest, lineage_hashes, secrets_digest
 from zsconf.engine.refresh import Observed, refresh
 from zsconf.plans import Action, Change, FieldDiff, Plan
 from zsconf.state import Store
 
-__all__ = ["MAX_VERSIONS", "make_plan"]
+__all__ = ["MAX_VERSIONS", "desired_specs", "make_plan"]
 
 MAX_VERSIONS = 10
 JOB_KINDS = ("finetune", "compression")
@@ -51,6 +51,7 @@ def make_plan(
     executor: Any = None,
 ) -> Plan:
     mask = loaded.secrets
+    secrets_key = store.secrets_key() if mask else ""
     serial = store.serial()
     state = store.resources()
     obs = observed if observed is not None else refresh(store, state, executor)
@@ -95,15 +96,21 @@ def make_plan(
                 continue
             kind = addr.split("/", 1)[0]
             cls = type(graph.nodes[addr])
+            # The state keeps specs with secrets masked (never stored) and a keyed digest of the
+            # secret values: masked is compared with masked, digest with digest.
             after = desired[addr]
+            shown = mask.data(after) if mask else after
+            ignore = after.get("lifecycle", {}).get("ignore_changes", [])
+            secret_leaves = mask.leaves(drop_paths(after, ignore)) if mask else []
             row = state.get(addr)
             ch = Change(
                 address=addr,
                 kind=kind,
                 action=Action.NOOP,
                 before=row.spec if row else None,
-                after=mask.data(after) if mask else after,
+                after=shown,
                 content_hash=hashes[addr],
+                secrets_digest=secrets_digest(secret_leaves, secrets_key),
                 dependencies=sorted(graph.edges.get(addr, ())),
             )
             if row is None or row.status == "pending":
@@ -111,18 +118,18 @@ def make_plan(
                 if row is not None:
                     ch.reasons.append("a previous apply did not finish")
             else:
-                ignore = after.get("lifecycle", {}).get("ignore_changes", [])
                 diffs = (
                     []
-                    if row.spec == after  # the common case, compared in C
-                    else field_diffs(drop_paths(row.spec, ignore), drop_paths(after, ignore))
+                    if row.spec == shown  # the common case, compared in C
+                    else field_diffs(drop_paths(row.spec, ignore), drop_paths(shown, ignore))
                 )
+                if not diffs and row.secrets_digest != ch.secrets_digest:
+                    diffs = [(path, mask.text(v), mask.text(v)) for path, v in secret_leaves]
+                    ch.reasons.append("a secret's value changed")
                 for path, b, a in diffs:
                     top = path.split(".", 1)[0]
                     fr = cls.forces_replace(top)
-                    ch.fields.append(
-                        FieldDiff(path, mask.data(b) if mask else b, mask.data(a) if mask else a, fr)
-                    )
+                    ch.fields.append(FieldDiff(path, b, a, fr))
                     if fr:
                         ch.action = Action.REPLACE
                         ch.reasons.append(f"{path} forces replacement")
@@ -275,6 +282,11 @@ def _desired(loaded: Any, graph: Any) -> tuple[list[str], dict[str, Any], dict[s
     graph._zs_order = order
     graph._zs_memo = (inputs, desired, hashes, samples)
     return order, desired, hashes, samples
+
+
+def desired_specs(loaded: Any, graph: Any) -> dict[str, dict[str, Any]]:
+    """address -> spec as the files say it, secrets resolved (memoised with the plan's dumps)."""
+    return _desired(loaded, graph)[1]
 
 
 def _kind_rank(addr: str) -> int:

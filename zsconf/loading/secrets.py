@@ -51,6 +51,18 @@ class SecretMask:
             return [self.data(v) for v in obj]
         return obj
 
+    def leaves(self, obj: Any, prefix: str = "") -> list[tuple[str, str]]:
+        """(dotted path, value) of every string in a JSON-like value that holds a secret."""
+        if isinstance(obj, str):
+            return [(prefix, obj)] if self.values and self.text(obj) != obj else []
+        if isinstance(obj, dict):
+            return [
+                leaf for k, v in obj.items() for leaf in self.leaves(v, f"{prefix}.{k}" if prefix else str(k))
+            ]
+        if isinstance(obj, list | tuple):
+            return [leaf for i, v in enumerate(obj) for leaf in self.leaves(v, f"{prefix}[{i}]")]
+        return []
+
     def __bool__(self) -> bool:
         return bool(self.values)
 

@@ -70,6 +70,7 @@ class Change:
     fields: list[FieldDiff] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)  # display only
     content_hash: str = ""  # desired lineage hash (after)
+    secrets_digest: str = ""  # keyed digest of the secret values `after` holds masked ("" = none)
     dependencies: list[str] = field(default_factory=list)
     estimate: dict[str, Any] = field(default_factory=dict)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import getpass
 import logging
 import os
+import secrets
 import socket
 import time
 import uuid
@@ -68,6 +69,7 @@ class ResourceView:
         "kind",
         "name",
         "outputs",
+        "secrets_digest",
         "spec",
         "status",
         "tenant",
@@ -118,6 +120,7 @@ class Store:
         self.url = url
         self.held_lock: str | None = None
         self._rows_cache: tuple[int, dict[str, ResourceView]] | None = None
+        self._secrets_key: str | None = None
 
     # -- setup -------------------------------------------------------------------------------
     def init_schema(self) -> None:
@@ -197,6 +200,22 @@ class Store:
         with self.session() as s:
             row = s.get(Meta, "lineage")
             return row.value if row else ""
+
+    def secrets_key(self) -> str:
+        """This store's random key for `zsconf.engine.hashing.secrets_digest`, made on first use."""
+        if self._secrets_key is None:
+            with self.session() as s:
+                row = s.get(Meta, "secrets_key")
+                if row is None:
+                    s.add(Meta(key="secrets_key", value=secrets.token_hex(32)))
+                    try:
+                        s.commit()
+                    except IntegrityError:  # made by another process meanwhile
+                        s.rollback()
+                    row = s.get(Meta, "secrets_key")
+                assert row is not None
+                self._secrets_key = row.value
+        return self._secrets_key
 
     def _bump(self, s: Session) -> None:
         row = s.get(Meta, "serial")
