@@ -153,6 +153,9 @@ class Reconciler:
                 orphans = self._orphans_of(plan)
                 todo, deferred = self._select(plan, orphans)
                 if todo and self.should_act():
+                    # What is about to change reads Progressing while the apply runs (a scale-up
+                    # waits for new instances): not the last pass's Synced/Healthy.
+                    self._statuses(plan, orphans, None, applying=frozenset(c.address for c in todo))
                     applied, failed = self._apply(plan, todo)
                     if applied or failed:
                         note(self._finish_runs())  # jobs that ended while apply ran
@@ -333,10 +336,16 @@ class Reconciler:
             return [f"gateway {what}: {info.url} (pid {info.pid})"]
         return []
 
-    def _statuses(self, plan: Plan | None, orphans: set[str], plan_error: str | None) -> int:
+    def _statuses(
+        self,
+        plan: Plan | None,
+        orphans: set[str],
+        plan_error: str | None,
+        applying: frozenset[str] = frozenset(),
+    ) -> int:
         observed = self.engine.refresh()
         failures = {a: b.message for a, b in self.backoff.items()}
-        statuses = compute_statuses(plan, self.store, observed, orphans, failures, plan_error)
+        statuses = compute_statuses(plan, self.store, observed, orphans, failures, plan_error, applying)
         transitions = record_statuses(self.store, statuses)
         for t in transitions:
             a = t.after

@@ -70,10 +70,12 @@ def compute_statuses(
     orphans: set[str],
     failures: dict[str, str],
     plan_error: str | None = None,
+    applying: frozenset[str] = frozenset(),
 ) -> dict[str, ResourceStatus]:
     """Status of every address the plan or the state knows (with no plan: the state's and the
     ones recorded before). `failures`: address -> message of its last failed apply action;
-    `orphans`: addresses in the state that the files no longer declare. `since` is carried over
+    `orphans`: addresses in the state that the files no longer declare; `applying`: addresses
+    the daemon is about to apply (Progressing until the pass after). `since` is carried over
     from the recorded status when neither axis changed, else now."""
     now = time.time()
     rows = store.resources()
@@ -88,8 +90,14 @@ def compute_statuses(
     out: dict[str, ResourceStatus] = {}
     for addr in sorted(addresses):
         sync, sync_reason = _sync(addr, plan, changes, orphans, plan_error)
-        health, health_reason = _health(addr, rows.get(addr), runs.get(addr, []), versions, broken, store)
-        if addr in failures:
+        ch = changes.get(addr)
+        desired = ch.after if ch is not None and ch.after else None
+        health, health_reason = _health(
+            addr, rows.get(addr), runs.get(addr, []), versions, broken, store, desired
+        )
+        if addr in applying:
+            health, health_reason = "Progressing", f"applying: {health_reason or health}"
+        elif addr in failures:
             health, health_reason = "Degraded", f"last apply failed: {failures[addr]}"
         reason = "; ".join(r for r in (sync_reason, health_reason) if r)
         prev = recorded.get(addr)
@@ -129,6 +137,7 @@ def _health(
     versions: dict[tuple[str, str], Any],
     broken: dict[str, str],
     store: Store,
+    desired: dict[str, Any] | None = None,
 ) -> tuple[str, str]:
     if row is None:
         return "Missing", "not created yet"
@@ -140,7 +149,7 @@ def _health(
     if kind in JOB_KINDS:
         return _job_health(row, runs, store)
     if kind == "deployment":
-        return _deployment_health(addr, row, runs, broken)
+        return _deployment_health(addr, row, runs, broken, desired)
     if kind == "model":
         mv = versions.get((row.tenant or "", row.name))
         if mv is None:
@@ -223,19 +232,31 @@ def _progress(workdir: str) -> str:
     return ""
 
 
-def _deployment_health(addr: str, row: Any, runs: list[Any], broken: dict[str, str]) -> tuple[str, str]:
+def _deployment_health(
+    addr: str, row: Any, runs: list[Any], broken: dict[str, str], desired: dict[str, Any] | None
+) -> tuple[str, str]:
+    """Counted from what the gateway routes to (the recorded instances), the one truth routing
+    and status share; the instance count wanted is the files' (a scale in progress shows it)."""
+    from zsconf.engine.refresh import routed_ids
+
     if row.status == "stopped" or (row.spec or {}).get("state") == "stopped":
         return "Suspended", "state: stopped"
     if addr in broken:
         return "Degraded", broken[addr]
-    want = int((row.spec or {}).get("instances", 1) or 0)
-    live = [r for r in runs if r.status == "running"]
-    starting = [r for r in runs if r.status in ("intent", "submitted", "queued")]
-    if not live:
-        return "Progressing", f"no instance running yet (0 of {want})"
-    if len(live) < want or starting:
-        return "Progressing", f"{len(live)} of {want} instances running"
-    return "Healthy", f"{len(live)} of {want} instances running"
+    want = int((desired or row.spec or {}).get("instances", 1) or 0)
+    routed = set(routed_ids(row))
+    serving = [r for r in runs if r.status == "running" and r.run_id in routed]
+    starting = [r for r in runs if r.status in _ACTIVE and r.run_id not in routed]
+    text = f"{len(serving)} of {want} instances running"
+    if starting:
+        text += f", {len(starting)} starting"
+    if not serving:
+        return "Progressing", f"no instance running yet (0 of {want})" + (
+            f", {len(starting)} starting" if starting else ""
+        )
+    if len(serving) != want or starting:
+        return "Progressing", text
+    return "Healthy", text
 
 
 def _runs_by_address(store: Store) -> dict[str, list[Any]]:

@@ -43,6 +43,11 @@ def run(store: Store, address: str, run_id: str, status: str, workdir: Path | No
                          workdir=str(workdir or ""), **kw))  # fmt: skip
 
 
+def route(store: Store, address: str, run_ids: list[str]) -> None:
+    """Record what the gateway routes `address` to, as apply does."""
+    store.update_resource(address, outputs={"instances": [{"run_id": r} for r in run_ids]})
+
+
 def plan_of(*changes: tuple[str, Action], **kw: Any) -> Plan:
     return Plan(
         changes=[Change(address=a, kind=a.split("/")[0], action=act, **kw) for a, act in changes],
@@ -146,20 +151,35 @@ def test_deployment_health(store: Store) -> None:
     put(store, "deployment/acme/new", "running", {"instances": 1})
     put(store, "deployment/acme/half", "running", {"instances": 2})
     put(store, "deployment/acme/off", "stopped", {"instances": 1, "state": "stopped"})
-    for a, n in (("ok", 2), ("dead", 2), ("half", 1)):
+    put(store, "deployment/acme/scaling", "running", {"instances": 1})
+    for a, n in (("ok", 2), ("dead", 2), ("half", 1), ("scaling", 1)):
         for i in range(n):
             run(store, f"deployment/acme/{a}", f"r-{a}{i}", "running")
+        route(store, f"deployment/acme/{a}", [f"r-{a}{i}" for i in range(n)])
     run(store, "deployment/acme/new", "r-new0", "intent")
     run(store, "deployment/acme/half", "r-half1", "intent")
     obs = Observed(broken={"deployment/acme/dead": "1 of 2 instances not running (r-dead1)"})
     addrs = [f"deployment/acme/{a}" for a in ("ok", "dead", "new", "half", "off")]
-    st = compute_statuses(plan_of(*((a, Action.NOOP) for a in addrs)), store, obs, set(), {})
+    # The files say 2 where the state says 1, and the daemon is applying it: "1 of 2".
+    scale = Change(address="deployment/acme/scaling", kind="deployment", action=Action.UPDATE,
+                   after={"instances": 2})  # fmt: skip
+    plan = plan_of(*((a, Action.NOOP) for a in addrs))
+    plan.changes.append(scale)
+    st = compute_statuses(plan, store, obs, set(), {}, applying=frozenset({scale.address}))
     h = {a.rsplit("/", 1)[1]: (s.health, s.reason) for a, s in st.items()}
     assert h["ok"] == ("Healthy", "2 of 2 instances running")
     assert h["dead"] == ("Degraded", "1 of 2 instances not running (r-dead1)")
-    assert h["new"] == ("Progressing", "no instance running yet (0 of 1)")
-    assert h["half"] == ("Progressing", "1 of 2 instances running")
+    assert h["new"] == ("Progressing", "no instance running yet (0 of 1), 1 starting")
+    assert h["half"] == ("Progressing", "1 of 2 instances running, 1 starting")
     assert h["off"] == ("Suspended", "state: stopped")
+    assert h["scaling"] == ("Progressing", "would update in place; applying: 1 of 2 instances running")
+    assert st["deployment/acme/scaling"].sync == "OutOfSync"
+    # A running instance the gateway does not route to is not counted as serving.
+    run(store, "deployment/acme/ok", "r-ok2", "running")
+    st = compute_statuses(plan_of(("deployment/acme/ok", Action.NOOP)), store, Observed(), set(), {})
+    assert (st["deployment/acme/ok"].health, st["deployment/acme/ok"].reason) == (
+        "Progressing", "2 of 2 instances running, 1 starting"
+    )  # fmt: skip
 
 
 def test_model_and_plain_kinds_and_failures(store: Store, tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ from schemas.common import parse_model_ref
 from zsconf.engine import gates, launcher
 from zsconf.engine.gateway import GATEWAY, GatewayInfo, sync_gateway, upstream_key
 from zsconf.engine.hashing import dir_digest
-from zsconf.engine.refresh import JOB_KINDS, instance_alive, read_result, refresh
+from zsconf.engine.refresh import JOB_KINDS, instance_alive, read_result, refresh, routed_ids
 from zsconf.errors import ExecutorError, PlanError
 from zsconf.plans import Action, Change, Plan
 from zsconf.privfile import write_private
@@ -768,15 +768,21 @@ def _deployment(ctx: _Ctx, ch: Change) -> str:
         run = ctx.store.update_run(run.run_id, status="running", pid=handle.pid, start_time=handle.start_time,
                                    host=os.uname().nodename, handle=handle.as_dict())  # fmt: skip
         assert run is not None
+        _crash_point("after_instance_running")  # recorded as running, not routed yet
         started.append(run)
-    # New instances take traffic only once healthy; until then the old ones keep serving.
-    for r in started:
+    # New instances take traffic only once healthy; until then the old ones keep serving. So do
+    # running ones the gateway does not route to yet (started by an apply that crashed before
+    # routing them).
+    row = ctx.store.resource(ch.address)
+    routed = set(routed_ids(row)) if row is not None else set()
+    unproven = [r for r in alive if r.run_id not in routed]
+    for r in [*unproven, *started]:
         if not _wait_instance(ctx, r):
             ctx.store.update_run(r.run_id, status="failed", error="did not become healthy")
             raise ExecutorError(
                 f"instance {r.run_id} of {ch.address} did not become healthy: {_log_tail(r.workdir)}"
             )
-        alive.append(r)
+    alive.extend(started)
     serving = alive[: spec.instances]
     _record(ctx, ch, status="running", outputs={"model_version": mv.version})
     _route(ctx, ch.address, serving, model_version=mv.version)

@@ -15,7 +15,7 @@ from typing import Any
 from zsconf.plans import Drift
 from zsconf.state import RunRow, Store
 
-__all__ = ["Observed", "instance_alive", "observe_run", "read_result", "refresh"]
+__all__ = ["Observed", "instance_alive", "observe_run", "read_result", "refresh", "routed_ids"]
 
 JOB_KINDS = ("finetune", "compression", "evaluation")
 ACTIVE = ("intent", "submitted", "queued", "running")
@@ -57,6 +57,30 @@ def instance_alive(executor: Any, run: RunRow) -> bool:
     return bool(executor.instance_alive(InstanceHandle.from_dict(run.handle)))
 
 
+def routed_ids(row: Any) -> list[str]:
+    """Run ids of the instances the gateway routes `row` (a deployment) to: its recorded outputs."""
+    return [i.get("run_id") for i in (row.outputs or {}).get("instances") or []]
+
+
+def _instances_drift(executor: Any, row: Any, runs: list[RunRow]) -> str:
+    """Why a running deployment's instances are not what the gateway routes to ('' when they
+    are): a recorded instance died, or a crash between starting one and routing to it left the
+    routing pointing elsewhere (the truth the gateway and the status both read is the routing)."""
+    live = [r for r in runs if r.status == "running"]
+    dead = [r for r in live if not instance_alive(executor, r)]
+    if dead:
+        return f"{len(dead)} of {len(live)} instances not running ({', '.join(r.run_id for r in dead)})"
+    routed = set(routed_ids(row))
+    running = {r.run_id for r in live}
+    lost = sorted(routed - running)
+    unrouted = sorted(running - routed)
+    if lost:
+        return f"routes to instances that no longer run ({', '.join(lost)})"
+    if unrouted:
+        return f"instances run that the gateway does not route to ({', '.join(unrouted)})"
+    return ""
+
+
 def refresh(store: Store, rows: dict[str, Any] | None = None, executor: Any = None) -> Observed:
     """`rows`: the resource rows when the caller has read them already. Without an executor only
     the files are checked (processes are not observed)."""
@@ -89,12 +113,8 @@ def refresh(store: Store, rows: dict[str, Any] | None = None, executor: Any = No
     for addr in sorted(watched):
         row = rows[addr]
         if row.kind == "deployment":
-            live = [r for r in runs_by_addr.get(addr, []) if r.status == "running"]
-            dead = [r for r in live if not instance_alive(executor, r)]
-            if dead:
-                msg = (
-                    f"{len(dead)} of {len(live)} instances not running ({', '.join(r.run_id for r in dead)})"
-                )
+            msg = _instances_drift(executor, row, runs_by_addr.get(addr, []))
+            if msg:
                 obs.drift.append(Drift(addr, msg))
                 obs.broken[addr] = msg
             continue
