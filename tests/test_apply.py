@@ -105,7 +105,8 @@ def test_apply_every_kind_then_scale_and_destroy(tmp_path: Path, state_url: str,
         port = _wait_file(Path(inst["workdir"]) / "ready")
         assert port and inst["endpoint"] == f"http://127.0.0.1:{port}"  # the port given to the server
         # keys: shown once, stored hashed only
-        (secrets,) = result.secrets.values()
+        assert {k.address for k in result.new_keys} == {"service_group/acme/app"}
+        secrets = [k.secret for k in result.new_keys]
         keys = st.api_keys("acme", "app")
         assert len(secrets) == 2 and len(keys) == 2
         assert {hashlib.sha256(s.encode()).hexdigest() for s in secrets} == {k.key_hash for k in keys}

@@ -124,7 +124,7 @@ def test_apply_runs_the_gateway_and_scaling_under_load_drops_nothing(
     try:
         first = _apply(eng)
         assert first.gateway_url and first.gateway_url.endswith("/v1")
-        (key,) = first.secrets["service_group/acme/app"]
+        (key,) = [k.secret for k in first.new_keys if k.address == "service_group/acme/app"]
         # The internal key reaches the servers, never the config of anything a client sees.
         assert (gateway_dir(root) / "upstream.key").stat().st_mode & 0o777 == 0o600
         client = openai.OpenAI(base_url=first.gateway_url, api_key=key, max_retries=0)

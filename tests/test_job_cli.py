@@ -81,7 +81,9 @@ def test_cli_stop_checkpoints_resume(engine: Any, job_env: Path, monkeypatch: An
     _wait(lambda: len(_ckpts(engine)) >= 2)
     r = invoke("job", "stop", "finetune/ft", "-C", d)
     assert r.exit_code == 0, r.output
-    assert "stopped" in r.output and "zsconf job resume finetune/acme/ft" in r.output
+    assert (
+        "stopped" in r.output and f"zsconf job resume -C {d} finetune/acme/ft" in r.output
+    )  # pastes as printed
     r = invoke("job", "checkpoints", "ft", "-C", d)
     assert r.exit_code == 0, r.output
     latest = _ckpts(engine)[-1]

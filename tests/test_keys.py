@@ -72,6 +72,15 @@ def test_key_management(tmp_path: Path) -> None:
 
 
 def test_keys_cli(tmp_path: Path) -> None:
+    from zsconf.state import ResourceRow, open_store
+
+    (tmp_path / "stack.yaml").write_text("tenants: {acme: {}}\n")
+    store = open_store(None, tmp_path)
+    store.put_resource(ResourceRow(address="service_group/acme/support", kind="service_group", tenant="acme",
+                                   name="support", spec={"services": []}))  # fmt: skip
+    store.close()
+    r = _zsconf("keys", "create", "nope/support", cwd=tmp_path)
+    assert r.returncode == 1 and "no service group nope/support" in r.stderr
     r = _zsconf("keys", "create", "acme/support", "--json", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     created = json.loads(r.stdout)

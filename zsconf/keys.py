@@ -1,15 +1,26 @@
-"""API key secrets: generation and hashing (CONTRACTS.md section 3).
+"""API key secrets: generation, hashing, and keeping a new one until it has been shown.
 
 Called by the `zsconf keys` commands and by the engine when it applies a service group (the
-management functions below take an open `zsconf.state.Store`; SQLModel is imported inside them). The secret is
-returned once to the caller and never stored: the state store keeps only its sha256 and a display
-prefix. The gateway hashes the bearer token of each request with `hash_key` and looks it up.
+management functions below take an open `zsconf.state.Store`; SQLModel is imported inside them).
+The state store keeps only a key's sha256 and a display prefix; the gateway hashes the bearer
+token of each request with `hash_key` and looks it up.
+
+A crash must not lose a key a person was promised, so a new secret is written to
+`<stack>/.zsconf/unshown-keys/<key id>.json` (mode 0600) *before* its hash is stored, and stays
+there until a command has printed it (`unshown_keys`, then `forget_keys` once printed): apply, up
+and `zsconf keys create|rotate|unshown` print it. A secret sits on disk in clear only in that
+window; a file whose key never reached the store, or was revoked since, is deleted unread.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from zsconf.errors import StateError
@@ -21,8 +32,10 @@ __all__ = [
     "KEY_PREFIX",
     "MAX_KEYS_PER_GROUP",
     "PREFIX_LEN",
+    "NewKey",
     "active_keys",
     "create_key",
+    "forget_keys",
     "generate_key",
     "hash_key",
     "known_groups",
@@ -31,6 +44,7 @@ __all__ = [
     "revoke_keys",
     "rotate_key",
     "set_banned",
+    "unshown_keys",
 ]
 
 KEY_PREFIX = "zs-"
@@ -71,12 +85,20 @@ def known_groups(store: Store) -> set[tuple[str, str]]:
 
 
 def resolve_group(store: Store, ref: str) -> tuple[str, str]:
-    """`tenant/group`, or `group` when exactly one tenant has a group of that name."""
-    if "/" in ref:
-        tenant, _, group = ref.partition("/")
-        if not tenant or not group or "/" in group:
-            raise StateError(f"bad service group {ref!r}: expected TENANT/GROUP or GROUP")
-        return tenant, group
+    """(tenant, group) from `service_group/tenant/group` (as the CLI prints it), `tenant/group`,
+    or `group` when exactly one tenant has a group of that name."""
+    parts = ref.split("/")
+    if parts[0] == "service_group" and len(parts) == 3:
+        parts = parts[1:]
+    if not all(parts) or len(parts) > 2:
+        raise StateError(
+            f"bad service group {ref!r}: expected service_group/TENANT/GROUP, TENANT/GROUP or GROUP"
+        )
+    if len(parts) == 2:
+        if (parts[0], parts[1]) not in known_groups(store):
+            known = ", ".join(sorted(f"service_group/{t}/{g}" for t, g in known_groups(store))) or "none"
+            raise StateError(f"no service group {'/'.join(parts)} in the state (known: {known})")
+        return parts[0], parts[1]
     matches = sorted(t for t, g in known_groups(store) if g == ref)
     if not matches:
         known = ", ".join(sorted(f"{t}/{g}" for t, g in known_groups(store))) or "none"
@@ -90,8 +112,23 @@ def active_keys(store: Store, tenant: str, group: str) -> list[ApiKey]:
     return [k for k in store.api_keys(tenant=tenant, group=group) if k.revoked_at is None]
 
 
-def create_key(store: Store, tenant: str, group: str) -> tuple[str, ApiKey]:
-    """A new key for the group: (secret, row). The secret is returned once and never stored."""
+@dataclass(frozen=True)
+class NewKey:
+    """A key created and not shown yet."""
+
+    address: str  # service_group/TENANT/GROUP
+    key_id: str
+    secret: str
+
+
+_UNSHOWN = Path(".zsconf") / "unshown-keys"
+_ORPHAN_AFTER_S = 60.0  # a file whose key is not in the store yet may be a create in progress
+
+
+def create_key(store: Store, tenant: str, group: str, stack_dir: Path | None = None) -> tuple[str, ApiKey]:
+    """A new key for the group: (secret, row). The store keeps only its hash. With `stack_dir`
+    the secret is first kept in the stack's unshown-keys folder (see the module docstring)."""
+    from zsconf.privfile import write_private
     from zsconf.state import ApiKey
 
     if len(active_keys(store, tenant, group)) >= MAX_KEYS_PER_GROUP:
@@ -100,8 +137,37 @@ def create_key(store: Store, tenant: str, group: str) -> tuple[str, ApiKey]:
             "revoke or rotate one"
         )
     secret, key_id, prefix, digest = generate_key()
+    if stack_dir is not None:
+        new = NewKey(f"service_group/{tenant}/{group}", key_id, secret)
+        write_private(Path(stack_dir) / _UNSHOWN / f"{key_id}.json", json.dumps(asdict(new)))
     row = store.add_api_key(ApiKey(id=key_id, tenant=tenant, group=group, key_hash=digest, prefix=prefix))
     return secret, row
+
+
+def unshown_keys(store: Store, stack_dir: Path) -> list[NewKey]:
+    """Keys created for this stack and not shown yet, oldest first."""
+    folder = Path(stack_dir) / _UNSHOWN
+    if not folder.is_dir():
+        return []
+    active = {k.id for k in store.api_keys() if k.revoked_at is None}
+    out: list[tuple[float, NewKey]] = []
+    for path in folder.glob("ak-*.json"):
+        try:
+            age = time.time() - path.stat().st_mtime
+            key = NewKey(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            continue
+        if key.key_id in active:
+            out.append((-age, key))
+        elif age > _ORPHAN_AFTER_S:  # never stored (a crash before its row) or revoked since
+            path.unlink(missing_ok=True)
+    return [k for _, k in sorted(out, key=lambda t: t[0])]
+
+
+def forget_keys(stack_dir: Path, keys: Iterable[NewKey]) -> None:
+    """Delete the kept secrets of keys that have now been shown."""
+    for key in keys:
+        (Path(stack_dir) / _UNSHOWN / f"{key.key_id}.json").unlink(missing_ok=True)
 
 
 def revoke_keys(store: Store, tenant: str, group: str, key_id: str | None = None) -> list[str]:
@@ -123,11 +189,11 @@ def revoke_keys(store: Store, tenant: str, group: str, key_id: str | None = None
 
 
 def rotate_key(
-    store: Store, tenant: str, group: str, key_id: str | None = None
+    store: Store, tenant: str, group: str, key_id: str | None = None, stack_dir: Path | None = None
 ) -> tuple[str, ApiKey, list[str]]:
     """Revoke one key (or all) and create a new one: (secret, new row, revoked ids)."""
     revoked = revoke_keys(store, tenant, group, key_id)
-    secret, row = create_key(store, tenant, group)
+    secret, row = create_key(store, tenant, group, stack_dir)
     return secret, row, revoked
 
 

@@ -12,6 +12,8 @@ from typing import Annotated
 
 import typer
 
+from zsconf.cli.stackdir import StackDir, stack_dir
+
 __all__ = ["HELP", "daemon", "parse_seconds", "register"]
 
 
@@ -35,9 +37,12 @@ def parse_seconds(text: str, option: str) -> float:
 
 
 def daemon(
-    stack_dir: Annotated[
-        Path, typer.Argument(help="The stack directory (holds stack.yaml).", show_default=True)
-    ] = Path("."),
+    positional: Annotated[
+        Path | None,
+        typer.Argument(
+            help="The stack directory (default: the stack containing the current one).", show_default=False
+        ),
+    ] = None,
     interval: Annotated[
         str,
         typer.Option(
@@ -77,18 +82,14 @@ def daemon(
             "`events` and `logs` find it through .zsconf/daemon.json.",
         ),
     ] = None,
+    stack: StackDir = None,
 ) -> None:
     """Keep the running platform equal to the stack's files, until stopped (see HELP)."""
     from daemon.main import run_daemon
 
-    code = run_daemon(
-        stack_dir,
-        interval=parse_seconds(interval, "--interval"),
-        prune=prune,
-        auto_apply=not no_auto_apply,
-        lease_s=parse_seconds(lease, "--lease"),
-        admin_port=admin_port,
-    )
+    seconds, lease_s = parse_seconds(interval, "--interval"), parse_seconds(lease, "--lease")
+    code = run_daemon(stack_dir(stack, positional), interval=seconds, prune=prune, auto_apply=not no_auto_apply,
+                      lease_s=lease_s, admin_port=admin_port)  # fmt: skip
     raise typer.Exit(code)
 
 

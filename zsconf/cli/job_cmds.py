@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from zsconf.cli.stackdir import StackDir, at_flag, stack_dir
+
 if TYPE_CHECKING:
     from zsconf.state import Store
 
@@ -20,7 +22,6 @@ __all__ = ["register", "resolve_job_address"]
 
 JOB_KINDS = ("finetune", "compression", "evaluation")  # zsconf.engine.refresh.JOB_KINDS
 
-Dir = Annotated[Path, typer.Option("--dir", "-C", help="stack directory (default: the current one)")]
 Address = Annotated[
     str,
     typer.Argument(
@@ -92,7 +93,7 @@ def _seconds(text: str) -> float:
     return 0.0 if text in ("0", "0s", "") else float(parse_duration(text))
 
 
-def stop(address: Address, directory: Dir = Path("."), lock_timeout: LockTimeout = "30s") -> None:
+def stop(address: Address, stack: StackDir = None, lock_timeout: LockTimeout = "30s") -> None:
     """Stop a running or queued job. A training run finishes the step in flight and checkpoints it
     (SIGKILL after 30 s). The job keeps its checkpoints and is not restarted automatically;
     `zsconf job resume ADDRESS` continues it from the latest one."""
@@ -101,6 +102,7 @@ def stop(address: Address, directory: Dir = Path("."), lock_timeout: LockTimeout
     from zsconf.engine.jobs import stop_job
     from zsconf.executors.supervise import latest_checkpoint
 
+    directory = stack_dir(stack)
     store = _store(directory)
     addr = resolve_job_address(store, address, directory)
     with store.locked("job stop", _seconds(lock_timeout)):
@@ -108,23 +110,24 @@ def stop(address: Address, directory: Dir = Path("."), lock_timeout: LockTimeout
     ck = latest_checkpoint(run.workdir)
     where = f"latest checkpoint: {ck.name}" if ck else "no checkpoint was written yet"
     console().print(f"[yellow]stopped[/] {addr} (run {run.run_id}); {where}")
-    console().print(f"resume with: zsconf job resume {addr}")
+    console().print(f"resume with: zsconf job resume{at_flag(directory)} {addr}", markup=False)
 
 
-def resume(address: Address, directory: Dir = Path("."), lock_timeout: LockTimeout = "30s") -> None:
+def resume(address: Address, stack: StackDir = None, lock_timeout: LockTimeout = "30s") -> None:
     """Start a stopped or failed job again from its latest checkpoint (a new attempt in the same
     run folder, so model, optimizer and data position continue where they were saved)."""
     from zsconf.cli.output import console
     from zsconf.engine.apply import default_executor
     from zsconf.engine.jobs import resume_job
 
+    directory = stack_dir(stack)
     store = _store(directory)
     addr = resolve_job_address(store, address, directory)
     with store.locked("job resume", _seconds(lock_timeout)):
         run = resume_job(store, default_executor(directory.resolve()), addr)
     frm = f"from {Path(run.checkpoints[0]).name}" if run.checkpoints else "from the start (no checkpoint)"
     console().print(f"[green]resumed[/] {addr} as run {run.run_id} (attempt {run.attempt}), {frm}")
-    console().print(f"follow it with: zsconf logs {addr} -f")
+    console().print(f"follow it with: zsconf logs{at_flag(directory)} {addr} -f", markup=False)
 
 
 def _loss(value: float | None) -> str:
@@ -140,7 +143,7 @@ def _size(n: int) -> str:
     return f"{n} B"  # pragma: no cover
 
 
-def checkpoints(address: Address, directory: Dir = Path(".")) -> None:
+def checkpoints(address: Address, stack: StackDir = None) -> None:
     """List a job's checkpoints (step, time, size, folder); the latest, marked *, is where
     `zsconf job resume` continues."""
     from rich.table import Table
@@ -148,6 +151,7 @@ def checkpoints(address: Address, directory: Dir = Path(".")) -> None:
     from zsconf.cli.output import console
     from zsconf.engine.jobs import list_checkpoints
 
+    directory = stack_dir(stack)
     store = _store(directory)
     addr = resolve_job_address(store, address, directory)
     items = list_checkpoints(store, addr)

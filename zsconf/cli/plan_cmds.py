@@ -7,11 +7,14 @@ imports (SQLAlchemy, the engine) happen inside the commands so `zsconf --help` s
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+from zsconf.cli.stackdir import StackDir, stack_dir
 
 if TYPE_CHECKING:
     from zsconf.engine import Engine
@@ -24,11 +27,13 @@ _ARGS_HELP = (
 )
 
 
-def _split(args: list[str] | None) -> tuple[Path, list[str]]:
+def _split(args: list[str] | None, option: Path | None) -> tuple[Path, list[str]]:
+    """(stack directory, Hydra overrides) from `[DIR] [OVERRIDES...]` and `-C DIR`."""
     args = list(args or [])
+    positional = None
     if args and "=" not in args[0] and not args[0].startswith(("~", "+")):
-        return Path(args[0]), args[1:]
-    return Path("."), args
+        positional, args = Path(args[0]), args[1:]
+    return stack_dir(option, positional), args
 
 
 def _seconds(text: str) -> float:
@@ -37,10 +42,37 @@ def _seconds(text: str) -> float:
     return 0.0 if text in ("0", "0s", "") else float(parse_duration(text))
 
 
-def _engine(directory: Path) -> Engine:
+def _engine(directory: Path, read_only: bool = False) -> Engine:
     from zsconf.engine import Engine
 
-    return Engine(directory)
+    return Engine(directory, read_only=read_only)
+
+
+def _read_plan(path: Path) -> Plan:
+    """A plan saved by `zsconf plan -o FILE`, or a PlanError saying why FILE is not one."""
+    from zsconf.errors import PlanError
+    from zsconf.plans import Plan
+
+    try:
+        data = json.loads(path.read_bytes())
+        return Plan.from_dict(data)
+    except OSError as exc:
+        raise PlanError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:  # not JSON, not UTF-8, not a plan
+        why = f"missing {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0][:120]
+        raise PlanError(f"{path} is not a plan saved by `zsconf plan -o FILE` ({why})") from None
+
+
+def _check_writable(out: Path) -> None:
+    """Refuse -o FILE before planning when FILE cannot be written."""
+    from zsconf.errors import PlanError
+
+    if out.is_dir():
+        raise PlanError(f"-o {out}: is a directory; name a file")
+    if not out.parent.is_dir():
+        raise PlanError(f"-o {out}: directory {out.parent} does not exist")
+    if not os.access(out.parent, os.W_OK):
+        raise PlanError(f"-o {out}: directory {out.parent} is not writable")
 
 
 Targets = Annotated[
@@ -69,12 +101,15 @@ def plan(
     replace: Replaces = None,
     refresh_only: Annotated[bool, typer.Option("--refresh-only", help="only show drift")] = False,
     destroy: Annotated[bool, typer.Option("--destroy", help="plan destroying everything")] = False,
+    stack: StackDir = None,
 ) -> None:
     """Show what apply would do: refresh, then diff the stack against the state."""
     from zsconf.render import plan_json
 
-    directory, overrides = _split(args)
-    eng = _engine(directory)
+    directory, overrides = _split(args, stack)
+    if out is not None:
+        _check_writable(out)
+    eng = _engine(directory, read_only=True)
     p = eng.plan(
         overrides, targets=target or [], replace=replace or [], destroy=destroy, refresh_only=refresh_only
     )
@@ -83,7 +118,12 @@ def plan(
     else:
         _print_plan(p)
     if out is not None:
-        out.write_text(plan_json(p))
+        try:
+            out.write_text(plan_json(p))
+        except OSError as exc:
+            from zsconf.errors import PlanError
+
+            raise PlanError(f"-o {out}: {exc.strerror or exc}") from None
         if not as_json:
             _err(f"Saved the plan to {out}; apply it with `zsconf apply {out}`.")
     if not p.can_apply():
@@ -126,14 +166,21 @@ def _apply_common(eng: Engine, p: Plan, *, parallelism: int, wait: bool, locked:
     sys.exit(0 if result.ok else 1)
 
 
-def run_apply(eng: Engine, p: Plan, *, parallelism: int, wait: bool, locked: bool, saved: bool) -> Any:
+def run_apply(
+    eng: Engine, p: Plan, *, parallelism: int, wait: bool, locked: bool, saved: bool, forget: bool = True
+) -> Any:
     """Apply with a live table on a terminal (a line per step otherwise); prints the summary and
-    returns the ApplyResult. Also used by `zsconf up`."""
+    returns the ApplyResult. Also used by `zsconf up`. A plan without actions is applied too: the
+    gateway is converged and keys an interrupted apply created are shown. With `forget` the new
+    keys, once printed, are not kept any longer (`up` forgets them after its banner)."""
     from zsconf.cli.output import console
+    from zsconf.keys import forget_keys
     from zsconf.render import result_text
 
     out = console()
-    if out.is_terminal:
+    if not p.actionable():
+        result = eng.apply(p, parallelism=parallelism, wait=wait, locked=locked, saved=saved)
+    elif out.is_terminal:
         from rich.live import Live
         from rich.table import Table
 
@@ -165,7 +212,12 @@ def run_apply(eng: Engine, p: Plan, *, parallelism: int, wait: bool, locked: boo
         result = eng.apply(
             p, parallelism=parallelism, wait=wait, locked=locked, saved=saved, on_event=on_event
         )
-    out.print(result_text(result), markup=False, highlight=False)
+    text = result_text(result)
+    if text:
+        out.print(text, markup=False, highlight=False)
+    if forget:
+        sys.stdout.flush()
+        forget_keys(eng.stack_dir, result.new_keys)
     return result
 
 
@@ -179,28 +231,26 @@ def apply(
     lock_timeout: LockTimeout = "0s",
     target: Targets = None,
     replace: Replaces = None,
+    stack: StackDir = None,
 ) -> None:
     """Make the platform match the stack (or apply a saved plan file)."""
-    from zsconf.plans import Plan
-
     first = (args or [None])[0]
     if first and Path(first).is_file():
-        p = Plan.from_dict(json.loads(Path(first).read_text()))
-        eng = _engine(Path(p.stack_dir))
+        p = _read_plan(Path(first))
+        eng = _engine(stack_dir(None, Path(p.stack_dir)))
         # A saved plan was approved when it was saved (as in Terraform): no question.
         with eng.store.locked("apply", _seconds(lock_timeout)):
             _apply_common(eng, p, parallelism=parallelism, wait=wait, locked=True, saved=True)
         return
-    directory, overrides = _split(args)
+    directory, overrides = _split(args, stack)
     eng = _engine(directory)
     with eng.store.locked("apply", _seconds(lock_timeout)):
         p = eng.plan(overrides, targets=target or [], replace=replace or [])
         _print_plan(p)
         if not p.can_apply():
             sys.exit(1)
-        if not p.actionable():
-            sys.exit(0)
-        _confirm(auto_approve, "apply these changes")
+        if p.actionable():
+            _confirm(auto_approve, "apply these changes")
         _apply_common(eng, p, parallelism=parallelism, wait=wait, locked=True, saved=False)
 
 
@@ -210,9 +260,10 @@ def destroy(
     parallelism: Annotated[int, typer.Option("--parallelism")] = 4,
     lock_timeout: LockTimeout = "0s",
     target: Targets = None,
+    stack: StackDir = None,
 ) -> None:
     """Destroy every resource of the stack recorded in the state."""
-    directory, overrides = _split(args)
+    directory, overrides = _split(args, stack)
     eng = _engine(directory)
     with eng.store.locked("destroy", _seconds(lock_timeout)):
         p = eng.plan(overrides, targets=target or [], destroy=True)
@@ -240,14 +291,17 @@ def _state_dict(eng: Engine, address: str) -> dict[str, Any]:
 
 
 def show(
-    address: Annotated[str | None, typer.Argument(help="one address; default all")] = None,
-    directory: Annotated[Path, typer.Option("--dir", "-C", help="stack directory")] = Path("."),
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    address: Annotated[
+        str | None, typer.Argument(help="one address, e.g. deployment/acme/chat; default all")
+    ] = None,
+    stack: StackDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Live view: status, outputs (endpoints, model versions), last run."""
     from zsconf.cli.admin_client import connect
     from zsconf.cli.output import console, print_json
 
+    directory = stack_dir(stack)
     client = connect(directory)
     if client is not None:  # the daemon keeps the state current: ask it, take no lock
         with client:
@@ -258,13 +312,15 @@ def show(
             raise StateError(f"no resource {address!r} in the state (see `zsconf state list`)")
     else:
         from zsconf.engine import finish_runs
+        from zsconf.errors import StateLockedError
 
-        eng = _engine(directory)
-        try:
-            with eng.store.locked("show", 5):
-                finish_runs(eng.store, eng.executor)
-        except Exception:
-            pass  # someone else is applying: show what the state says
+        eng = _engine(directory, read_only=True)
+        if eng.store.url != "sqlite://":  # an empty in-memory state has no runs to finish
+            try:
+                with eng.store.locked("show", 5):
+                    finish_runs(eng.store, eng.executor)
+            except StateLockedError:
+                pass  # someone else is applying: show what the state says
         addrs = [address] if address else sorted(eng.store.resources())
         data = [_state_dict(eng, a) for a in addrs]
     if as_json:
@@ -294,31 +350,33 @@ state_app = typer.Typer(
 
 
 @state_app.command("list")
-def state_list(directory: Annotated[Path, typer.Option("--dir", "-C")] = Path(".")) -> None:
+def state_list(stack: StackDir = None) -> None:
     """Every address in the state."""
-    eng = _engine(directory)
+    eng = _engine(stack_dir(stack, state_only=True), read_only=True)
     for addr, row in sorted(eng.store.resources().items()):
         sys.stdout.write(f"{addr}\t{row.status}\n")
 
 
 @state_app.command("show")
-def state_show(address: str, directory: Annotated[Path, typer.Option("--dir", "-C")] = Path(".")) -> None:
+def state_show(
+    address: Annotated[str, typer.Argument(help="e.g. deployment/acme/chat")], stack: StackDir = None
+) -> None:
     """One resource's state record as JSON."""
     from zsconf.cli.output import print_json
 
-    print_json(_state_dict(_engine(directory), address))
+    print_json(_state_dict(_engine(stack_dir(stack, state_only=True), read_only=True), address))
 
 
 @state_app.command("rm")
 def state_rm(
-    address: str,
-    directory: Annotated[Path, typer.Option("--dir", "-C")] = Path("."),
+    address: Annotated[str, typer.Argument(help="e.g. deployment/acme/chat")],
+    stack: StackDir = None,
     lock_timeout: LockTimeout = "0s",
 ) -> None:
     """Forget a resource without touching what runs (zsconf will plan to create it again)."""
     from zsconf.errors import StateError
 
-    eng = _engine(directory)
+    eng = _engine(stack_dir(stack, state_only=True))
     with eng.store.locked("state rm", _seconds(lock_timeout)):
         if not eng.store.remove_resource(address):
             raise StateError(f"no resource {address!r} in the state")
@@ -326,11 +384,12 @@ def state_rm(
 
 
 def force_unlock(
-    lock_id: str,
-    directory: Annotated[Path, typer.Option("--dir", "-C")] = Path("."),
+    lock_id: Annotated[str, typer.Argument(help="the lock id the 'state is locked' error names")],
+    stack: StackDir = None,
 ) -> None:
-    """Remove a state lock left by a process that died (see the lock error for its id)."""
-    eng = _engine(directory)
+    """Remove a state lock whose holder ran on another host and is gone. A lock left by a
+    process that died on this host needs no command: the next one takes it over."""
+    eng = _engine(stack_dir(stack, state_only=True))
     info = eng.store.force_unlock(lock_id)
     _err(f"Removed {info.describe()}")
 

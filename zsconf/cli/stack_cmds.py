@@ -12,6 +12,8 @@ from typing import Annotated, Any
 
 import typer
 
+from zsconf.cli.stackdir import StackDir
+
 __all__ = ["SCHEMA_URL_HINT", "register"]
 
 SCHEMA_URL_HINT = "# yaml-language-server: $schema=stack.schema.json"
@@ -95,15 +97,6 @@ secrets.yaml
 """
 
 
-def _split_dir_and_overrides(args: list[str] | None) -> tuple[Path, list[str]]:
-    """`validate [DIR] [OVERRIDES...]`: the first argument is the directory unless it is an
-    override (`key=value`, `+key=value`, `~key`)."""
-    args = list(args or [])
-    if args and "=" not in args[0] and not args[0].startswith(("~", "+")):
-        return Path(args[0]), args[1:]
-    return Path("."), args
-
-
 def init(
     directory: Annotated[Path, typer.Argument(help="where to create the stack")] = Path("."),
     force: Annotated[bool, typer.Option("--force", help="overwrite an existing stack.yaml")] = False,
@@ -114,6 +107,10 @@ def init(
 
     from zsconf.cli.output import console
 
+    if directory.exists() and not directory.is_dir():
+        from zsconf.errors import ZsconfError
+
+        raise ZsconfError(f"{directory} is a file; name a directory for the new stack")
     stack_file = directory / "stack.yaml"
     if stack_file.exists() and not force:
         from zsconf.errors import ZsconfError
@@ -205,12 +202,14 @@ def validate(
     datasets: Annotated[
         bool, typer.Option("--datasets/--no-datasets", help="read every dataset file")
     ] = True,
+    stack: StackDir = None,
 ) -> None:
     """Check a stack: schemas, references, catalog support, quotas and every dataset line."""
     from zsconf.cli.output import console, err_console, print_json
+    from zsconf.cli.plan_cmds import _split
     from zsconf.validate import validate_stack
 
-    directory, overrides = _split_dir_and_overrides(args)
+    directory, overrides = _split(args, stack)
     result = validate_stack(directory, overrides, check_datasets=datasets)
     if as_json:
         print_json(result.as_dict())

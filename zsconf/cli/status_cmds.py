@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from zsconf.cli.stackdir import StackDir, stack_dir
+
 if TYPE_CHECKING:
     from zsconf.cli.admin_client import AdminClient
     from zsconf.state import Store
@@ -31,8 +33,6 @@ _SUCCESS_EVENTS = ("created", "updated in-place", "replaced", "submitted", "run_
 _FINISHED = ("succeeded", "failed", "cancelled", "stopped")
 GATEWAY = "platform/gateway"  # zsconf.engine.gateway.GATEWAY (not imported: the engine is heavy)
 
-Dir = Annotated[Path, typer.Option("--dir", "-C", help="stack directory (default: the current one)")]
-
 
 def ago(ts: float, now: float | None = None) -> str:
     """'12s ago', '3m ago', '5h ago', '2d ago'."""
@@ -44,17 +44,22 @@ def ago(ts: float, now: float | None = None) -> str:
 
 
 def _store(directory: Path) -> Store:
-    """The stack's state store, refusing to create one in a folder that is not a stack."""
-    import os
-
-    from zsconf.errors import StateError
+    """The stack's state store (`directory` is a stack: `stack_dir` checked it), read only."""
     from zsconf.state import open_store
 
-    if not os.environ.get("ZSCONF_STATE_URL") and not (
-        (directory / "stack.yaml").exists() or (directory / ".zsconf" / "state.db").exists()
-    ):
-        raise StateError(f"{directory.resolve()} is not a stack (no stack.yaml, no .zsconf/state.db)")
-    return open_store(None, directory)
+    return open_store(None, directory, create=False)
+
+
+def address_arg(text: str | None) -> str | None:
+    """A resource address as the CLI prints it; a stack directory given in its place is
+    refused with the command that names it."""
+    if text is not None and (Path(text) / "stack.yaml").is_file():
+        from zsconf.cli.stackdir import StackNotFoundError
+
+        raise StackNotFoundError(
+            f"{text} is a stack directory, not an address: name the stack with -C {text}"
+        )
+    return text
 
 
 def _connect(directory: Path) -> AdminClient | None:
@@ -90,8 +95,7 @@ def _compute_now(directory: Path) -> list[dict[str, Any]]:
     from zsconf.errors import StackError, ZsconfError
     from zsconf.plans import Action
 
-    _store(directory).close()  # the "not a stack" check, before Engine creates .zsconf/
-    eng = Engine(directory)
+    eng = Engine(directory, read_only=True)
     try:
         plan, error = eng.plan(), None
     except StackError as exc:
@@ -109,8 +113,14 @@ def _compute_now(directory: Path) -> list[dict[str, Any]]:
 
 
 def status(
-    directory: Annotated[Path, typer.Argument(help="stack directory (default: the current one)")] = Path("."),
+    positional: Annotated[
+        Path | None,
+        typer.Argument(
+            help="stack directory (default: the stack containing the current one)", show_default=False
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON: {source, statuses: [...]}")] = False,
+    stack: StackDir = None,
 ) -> None:
     """Every resource's two status axes, with the reason and the time of the last change.
 
@@ -126,6 +136,7 @@ def status(
     With a daemon running this is what it recorded on its last pass; without one it is computed
     now from a fresh plan and refresh (slower, and SINCE is only known for what a daemon recorded).
     """
+    directory = stack_dir(stack, positional)
     client = _connect(directory)
     started: float | None = None
     if client is not None:
@@ -228,13 +239,15 @@ def events(
         typer.Option("--tail", "-n", help="only the newest N (default 30 without --since, else all)"),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
-    directory: Dir = Path("."),
+    stack: StackDir = None,
 ) -> None:
     """What happened, oldest first: applies, runs submitted/succeeded/failed, status transitions
     (`status`: sync/health changed), restarts, auto-stops, drift.
 
     Examples: `zsconf events -f` (watch everything), `zsconf events finetune/acme/support-lora
     --since 2h`, `zsconf events --since 1200 --json` (resume after the last id you saw)."""
+    address = address_arg(address)
+    directory = stack_dir(stack)
     since_id, since_ts = _since(since)
     n = tail if tail is not None else (None if since else 30)
     client = _connect(directory)
@@ -387,7 +400,7 @@ def logs(
     ] = False,
     run_id: Annotated[str | None, typer.Option("--run", help="this run id instead of the latest")] = None,
     tail: Annotated[int | None, typer.Option("--tail", "-n", help="start with the last N lines only")] = None,
-    directory: Dir = Path("."),
+    stack: StackDir = None,
 ) -> None:
     """A runner's log (its stdout and stderr, `<run folder>/runner.log`).
 
@@ -395,7 +408,8 @@ def logs(
     For a deployment: every running instance, each line prefixed with [i<index>].
     `platform/gateway`: the gateway's log. With --follow it keeps printing new lines until the
     run ends (a job) or Ctrl-C (a deployment, the gateway)."""
-    src = _Source(directory)
+    address = address_arg(address) or ""
+    src = _Source(stack_dir(stack))
     try:
         runs = _pick_runs(src, address, run_id)
         many = len(runs) > 1

@@ -13,49 +13,62 @@ from typing import Annotated, Any
 
 import typer
 
+from zsconf.cli.stackdir import StackDir, at_flag, stack_dir
+
 __all__ = ["HELP", "register", "up"]
 
 
-def _snippets(gateway_url: str, model: str, key: str) -> str:
-    """The calls to paste, with this stack's URL and model (the key as given: real or a $VAR).
-    Greedy (temperature 0): the model's sampling default is 1.0, as on vLLM."""
+def _snippets(gateway_url: str, model: str, key: str | None) -> str:
+    """The calls to paste, with this stack's URL and one model of the key's group. Without a key
+    shown in this run they read it from $ZSCONF_KEY (the shell expands it inside the curl's double
+    quotes; the Python heredoc is quoted, so Python reads the environment). Greedy (temperature
+    0): the model's sampling default is 1.0, as on vLLM."""
+    bearer = key or "$ZSCONF_KEY"
+    api_key = f'"{key}"' if key else 'os.environ["ZSCONF_KEY"]'
+    imports = "from openai import OpenAI" if key else "import os\nfrom openai import OpenAI"
     return f"""\
 curl {gateway_url}/chat/completions \\
-  -H "Authorization: Bearer {key}" -H "Content-Type: application/json" \\
+  -H "Authorization: Bearer {bearer}" -H "Content-Type: application/json" \\
   -d '{{"model": "{model}", "temperature": 0, "messages": [{{"role": "user", "content": "What is zsconf?"}}]}}'
 
 python - <<'EOF'
-from openai import OpenAI
-client = OpenAI(base_url="{gateway_url}", api_key="{key}")
+{imports}
+client = OpenAI(base_url="{gateway_url}", api_key={api_key})
 r = client.chat.completions.create(model="{model}", temperature=0,
                                    messages=[{{"role": "user", "content": "What is zsconf?"}}])
 print(r.choices[0].message.content)
 EOF"""
 
 
-def _banner(info: dict[str, Any], secrets: dict[str, list[str]], eng: Any) -> str:
-    """What `up` prints once the daemon is ready: where to call, with what."""
+def _banner(info: dict[str, Any], new_keys: list[Any], eng: Any, directory: Path) -> str:
+    """What `up` prints once the daemon is ready: where to call, with what. Every command in it
+    works when pasted where `up` was run (`directory` is the stack as the user named it)."""
+    at = at_flag(directory)
     lines = [f"zsconf is up: the daemon keeps {info['stack_dir']} applied (Ctrl-C stops it)."]
     url = info.get("gateway_url")
     if info.get("admin_url"):
-        lines.append(f"Admin API:  {info['admin_url']}  (`zsconf status`, `zsconf events -f`, `zsconf logs`)")
+        lines.append(
+            f"Admin API:  {info['admin_url']}  (`zsconf status{at}`, `zsconf events{at} -f`, `zsconf logs{at} ADDRESS`)"
+        )
     if not url:
         lines.append("No gateway: the stack has no service group, so there is nothing to call yet.")
         return "\n".join(lines)
     lines.append(f"Gateway:    {url}")
     groups = {a: r for a, r in eng.store.resources().items() if r.kind == "service_group"}
-    model = next((s for r in groups.values() for s in (r.spec.get("services") or [])), "MODEL")
-    key = "$ZSCONF_KEY"
-    for addr, keys in secrets.items():
-        lines.append(f"API key:    {keys[0]}  ({addr}; not shown again after this run: store it)")
-        key = keys[0]
-    if not secrets and groups:
+    if not groups:
+        return "\n".join(lines)
+    for k in new_keys:
+        lines.append(f"API key:    {k.secret}  ({k.address}; not shown again after this run: store it)")
+    # The snippet's key and model belong to the same group: a group with a new key if any.
+    keyed = {k.address: k.secret for k in new_keys}
+    group = next((a for a in groups if a in keyed), next(iter(sorted(groups))))
+    model = next(iter(groups[group].spec.get("services") or []), "MODEL")
+    if group not in keyed:
         lines.append(
-            "API keys were created by an earlier apply and are not shown again; make a new one with "
-            f"`zsconf keys create {next(iter(groups)).rsplit('/', 1)[1]} -C {info['stack_dir']}` and "
-            "export it as ZSCONF_KEY."
+            f"API keys of {group} were shown when they were created; make a new one with:\n"
+            f"export ZSCONF_KEY=$(zsconf keys create {group}{at} --quiet)"
         )
-    lines += ["", _snippets(url, model, key)]
+    lines += ["", _snippets(url, model, keyed.get(group))]
     return "\n".join(lines)
 
 
@@ -69,7 +82,12 @@ def _stop_servers(eng: Any) -> list[str]:
 
 
 def up(
-    stack_dir: Annotated[Path, typer.Argument(help="The stack directory (holds stack.yaml).")] = Path("."),
+    positional: Annotated[
+        Path | None,
+        typer.Argument(
+            help="The stack directory (default: the stack containing the current one).", show_default=False
+        ),
+    ] = None,
     interval: Annotated[
         str, typer.Option("--interval", help="Drift check interval of the daemon (file edits act at once).")
     ] = "30s",
@@ -85,6 +103,7 @@ def up(
             "(the default stops them too, like `docker compose up`).",
         ),
     ] = False,
+    stack: StackDir = None,
 ) -> None:
     """Plan and apply the stack, wait for its jobs, then keep it applied (see HELP)."""
     from daemon.main import run_daemon
@@ -92,30 +111,32 @@ def up(
     from zsconf.cli.output import console
     from zsconf.cli.plan_cmds import _print_plan, run_apply
     from zsconf.engine import Engine
+    from zsconf.keys import forget_keys
 
-    seconds = parse_seconds(interval, "--interval")
+    seconds = parse_seconds(interval, "--interval")  # a usage error first, as click's are
+    directory = stack_dir(stack, positional)
     out = console()
-    eng = Engine(stack_dir)
+    eng = Engine(directory)
     try:
         with eng.store.locked("up"):
             plan = eng.plan()
             _print_plan(plan)
             if not plan.can_apply():
                 raise typer.Exit(1)
-            secrets: dict[str, list[str]] = {}
-            if plan.actionable():
-                result = run_apply(eng, plan, parallelism=4, wait=True, locked=True, saved=False)
-                if not result.ok:
-                    out.print("Fix the errors above, then run `zsconf up` again.", markup=False)
-                    raise typer.Exit(1)
-                secrets = result.secrets
+            # Applied even without a change: keys an interrupted apply created are shown.
+            result = run_apply(eng, plan, parallelism=4, wait=True, locked=True, saved=False, forget=False)
+            if not result.ok:
+                out.print("Fix the errors above, then run `zsconf up` again.", markup=False)
+                raise typer.Exit(1)
 
         def on_ready(info: dict[str, Any]) -> None:
             # soft_wrap: the snippets must paste as printed, whatever the terminal width
-            out.print(_banner(info, secrets, eng), markup=False, highlight=False, soft_wrap=True)
+            out.print(_banner(info, result.new_keys, eng, directory), markup=False, highlight=False,
+                      soft_wrap=True)  # fmt: skip
             sys.stdout.flush()
+            forget_keys(eng.stack_dir, result.new_keys)  # shown twice now: in the summary and here
 
-        code = run_daemon(stack_dir, interval=seconds, prune=prune, admin_port=admin_port, on_ready=on_ready)
+        code = run_daemon(directory, interval=seconds, prune=prune, admin_port=admin_port, on_ready=on_ready)
         if not keep_running:
             stopped = _stop_servers(eng)
             if stopped:

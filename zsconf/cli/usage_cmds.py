@@ -12,6 +12,8 @@ from typing import Annotated, Any
 
 import typer
 
+from zsconf.cli.stackdir import StackDir, split_address, stack_dir
+
 __all__ = ["register"]
 
 
@@ -42,13 +44,16 @@ def _print_block(title: str, b: dict[str, Any], indent: str = "") -> None:
 def usage(
     since: Annotated[str, typer.Option("--since", help="window: 30m, 24h, 7d")] = "24h",
     group: Annotated[
-        str | None, typer.Option("--group", help="service group (GROUP or TENANT/GROUP)")
+        str | None,
+        typer.Option("--group", help="service group: service_group/TENANT/GROUP, TENANT/GROUP or GROUP"),
     ] = None,
-    model: Annotated[str | None, typer.Option("--model", help="model (deployment) name")] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="model: deployment/TENANT/NAME or the deployment's name")
+    ] = None,
     csv_path: Annotated[
         Path | None, typer.Option("--csv", help="also export the records to this CSV file")
     ] = None,
-    stack: Annotated[Path, typer.Option("--stack", "-C", help="stack directory")] = Path("."),
+    stack: StackDir = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Summarise gateway usage: calls, failures (code, message, share), tokens, latency p50/p90/p99."""
@@ -63,16 +68,24 @@ def usage(
     except ValueError as exc:
         raise ZsconfError(f"--since {since!r}: {exc}") from None
     tenant = None
-    if group and "/" in group:
-        tenant, _sep, group = group.partition("/")
-    store = open_store(stack_dir=stack)
+    if group:
+        tenant, group = split_address(group, "service_group")
+    if model:
+        model_tenant, model = split_address(model, "deployment")
+        tenant = tenant or model_tenant
+    if csv_path is not None and not csv_path.parent.is_dir():
+        raise ZsconfError(f"--csv {csv_path}: directory {csv_path.parent} does not exist")
+    store = open_store(stack_dir=stack_dir(stack, state_only=True), create=False)
     try:
         records = query_usage(store, seconds, group=group, model=model, tenant=tenant)
     finally:
         store.close()
     summary = summarize(records)
     if csv_path is not None:
-        n = write_csv(records, csv_path)
+        try:
+            n = write_csv(records, csv_path)
+        except OSError as exc:
+            raise ZsconfError(f"--csv {csv_path}: {exc.strerror or exc}") from None
         if not as_json:
             console().print(f"wrote {n} records to {csv_path}", markup=False)
     if as_json:

@@ -53,14 +53,20 @@ class Engine:
     """One stack directory + its state store."""
 
     def __init__(
-        self, stack_dir: str | Path, state_url: str | None = None, catalog: Any = None, executor: Any = None
+        self,
+        stack_dir: str | Path,
+        state_url: str | None = None,
+        catalog: Any = None,
+        executor: Any = None,
+        read_only: bool = False,
     ) -> None:
+        """`read_only` (plan, status, show): create no state database where none exists yet."""
         from zsconf.state import open_store
 
         self.stack_dir = Path(stack_dir).resolve()
         self._catalog = catalog
         self._cache: tuple[tuple[Any, ...], Any, Any] | None = None
-        self.store = open_store(state_url, self.stack_dir)
+        self.store = open_store(state_url, self.stack_dir, create=not read_only)
         self._executor = executor
         self._platform: Any = None  # the platform section of the last good load
 
@@ -108,14 +114,17 @@ class Engine:
         refresh_only: bool = False,
     ) -> Plan:
         loaded, graph = self.load(overrides)
+        # An empty in-memory state (a read-only look at a stack never applied) has nothing to observe.
+        executor = self.executor if self.store.url != "sqlite://" else None
         return make_plan(
             loaded, self.store, graph, catalog=self.catalog, targets=targets, replace=replace,
-            destroy=destroy, refresh_only=refresh_only, overrides=overrides, executor=self.executor,
+            destroy=destroy, refresh_only=refresh_only, overrides=overrides, executor=executor,
         )  # fmt: skip
 
     def check_fresh(self, plan: Plan) -> None:
         """Raise StalePlanError when a saved plan no longer matches the state or the stack."""
-        if plan.state_lineage != self.store.lineage():
+        empty_then_and_now = plan.state_lineage == "" and self.store.serial() == 0
+        if plan.state_lineage != self.store.lineage() and not empty_then_and_now:
             raise StalePlanError("saved plan was made against another state database")
         if plan.state_serial != self.store.serial():
             raise StalePlanError(

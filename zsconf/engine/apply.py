@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import secrets
 import subprocess
 import sys
 import threading
@@ -35,9 +34,10 @@ from zsconf.engine.gateway import GATEWAY, GatewayInfo, sync_gateway, upstream_k
 from zsconf.engine.hashing import dir_digest
 from zsconf.engine.refresh import JOB_KINDS, instance_alive, read_result, refresh, routed_ids
 from zsconf.errors import ExecutorError, PlanError
+from zsconf.keys import NewKey, create_key, unshown_keys
 from zsconf.plans import Action, Change, Plan
 from zsconf.privfile import write_private
-from zsconf.state import ApiKey, ModelVersion, ResourceRow, RunRow, Store
+from zsconf.state import ModelVersion, ResourceRow, RunRow, Store
 
 if TYPE_CHECKING:
     from zsconf.catalog import Catalog
@@ -72,7 +72,9 @@ class ActionOutcome:
 class ApplyResult:
     outcomes: list[ActionOutcome] = field(default_factory=list)
     diagnostics: list[str] = field(default_factory=list)
-    secrets: dict[str, list[str]] = field(default_factory=dict)  # shown once, never stored
+    # Keys created and not shown yet (this apply's and an interrupted one's): the caller prints
+    # them, then `zsconf.keys.forget_keys`. Never stored in the state, never logged.
+    new_keys: list[NewKey] = field(default_factory=list)
     serial: int = 0
     gateway_url: str | None = None  # the OpenAI base URL of the stack's gateway, when it runs
 
@@ -112,7 +114,6 @@ class _Ctx:
         self.stack_dir = Path(plan.stack_dir)
         storage = loaded.stack.platform.storage if loaded is not None else ".zsconf/artifacts"
         self.artifacts = (self.stack_dir / storage).resolve()
-        self.secrets: dict[str, list[str]] = {}
         self.lock = threading.Lock()
         # Jobs that another change of this plan depends on are followed to completion: their
         # model version is the dependent's input.
@@ -185,7 +186,6 @@ def apply_plan(
                 emit(addr, "done" if outcome.ok else "failed", outcome.message)
                 if not outcome.ok:
                     result.diagnostics.append(f"{addr}: {outcome.message}")
-    result.secrets = ctx.secrets
     if loaded is not None:
         try:
             gw = _sync_gateway(ctx)
@@ -193,6 +193,8 @@ def apply_plan(
         except ExecutorError as exc:
             result.diagnostics.append(f"gateway: {exc}")
             store.add_event("failed", f"gateway: {exc}", GATEWAY)
+    # Every key not shown yet: this apply's, and any an interrupted one created.
+    result.new_keys = unshown_keys(store, ctx.stack_dir)
     result.serial = store.serial()
     store.add_event("apply", f"apply finished: {result.counts()}", None, counts=result.counts())
     return result
@@ -813,16 +815,6 @@ def _log_tail(workdir: str, lines: int = 3) -> str:
     return " | ".join(text[-lines:]) or "empty log"
 
 
-def _generate_key() -> tuple[str, str, str, str]:
-    """(secret, key_id, prefix, sha256) from zsconf.keys (the gateway helper's module)."""
-    try:
-        from zsconf.keys import generate_key
-    except ImportError:  # zsconf.keys not there yet: same format (CONTRACTS.md section 3)
-        secret = "zs-" + secrets.token_urlsafe(30)[:40]
-        return secret, "ak-" + secrets.token_hex(6), secret[:10], hashlib.sha256(secret.encode()).hexdigest()
-    return generate_key()
-
-
 def _service_group(ctx: _Ctx, ch: Change) -> str:
     _, tenant, name = _split(ch.address)
     assert tenant is not None
@@ -834,11 +826,10 @@ def _service_group(ctx: _Ctx, ch: Change) -> str:
         ctx.store.revoke_api_keys(tenant, name)
     spec = _spec(ctx, ch.address)
     active = [k for k in ctx.store.api_keys(tenant, name) if k.revoked_at is None]
-    new: list[str] = []
+    new = 0
     for _ in range(spec.keys - len(active)):
-        secret, key_id, prefix, key_hash = _generate_key()
-        ctx.store.add_api_key(ApiKey(id=key_id, tenant=tenant, group=name, key_hash=key_hash, prefix=prefix))
-        new.append(secret)
+        create_key(ctx.store, tenant, name, ctx.stack_dir)  # kept until shown: never lost by a crash
+        new += 1
     if len(active) > spec.keys:
         from zsconf.state.models import utcnow
 
@@ -847,14 +838,12 @@ def _service_group(ctx: _Ctx, ch: Change) -> str:
                 k.revoked_at = utcnow()
                 s.add(k)
             s.commit()
-    if new:
-        with ctx.lock:
-            ctx.secrets[ch.address] = new
     keys = [
         {"id": k.id, "prefix": k.prefix} for k in ctx.store.api_keys(tenant, name) if k.revoked_at is None
     ]
     _record(ctx, ch, outputs={"keys": keys})
-    return f"{len(keys)} key(s)" + (f", {len(new)} new" if new else "")
+    _crash_point("after_key")
+    return f"{len(keys)} key(s)" + (f", {new} new" if new else "")
 
 
 _ACTIONS: dict[str, Callable[[_Ctx, Change], str]] = {

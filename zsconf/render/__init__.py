@@ -152,15 +152,29 @@ def plan_text(plan: Plan, color: bool = False) -> str:
     return "\n".join(lines)
 
 
+def new_keys_text(keys: list[Any]) -> list[str]:
+    """Lines showing keys not shown before (`zsconf.keys.NewKey`), grouped by service group."""
+    by_group: dict[str, list[str]] = {}
+    for k in keys:
+        by_group.setdefault(k.address, []).append(k.secret)
+    lines = []
+    for addr, secrets in by_group.items():
+        lines.append(f"New API keys for {addr} (shown once, store them now):")
+        lines.extend(f"  {s}" for s in secrets)
+    return lines
+
+
 def result_text(result: Any) -> str:
     """Final summary of an apply, with new API keys shown once."""
     c = result.counts()
     lines = []
     for d in result.diagnostics:
         lines.append(f"Error: {d}")
-    for addr, keys in result.secrets.items():
-        lines.append(f"New API keys for {addr} (shown once, store them now):")
-        lines.extend(f"  {k}" for k in keys)
+    lines.extend(new_keys_text(result.new_keys))
+    if not result.outcomes and result.ok:  # nothing to do: the plan already said "No changes"
+        if result.gateway_url:
+            lines.append(f"Gateway: {result.gateway_url}")
+        return "\n".join(lines)
     status = "Apply complete!" if result.ok else "Apply finished with errors."
     lines.append(
         f"{status} Resources: {c['added']} added, {c['changed']} changed, {c['replaced']} replaced, "

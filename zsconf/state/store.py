@@ -52,9 +52,7 @@ def default_url(stack_dir: str | Path | None) -> str:
     env = os.environ.get(STATE_URL_ENV)
     if env:
         return env
-    base = Path(stack_dir or ".").resolve() / ".zsconf"
-    base.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{base / 'state.db'}"
+    return f"sqlite:///{Path(stack_dir or '.').resolve() / '.zsconf' / 'state.db'}"
 
 
 class ResourceView:
@@ -524,9 +522,18 @@ def _user() -> str:
         return str(os.getuid())
 
 
-def open_store(url: str | None = None, stack_dir: str | Path | None = None) -> Store:
-    """Open (and create or check) the state database. `url` None = ZSCONF_STATE_URL or SQLite."""
+def open_store(url: str | None = None, stack_dir: str | Path | None = None, create: bool = True) -> Store:
+    """Open (and create or check) the state database. `url` None = ZSCONF_STATE_URL or SQLite.
+
+    `create=False` (read-only commands: plan, status, show, ...) creates no database: where the
+    stack's SQLite file does not exist yet it returns an empty in-memory state whose lineage is
+    "" (a plan saved from it applies to a state that is still empty: `Engine.check_fresh`)."""
     url = url or default_url(stack_dir)
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
+        path = Path(url.removeprefix("sqlite:///"))
+        if not create and not path.exists():
+            return _empty_store()
+        path.parent.mkdir(parents=True, exist_ok=True)
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
@@ -553,4 +560,20 @@ def open_store(url: str | None = None, stack_dir: str | Path | None = None) -> S
         raise
     except Exception as exc:
         raise StateError(f"cannot open state database {store.display_url}: {exc}") from exc
+    return store
+
+
+def _empty_store() -> Store:
+    """An empty state that lives in memory only (nothing is created on disk)."""
+    from sqlalchemy.pool import StaticPool
+
+    engine = create_engine("sqlite://", poolclass=StaticPool, connect_args={"check_same_thread": False})
+    store = Store(engine, "sqlite://")
+    store.init_schema()
+    with store.session() as s:
+        row = s.get(Meta, "lineage")
+        assert row is not None
+        row.value = ""
+        s.add(row)
+        s.commit()
     return store
