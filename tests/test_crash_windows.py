@@ -75,5 +75,46 @@ def test_daemon_killed_between_starting_a_server_and_routing_to_it(tmp_path: Pat
         eng.close()
 
 
+def test_apply_killed_after_creating_a_key_loses_nothing(tmp_path: Path, engine_env: Path) -> None:
+    import re
+    import subprocess
+    import sys
+
+    from zsconf.engine import Engine
+
+    stack = make_stack(tmp_path / "s", DEPLOY_STACK + APP)
+    argv = [sys.executable, "-m", "zsconf.cli.main", "apply", str(stack), "--auto-approve", "--wait"]
+    eng = Engine(stack)
+    try:
+        killed = subprocess.run(argv, capture_output=True, text=True, timeout=120,
+                                env={**os.environ, "ZSCONF_TEST_KILL_AT": "after_key"})  # fmt: skip
+        assert killed.returncode == -signal.SIGKILL, killed.stderr
+        assert "zs-" not in killed.stdout  # created and stored hashed, never shown
+        again = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        assert again.returncode == 0, again.stderr
+        (key,) = re.findall(r"^  (zs-\S+)$", again.stdout, re.M)
+        assert "New API keys for service_group/acme/app" in again.stdout
+        gateway = eng.gateway_url()  # started by the re-apply, with or without a change to make
+        assert gateway and f"Gateway: {gateway}" in again.stdout
+        eventually(lambda: _ask(gateway, key) == 200, 30, "the recovered key to work")
+        third = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        assert third.returncode == 0 and "zs-" not in third.stdout  # shown once
+        assert "No changes" in third.stdout
+        # A gateway that died: plan says so (exit 2), and apply restarts it with nothing to change.
+        (gw,) = [h for h in eng.executor.list_instances() if h.deployment == "platform/gateway"]
+        os.killpg(gw.pid, signal.SIGKILL)
+        eventually(lambda: not eng.executor.instance_alive(gw), 10, "the gateway to die")
+        plan = subprocess.run([sys.executable, "-m", "zsconf.cli.main", "plan", str(stack), "--detailed-exitcode"],
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert plan.returncode == 2 and "platform/gateway: the gateway is not running" in plan.stdout
+        assert subprocess.run(argv, capture_output=True, text=True, timeout=120).returncode == 0
+        gateway = eng.gateway_url()
+        assert gateway is not None
+        eventually(lambda: _ask(gateway, key) == 200, 30, "the restarted gateway to answer")
+    finally:
+        cleanup([], stack)
+        eng.close()
+
+
 def _unused(_: Any) -> None:
     _ = engine_env

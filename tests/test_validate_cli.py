@@ -201,3 +201,60 @@ def test_real_subprocess_valid_and_invalid(tmp_path: Path) -> None:
     assert "Traceback" not in bad.stderr
     missing = _run("validate", str(tmp_path / "nowhere"))
     assert missing.returncode == 1 and "zsconf init" in missing.stderr
+
+
+FT_STACK = """\
+platform: {device: cpu, default_tenant: acme}
+tenants:
+  acme: {}
+datasets:
+  faq: {path: data/faq.jsonl, format: alpaca}
+models:
+  base: {base: debug/tiny-qwen2}
+finetunes:
+  ft:
+    model: base
+    datasets: {train: faq}
+    hyperparameters: {epochs: 1, global_batch_size: 32, checkpoints: 5}
+    output: {model: bot}
+"""
+
+
+def _ft_stack(root: Path, samples: int = 40) -> Path:
+    (root / "data").mkdir(parents=True)
+    rows = [json.dumps({"instruction": f"q{i}", "input": "", "output": f"a{i}"}) for i in range(samples)]
+    (root / "data" / "faq.jsonl").write_text("\n".join(rows) + "\n")
+    (root / "stack.yaml").write_text(FT_STACK)
+    return root
+
+
+def test_plan_refuses_what_validate_refuses(tmp_path: Path) -> None:
+    """Plan (a process, as a person runs it) checks the dataset files and the derived checkpoint
+    rule exactly as validate does: same lines, exit 1, no traceback."""
+    root = _ft_stack(tmp_path / "s")
+    # 40 samples / batch 32, rounded up, x 1 epoch = 2 iterations: checkpoints 5 is out of range.
+    for cmd in ("validate", "plan"):
+        r = _run(cmd, str(root))
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+        assert (
+            f"{root / 'stack.yaml'}:12: finetunes.ft.hyperparameters.checkpoints: checkpoints must be "
+            in r.stderr
+        )
+        assert "= 1-2: this job runs 2 iterations (40 samples" in r.stderr
+    (root / "stack.yaml").write_text(FT_STACK.replace("checkpoints: 5", "checkpoints: 2"))
+    assert _run("plan", str(root)).returncode == 0
+    # A directory where the dataset file should be: the same one line from both, no traceback.
+    (root / "data" / "faq.jsonl").unlink()
+    (root / "data" / "faq.jsonl").mkdir()
+    for cmd in ("validate", "plan"):
+        r = _run(cmd, str(root))
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+        assert (
+            f":5: datasets.faq.path: is a directory, not a dataset file: {root / 'data' / 'faq.jsonl'}"
+            in r.stderr
+        )
+    # A missing file: plan refuses (it planned additions and exit 0 before).
+    (root / "data" / "faq.jsonl").rmdir()
+    r = _run("plan", str(root), "--detailed-exitcode")
+    assert r.returncode == 1 and "datasets.faq.path: dataset file not found" in r.stderr
+    assert not (root / ".zsconf" / "state.db").exists()  # plan is read only

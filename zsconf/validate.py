@@ -13,25 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from zsconf.datasets import DatasetCheck
+from zsconf.datasets import check_datasets as read_datasets
 from zsconf.errors import Diagnostic, StackError
 
 if TYPE_CHECKING:
     from zsconf.graph import Graph
     from zsconf.loading import LoadedStack
 
-__all__ = ["MAX_ERRORS_PER_DATASET", "DatasetCheck", "ValidationResult", "validate_stack"]
-
-# A broken 100k-line file would otherwise bury every other diagnostic.
-MAX_ERRORS_PER_DATASET = 20
-
-
-@dataclass
-class DatasetCheck:
-    name: str
-    file: str
-    format: str
-    samples: int | None  # None when the file could not be read
-    errors: int = 0
+__all__ = ["ValidationResult", "validate_stack"]
 
 
 @dataclass
@@ -74,57 +64,6 @@ class ValidationResult:
         return self.loaded.secrets.data(data) if self.loaded else data
 
 
-def _check_datasets(loaded: LoadedStack, display_dir: Path) -> tuple[list[DatasetCheck], list[Diagnostic]]:
-    from schemas.samples import read_dataset
-
-    checks: list[DatasetCheck] = []
-    diagnostics: list[Diagnostic] = []
-    reports: dict[tuple[Path, str], Any] = {}
-    for name, spec in loaded.stack.datasets.items():
-        path = loaded.stack_dir / spec.path
-        shown = str(display_dir / spec.path)
-        if not path.is_file():
-            diagnostics.append(loaded.diagnostic(f"datasets.{name}.path", f"dataset file not found: {shown}"))
-            checks.append(DatasetCheck(name, shown, spec.format, None))
-            continue
-        key = (path.resolve(), spec.format)
-        if key not in reports:
-            try:
-                reports[key] = read_dataset(path, spec.format)
-            except (OSError, ValueError) as exc:
-                reports[key] = exc
-        report = reports[key]
-        if isinstance(report, Exception):
-            diagnostics.append(loaded.diagnostic(f"datasets.{name}.path", f"cannot read {shown}: {report}"))
-            checks.append(DatasetCheck(name, shown, spec.format, None))
-            continue
-        errors = list(report.errors)
-        for err in errors[:MAX_ERRORS_PER_DATASET]:
-            where = f"datasets.{name}" + (f".{err.field}" if getattr(err, "field", None) else "")
-            diagnostics.append(
-                Diagnostic(
-                    message=loaded.secrets.text(str(err.message)), path=where, file=shown, line=err.line
-                )
-            )
-        if len(errors) > MAX_ERRORS_PER_DATASET:
-            diagnostics.append(
-                Diagnostic(
-                    message=f"... and {len(errors) - MAX_ERRORS_PER_DATASET} more bad samples",
-                    path=f"datasets.{name}",
-                    file=shown,
-                )
-            )
-        if not errors and report.count < spec.min_samples:
-            diagnostics.append(
-                loaded.diagnostic(
-                    f"datasets.{name}.min_samples",
-                    f"{shown} has {report.count} samples, fewer than min_samples={spec.min_samples}",
-                )
-            )
-        checks.append(DatasetCheck(name, shown, spec.format, report.count, len(errors)))
-    return checks, diagnostics
-
-
 def validate_stack(
     stack_dir: Path | str,
     overrides: Sequence[str] = (),
@@ -149,7 +88,7 @@ def validate_stack(
     except StackError as exc:
         result.diagnostics.extend(exc.diagnostics)
     if check_datasets:
-        checks, problems = _check_datasets(result.loaded, display_dir)
+        checks, problems = read_datasets(result.loaded, display_dir)
         result.datasets = checks
         result.diagnostics.extend(problems)
     result.seconds = time.perf_counter() - started

@@ -27,7 +27,7 @@ from typing import Any
 from zsconf.engine.apply import ApplyResult, apply_plan, finish_runs
 from zsconf.engine.plan import make_plan
 from zsconf.engine.refresh import Observed, refresh
-from zsconf.errors import StalePlanError
+from zsconf.errors import StackError, StalePlanError
 from zsconf.plans import Plan
 
 __all__ = ["ApplyResult", "Engine", "Observed", "apply_plan", "finish_runs", "make_plan", "refresh"]
@@ -65,7 +65,7 @@ class Engine:
 
         self.stack_dir = Path(stack_dir).resolve()
         self._catalog = catalog
-        self._cache: tuple[tuple[Any, ...], Any, Any] | None = None
+        self._cache: tuple[tuple[Any, ...], Any, Any, list[Any]] | None = None
         self.store = open_store(state_url, self.stack_dir, create=not read_only)
         self._executor = executor
         self._platform: Any = None  # the platform section of the last good load
@@ -91,17 +91,30 @@ class Engine:
                 self._catalog = None
         return self._catalog
 
-    def load(self, overrides: Sequence[str] = ()) -> tuple[Any, Any]:
-        """(LoadedStack, Graph), from cache when no file of the stack changed."""
+    def load(self, overrides: Sequence[str] = (), check_files: bool = True) -> tuple[Any, Any]:
+        """(LoadedStack, Graph), from cache when no file of the stack changed. Raises StackError
+        with everything `zsconf validate` finds; `check_files=False` (destroy) leaves out the
+        dataset files' problems, which must not stop tearing a stack down."""
         key = _fingerprint(self.stack_dir, overrides)
         if self._cache is not None and self._cache[0] == key:
-            return self._cache[1], self._cache[2]
+            _, loaded, graph, problems = self._cache
+            if problems and check_files:
+                raise StackError(problems)
+            return loaded, graph
+        from zsconf.datasets import check_datasets
         from zsconf.graph import build_graph
         from zsconf.loading import load_stack
 
         loaded = load_stack(self.stack_dir, overrides)
-        graph = build_graph(loaded, self.catalog)
-        self._cache = (key, loaded, graph)
+        # Everything validate refuses, reported together: graph problems and every dataset's.
+        try:
+            graph = build_graph(loaded, self.catalog)
+        except StackError as exc:
+            raise StackError([*exc.diagnostics, *check_datasets(loaded)[1]]) from None
+        problems = check_datasets(loaded)[1]
+        self._cache = (key, loaded, graph, problems)
+        if problems and check_files:
+            raise StackError(problems)
         return loaded, graph
 
     def plan(
@@ -113,7 +126,7 @@ class Engine:
         destroy: bool = False,
         refresh_only: bool = False,
     ) -> Plan:
-        loaded, graph = self.load(overrides)
+        loaded, graph = self.load(overrides, check_files=not destroy)
         # An empty in-memory state (a read-only look at a stack never applied) has nothing to observe.
         executor = self.executor if self.store.url != "sqlite://" else None
         return make_plan(
@@ -131,7 +144,7 @@ class Engine:
                 f"saved plan is stale: state serial is {self.store.serial()}, the plan was made at "
                 f"{plan.state_serial}; run `zsconf plan` again"
             )
-        loaded, _ = self.load(plan.overrides)
+        loaded, _ = self.load(plan.overrides, check_files=not plan.destroy)
         if loaded.config_hash != plan.stack_hash:
             raise StalePlanError("saved plan is stale: the stack changed since; run `zsconf plan` again")
 
@@ -154,7 +167,7 @@ class Engine:
         with nullcontext() if locked else self.store.locked(op, lock_timeout):
             if saved:
                 self.check_fresh(plan)
-            loaded, graph = self.load(plan.overrides)
+            loaded, graph = self.load(plan.overrides, check_files=not plan.destroy)
             if plan.refresh_only:
                 finish_runs(self.store, self.executor)
                 from zsconf.engine.apply import ApplyResult as _R

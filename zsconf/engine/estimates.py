@@ -5,47 +5,10 @@ says "unknown" otherwise (never guesses silently).
 
 from __future__ import annotations
 
-import functools
 import math
-from pathlib import Path
 from typing import Any
 
-__all__ = ["count_samples", "estimate"]
-
-
-def count_samples(path: Path, fmt: str) -> int | None:
-    """Samples in a dataset file: the dataset helper's counter if present, else lines/rows."""
-    counter = _sample_counter()
-    if counter is not None:
-        try:
-            return int(counter(path, fmt))
-        except Exception:
-            pass
-    try:
-        if fmt == "xlsx":
-            return None
-        with open(path, "rb") as f:
-            lines = sum(1 for line in f if line.strip())
-        if fmt == "csv":
-            lines -= 1  # header
-        if fmt in ("sharegpt", "moss") and path.suffix == ".json":
-            import json
-
-            data = json.loads(path.read_text())
-            return len(data) if isinstance(data, list) else None
-        return max(lines, 0)
-    except OSError:
-        return None
-
-
-@functools.cache
-def _sample_counter() -> Any:
-    """`schemas.samples.count(path, format)` when the dataset helper provides it (looked up once)."""
-    try:
-        from schemas.samples import count_samples
-    except ImportError:
-        return None
-    return count_samples
+__all__ = ["estimate"]
 
 
 def _catalog() -> Any:

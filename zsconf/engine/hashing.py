@@ -41,9 +41,12 @@ def file_digest(path: Path) -> str:
     cached = _FILE_CACHE.get(key)
     if cached is None:
         h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
+        try:
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+        except OSError:  # a directory, unreadable: what validate reports, not a crash here
+            return "missing"
         cached = _FILE_CACHE[key] = h.hexdigest()
     return cached
 

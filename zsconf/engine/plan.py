@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from schemas.stack import KINDS
+from zsconf.datasets import sample_count
 from zsconf.engine import gates
 from zsconf.engine.diff import drop_paths, field_diffs
-from zsconf.engine.estimates import count_samples, estimate
+from zsconf.engine.estimates import estimate
 from zsconf.engine.hashing import file_digest, lineage_hashes, secrets_digest
 from zsconf.engine.refresh import Observed, refresh
 from zsconf.plans import Action, Change, FieldDiff, Plan
@@ -277,7 +278,7 @@ def _desired(loaded: Any, graph: Any) -> tuple[list[str], dict[str, Any], dict[s
     for addr, spec, path in datasets:
         key = f"{inputs[addr]}|{spec.format}"
         if key not in counts:
-            counts[key] = count_samples(path, spec.format)
+            counts[key] = sample_count(path, spec.format)
         samples[(spec.tenant, addr.rsplit("/", 1)[1])] = counts[key]
     graph._zs_order = order
     graph._zs_memo = (inputs, desired, hashes, samples)

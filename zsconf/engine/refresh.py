@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from zsconf.engine.gateway import GATEWAY
 from zsconf.plans import Drift
 from zsconf.state import RunRow, Store
 
@@ -81,6 +82,10 @@ def _instances_drift(executor: Any, row: Any, runs: list[RunRow]) -> str:
     return ""
 
 
+def _gateway_alive(executor: Any) -> bool:
+    return any(h.deployment == GATEWAY and executor.instance_alive(h) for h in executor.list_instances())
+
+
 def refresh(store: Store, rows: dict[str, Any] | None = None, executor: Any = None) -> Observed:
     """`rows`: the resource rows when the caller has read them already. Without an executor only
     the files are checked (processes are not observed)."""
@@ -99,6 +104,8 @@ def refresh(store: Store, rows: dict[str, Any] | None = None, executor: Any = No
             obs.broken[owner] = msg
     if executor is None:
         return obs
+    if any(r.kind == "service_group" for r in rows.values()) and not _gateway_alive(executor):
+        obs.drift.append(Drift(GATEWAY, "the gateway is not running; apply starts it", apply_fixes=True))
     watched = {
         a
         for a, r in rows.items()

@@ -52,10 +52,12 @@ class FieldDiff:
 
 @dataclass
 class Drift:
-    """Something found by refresh that differs from the state: a dead process, missing files."""
+    """Something found by refresh that differs from the state: a dead process, missing files.
+    `apply_fixes`: apply repairs it though no resource changes (the stack's gateway process)."""
 
     address: str
     message: str
+    apply_fixes: bool = False
 
 
 @dataclass
@@ -109,7 +111,11 @@ class Plan:
         return [c for c in self.changes if c.action is not Action.NOOP]
 
     def has_changes(self) -> bool:
-        return bool(self.actionable()) or bool(self.drift and self.refresh_only)
+        return (
+            bool(self.actionable())
+            or any(d.apply_fixes for d in self.drift)
+            or bool(self.drift and self.refresh_only)
+        )
 
     def can_apply(self) -> bool:
         """The one rule for whether this plan may be applied (CLI and daemon both ask here)."""

@@ -108,8 +108,12 @@ def plan_text(plan: Plan, color: bool = False) -> str:
         lines.append("")
     changes = plan.actionable()
     if not changes and not plan.errors:
-        lines.append("No changes. The platform matches the stack." if not plan.refresh_only else
-                     "Refresh only: no resource will change; drift above (if any) is recorded by apply.")  # fmt: skip
+        if plan.refresh_only:
+            lines.append("Refresh only: no resource will change; drift above (if any) is recorded by apply.")
+        elif any(d.apply_fixes for d in plan.drift):
+            lines.append("No resource changes; apply repairs what is listed above.")
+        else:
+            lines.append("No changes. The platform matches the stack.")
     for ch in changes:
         sym = ch.action.value
         style = _COLORS.get(ch.action, "white")
