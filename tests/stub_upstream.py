@@ -16,6 +16,7 @@ max(1, characters of the messages // 4). Markers in the request text steer a cal
   [[nousage]]       never send usage (JSON or stream)
   [[delay:MS]]      wait before answering; [[chunkdelay:MS]] between chunks
   [[garbage]]       answer 200 with a body that is not JSON
+  [[ptok:N]]        report N prompt tokens (as a chat template and tokenizer would count)
   [[badchoices]]    answer 200 JSON whose `choices` is not a list
 
 Usage: stub_upstream.py [--host 127.0.0.1] [--port 0] [--chunks 16] [--api-key KEY] [--id NAME]
@@ -175,7 +176,7 @@ class Proto(asyncio.Protocol):
             p = req.get("prompt", "")
             text = p if isinstance(p, str) else "".join(p)
         marks = {k: v for k, v in _MARK.findall(text)}
-        prompt_tokens = max(1, len(text) // 4)
+        prompt_tokens = int(marks["ptok"]) if "ptok" in marks else max(1, len(text) // 4)
         words = app.words
         if "say" in marks:  # "a b~c" -> chunks "a", " b", "c" ("~" splits a word across chunks)
             parts = marks["say"].split(" ")

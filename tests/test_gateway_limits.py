@@ -31,6 +31,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory):
     env.config["groups"] = [
         {"tenant": "acme", "name": "krpm", "services": ["chat"], "per_key": {"rpm": 3}},
         {"tenant": "acme", "name": "ktpm", "services": ["chat"], "per_key": {"tpm": 100}},
+        {"tenant": "acme", "name": "real", "services": ["chat"], "per_key": {"tpm": 200}},
         {"tenant": "acme", "name": "mrpm", "services": ["chat", "chat2"], "per_model": {"chat": {"rpm": 3}}},
         {"tenant": "acme", "name": "mtpm", "services": ["chat"], "per_model": {"chat": {"tpm": 100}}},
         {"tenant": "acme", "name": "qps", "services": ["limited"]},
@@ -71,6 +72,33 @@ def test_key_tpm_exact(gw: GatewayEnv) -> None:
     # 100 tokens/min: admitted while charged + 10 (prompt estimate) <= 100; each call charges 26.
     assert [_call(gw, "ktpm").status_code for _ in range(4)] == [200] * 4  # 4th: 78 + 10 <= 100
     _refused(_call(gw, "ktpm"), "700002")  # 104 + 10 > 100
+
+
+def test_tpm_charges_the_tokens_the_server_counted(gw: GatewayEnv) -> None:
+    """A prompt the server counts as 30 tokens (a chat template adds what characters do not show)
+    while its text is 3 tokens by the estimate: each call uses 30 + 16 = 46. Admission must follow
+    the real use, so tpm 200 admits 5 calls (230 tokens: the last one admitted at 184 + 3), not
+    the ~10 the estimate alone would (the fault: 360 used against a tpm of 200)."""
+    secret = gw.keys["real"][0]  # type: ignore[attr-defined]
+    used, codes = 0, []
+    for _ in range(12):
+        r = httpx.post(gw.url + "/chat/completions", timeout=10, headers={"Authorization": f"Bearer {secret}"},
+                       json={"model": "chat", "messages": [{"role": "user", "content": "hi [[ptok:30]]"}]})  # fmt: skip
+        codes.append(r.status_code)
+        if r.status_code != 200:
+            _refused(r, "700002")
+            break
+        used += r.json()["usage"]["total_tokens"]
+    assert codes == [200] * 5 + [429] and used == 230
+
+
+def test_token_estimate_counts_cjk_characters() -> None:
+    from runners.gateway.checks import estimate_tokens
+
+    assert estimate_tokens("x" * 40) == 10
+    assert estimate_tokens("你好" * 20) == 40  # chars / 4 would say 10
+    assert estimate_tokens("你好 world") == 2 + 6 // 4
+    assert estimate_tokens("") == 1
 
 
 def test_model_rpm_exact(gw: GatewayEnv) -> None:

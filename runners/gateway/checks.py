@@ -48,8 +48,14 @@ def message_text(content: Any) -> str:
     raise _bad("messages[].content must be a string or a list of parts")
 
 
-def estimate_tokens(text_len: int) -> int:
-    return max(1, text_len // 4)
+def estimate_tokens(text: str) -> int:
+    """Prompt tokens guessed before the call (the limits' first charge, corrected with the
+    server's count when it answers): about 4 characters a token for ASCII text, one a token for
+    CJK and other multi-byte characters, which tokenizers split about that finely. Counted from
+    the UTF-8 length (C speed): a 3-byte character adds 2 bytes over its one character."""
+    n = len(text)
+    wide = (len(text.encode("utf-8", "surrogatepass")) - n) // 2
+    return max(1, wide + (n - wide) // 4)
 
 
 def _common(body: dict, cap: int) -> None:
@@ -96,8 +102,8 @@ def _common(body: dict, cap: int) -> None:
         raise _bad("response_format.type must be text or json_object")
 
 
-def check_chat(body: dict, cap: int) -> tuple[int, str]:
-    """Validate a chat request; returns (characters of text, the text) for estimates and moderation."""
+def check_chat(body: dict, cap: int) -> str:
+    """Validate a chat request; returns its text, for the token estimate and moderation."""
     msgs = body.get("messages")
     if not isinstance(msgs, list) or not msgs:
         raise _bad("messages must be a non-empty list")
@@ -136,15 +142,14 @@ def check_chat(body: dict, cap: int) -> tuple[int, str]:
     tools = body.get("tools")
     if tools is not None and not isinstance(tools, list):
         raise _bad("tools must be a list")
-    text = "\n".join(parts)
-    return len(text), text
+    return "\n".join(parts)
 
 
-def check_completion(body: dict, cap: int) -> tuple[int, str]:
+def check_completion(body: dict, cap: int) -> str:
     prompt = body.get("prompt")
     if isinstance(prompt, list) and all(isinstance(p, str) for p in prompt):
         prompt = "\n".join(prompt)
     if not isinstance(prompt, str) or not prompt:
         raise _bad("prompt must be a non-empty string or list of strings")
     _common(body, cap)
-    return len(prompt), prompt
+    return prompt

@@ -6,9 +6,11 @@ actual completion tokens afterwards). Window semantics, documented for users:
 - rpm: a request is admitted when fewer than `rpm` requests were admitted in the last 60 s
   (sliding log of admission times); otherwise 429 with Retry-After = seconds until the oldest
   one leaves the window (rounded up).
-- tpm: the tokens of a request are its prompt tokens (estimated up front: characters / 4,
-  at least 1) plus its actual completion tokens (added when the call ends). A request is admitted
-  when the tokens charged in the last 60 s plus its prompt estimate stay within `tpm`.
+- tpm: a request is charged its prompt estimate when admitted (`checks.estimate_tokens`: ~4
+  ASCII characters or one CJK character a token), and when it ends the charge becomes what the
+  server counted: its prompt plus completion tokens (usage). A request is admitted when the
+  tokens charged in the last 60 s plus its estimate stay within `tpm`: once calls have ended, only
+  real counts decide, so a key overruns `tpm` by at most the calls in flight.
 - qps (deployment): sliding window of max(1 s, 1/qps); limit floor(qps * window) requests;
   refused with 700004 MODEL_RPM_RATELIMITING (the table has no separate QPS code).
 - Refused requests are not charged. State is per gateway process (one gateway per stack).
@@ -143,13 +145,14 @@ class Limiter:
         return token_entries  # type: ignore[return-value]
 
     @staticmethod
-    def settle(token_entries: list, now: float, completion: int) -> None:
-        """Charge the actual completion tokens on the token windows the request was admitted to
-        (only while its entry is still inside the window: an expired entry is already gone)."""
-        if completion <= 0:
+    def settle(token_entries: list, now: float, correction: int) -> None:
+        """Add `correction` (real prompt + completion tokens minus the estimate charged at
+        admission; negative when the estimate was high) to the token windows the request was
+        admitted to, while its entry is still inside the window (an expired one is gone)."""
+        if not correction:
             return
         for w, entry in token_entries:
             w.expire(now)
             if entry[0] > now - w.span:
-                entry[1] += completion
-                w.total += completion
+                entry[1] += correction
+                w.total += correction

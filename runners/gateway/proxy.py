@@ -133,8 +133,8 @@ class Proxy:
         latency = now - c.start
         if c.inst is not None:
             c.inst.outstanding -= 1
-        if c.entries:
-            self.limiter.settle(c.entries, now, c.completion)
+        if c.entries:  # the estimate charged at admission becomes what was really used
+            self.limiter.settle(c.entries, now, (c.prompt or c.estimate) + c.completion - c.estimate)
         total = c.prompt + c.completion
         if total and c.status == 200:
             used = self.keys.tokens_used
@@ -200,7 +200,7 @@ class Proxy:
             c.status = 404
             raise PlatformError("500002", f"model {model!r} not found")
         c.dep = dep
-        chars, text = (check_chat if kind == "chat" else check_completion)(body, dep.max_tokens_cap)
+        text = (check_chat if kind == "chat" else check_completion)(body, dep.max_tokens_cap)
         stream = body.get("stream") is True
         c.stream = stream
         # Moderation of the input: 600002 when the hit is in the system prompt or the tool
@@ -225,7 +225,7 @@ class Proxy:
             raise PlatformError(
                 "600005", f"the free trial allowance of {group.trial_tokens} tokens is used up"
             )
-        c.estimate = estimate_tokens(chars)
+        c.estimate = estimate_tokens(text)
         mrpm, mtpm = group.model_limits.get(model, (None, None))
         c.entries = self.limiter.admit(
             time.monotonic(),
