@@ -101,10 +101,12 @@ def resolve_group(store: Store, ref: str) -> tuple[str, str]:
         return parts[0], parts[1]
     matches = sorted(t for t, g in known_groups(store) if g == ref)
     if not matches:
-        known = ", ".join(sorted(f"{t}/{g}" for t, g in known_groups(store))) or "none"
-        raise StateError(f"no service group named {ref!r} in the state (known: {known}); use TENANT/GROUP")
+        known = ", ".join(sorted(f"service_group/{t}/{g}" for t, g in known_groups(store))) or "none"
+        raise StateError(f"no service group named {ref!r} in the state (known: {known})")
     if len(matches) > 1:
-        raise StateError(f"service group {ref!r} is ambiguous: {', '.join(f'{t}/{ref}' for t in matches)}")
+        raise StateError(
+            f"service group {ref!r} is ambiguous: {', '.join(f'service_group/{t}/{ref}' for t in matches)}"
+        )
     return matches[0], ref
 
 

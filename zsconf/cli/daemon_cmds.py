@@ -17,9 +17,9 @@ from zsconf.cli.stackdir import StackDir, stack_dir
 __all__ = ["HELP", "daemon", "parse_seconds", "register"]
 
 
-def parse_seconds(text: str, option: str) -> float:
+def parse_seconds(text: str, option: str, allow_zero: bool = False) -> float:
     """'30s', '2m', '1h', '1.5s' or a plain number of seconds -> seconds (a usage error names the
-    option)."""
+    option). Every duration option of the CLI is read here."""
     raw = text.strip().lower()
     try:
         value = (
@@ -31,7 +31,7 @@ def parse_seconds(text: str, option: str) -> float:
             value = float(parse_duration(raw))
     except ValueError as exc:
         raise typer.BadParameter(f"{text!r} is not a duration (e.g. 30s, 2m, 1h)", param_hint=option) from exc
-    if value <= 0:
+    if value < 0 or (value == 0 and not allow_zero):
         raise typer.BadParameter("must be more than 0", param_hint=option)
     return value
 

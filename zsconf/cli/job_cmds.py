@@ -88,9 +88,9 @@ def resolve_job_address(store: Store, text: str, directory: Path | None = None) 
 
 
 def _seconds(text: str) -> float:
-    from schemas.common import parse_duration
+    from zsconf.cli.daemon_cmds import parse_seconds
 
-    return 0.0 if text in ("0", "0s", "") else float(parse_duration(text))
+    return parse_seconds(text, "--lock-timeout", allow_zero=True)
 
 
 def stop(address: Address, stack: StackDir = None, lock_timeout: LockTimeout = "30s") -> None:
@@ -102,10 +102,11 @@ def stop(address: Address, stack: StackDir = None, lock_timeout: LockTimeout = "
     from zsconf.engine.jobs import stop_job
     from zsconf.executors.supervise import latest_checkpoint
 
+    wait_s = _seconds(lock_timeout)
     directory = stack_dir(stack)
     store = _store(directory)
     addr = resolve_job_address(store, address, directory)
-    with store.locked("job stop", _seconds(lock_timeout)):
+    with store.locked("job stop", wait_s):
         run = stop_job(store, default_executor(directory.resolve()), addr)
     ck = latest_checkpoint(run.workdir)
     where = f"latest checkpoint: {ck.name}" if ck else "no checkpoint was written yet"
@@ -120,10 +121,11 @@ def resume(address: Address, stack: StackDir = None, lock_timeout: LockTimeout =
     from zsconf.engine.apply import default_executor
     from zsconf.engine.jobs import resume_job
 
+    wait_s = _seconds(lock_timeout)
     directory = stack_dir(stack)
     store = _store(directory)
     addr = resolve_job_address(store, address, directory)
-    with store.locked("job resume", _seconds(lock_timeout)):
+    with store.locked("job resume", wait_s):
         run = resume_job(store, default_executor(directory.resolve()), addr)
     frm = f"from {Path(run.checkpoints[0]).name}" if run.checkpoints else "from the start (no checkpoint)"
     console().print(f"[green]resumed[/] {addr} as run {run.run_id} (attempt {run.attempt}), {frm}")

@@ -33,11 +33,12 @@ QuietOpt = Annotated[
 ]
 
 
-def _open(stack: Path | None, create: bool = True) -> tuple[Any, Path]:
+def _open(stack: Path | None) -> tuple[Any, Path]:
+    """The stack's state store; none is created (a key needs a service group applied first)."""
     from zsconf.state import open_store
 
     directory = stack_dir(stack, state_only=True)
-    return open_store(stack_dir=directory, create=create), directory
+    return open_store(stack_dir=directory, create=False), directory
 
 
 def _status(k: Any) -> str:
@@ -88,7 +89,7 @@ def list_keys(group: GroupArg, stack: StackDir = None, as_json: JsonOpt = False)
     from zsconf.cli.output import console, print_json
     from zsconf.keys import resolve_group
 
-    store, _ = _open(stack, create=False)
+    store, _ = _open(stack)
     try:
         tenant, name = resolve_group(store, group)
         rows = sorted(store.api_keys(tenant=tenant, group=name), key=lambda k: k.created_at)
@@ -184,7 +185,7 @@ def unshown(stack: StackDir = None, as_json: JsonOpt = False) -> None:
     from zsconf.keys import forget_keys, unshown_keys
     from zsconf.render import new_keys_text
 
-    store, directory = _open(stack, create=False)
+    store, directory = _open(stack)
     try:
         keys = unshown_keys(store, directory)
     finally:

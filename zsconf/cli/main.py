@@ -71,6 +71,12 @@ def run() -> None:
 
         print_error(exc)
         sys.exit(1)
+    except OSError as exc:  # a path the user gave that cannot be read or written
+        from zsconf.cli.output import print_error
+
+        where = f"{exc.filename}: " if exc.filename else ""
+        print_error(ZsconfError(f"{where}{exc.strerror or exc}"))
+        sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
 

@@ -37,9 +37,9 @@ def _split(args: list[str] | None, option: Path | None) -> tuple[Path, list[str]
 
 
 def _seconds(text: str) -> float:
-    from schemas.common import parse_duration
+    from zsconf.cli.daemon_cmds import parse_seconds
 
-    return 0.0 if text in ("0", "0s", "") else float(parse_duration(text))
+    return parse_seconds(text, "--lock-timeout", allow_zero=True)
 
 
 def _engine(directory: Path, read_only: bool = False) -> Engine:
@@ -234,17 +234,18 @@ def apply(
     stack: StackDir = None,
 ) -> None:
     """Make the platform match the stack (or apply a saved plan file)."""
+    wait_s = _seconds(lock_timeout)  # a usage error before anything is opened
     first = (args or [None])[0]
     if first and Path(first).is_file():
         p = _read_plan(Path(first))
         eng = _engine(stack_dir(None, Path(p.stack_dir)))
         # A saved plan was approved when it was saved (as in Terraform): no question.
-        with eng.store.locked("apply", _seconds(lock_timeout)):
+        with eng.store.locked("apply", wait_s):
             _apply_common(eng, p, parallelism=parallelism, wait=wait, locked=True, saved=True)
         return
     directory, overrides = _split(args, stack)
     eng = _engine(directory)
-    with eng.store.locked("apply", _seconds(lock_timeout)):
+    with eng.store.locked("apply", wait_s):
         p = eng.plan(overrides, targets=target or [], replace=replace or [])
         _print_plan(p)
         if not p.can_apply():
@@ -264,8 +265,9 @@ def destroy(
 ) -> None:
     """Destroy every resource of the stack recorded in the state."""
     directory, overrides = _split(args, stack)
+    wait_s = _seconds(lock_timeout)
     eng = _engine(directory)
-    with eng.store.locked("destroy", _seconds(lock_timeout)):
+    with eng.store.locked("destroy", wait_s):
         p = eng.plan(overrides, targets=target or [], destroy=True)
         _print_plan(p)
         if not p.can_apply():
@@ -376,8 +378,9 @@ def state_rm(
     """Forget a resource without touching what runs (zsconf will plan to create it again)."""
     from zsconf.errors import StateError
 
-    eng = _engine(stack_dir(stack, state_only=True))
-    with eng.store.locked("state rm", _seconds(lock_timeout)):
+    wait_s = _seconds(lock_timeout)
+    eng = _engine(stack_dir(stack, state_only=True), read_only=True)
+    with eng.store.locked("state rm", wait_s):
         if not eng.store.remove_resource(address):
             raise StateError(f"no resource {address!r} in the state")
     _err(f"Removed {address} from the state.")
@@ -389,7 +392,7 @@ def force_unlock(
 ) -> None:
     """Remove a state lock whose holder ran on another host and is gone. A lock left by a
     process that died on this host needs no command: the next one takes it over."""
-    eng = _engine(stack_dir(stack, state_only=True))
+    eng = _engine(stack_dir(stack, state_only=True), read_only=True)
     info = eng.store.force_unlock(lock_id)
     _err(f"Removed {info.describe()}")
 

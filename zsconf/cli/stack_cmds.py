@@ -181,7 +181,12 @@ def schema(
     if output is None:
         sys.stdout.write(json.dumps(_schema(), indent=2, ensure_ascii=False) + "\n")
         return
-    _write_schema(output)
+    try:
+        _write_schema(output)
+    except OSError as exc:
+        from zsconf.errors import ZsconfError
+
+        raise ZsconfError(f"-o {output}: {exc.strerror or exc}") from None
     from zsconf.cli.output import err_console
 
     err_console().print(
