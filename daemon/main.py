@@ -134,18 +134,26 @@ def run_daemon(
     on_ready: Callable[[dict[str, Any]], None] | None = None,
     on_line: Callable[[str], None] | None = None,
     stop: threading.Event | None = None,
+    servers_stop_after: bool = False,
 ) -> int:
     """Run until SIGTERM/SIGINT (or `stop` is set); returns the exit code (0 on a clean stop).
 
     `admin_port` None or 0 binds a free port on 127.0.0.1. `on_ready(info)` is called once the
     daemon is up and has led its first pass or found another leader: info has pid, admin_url,
-    leader, stack_dir, gateway_url. `on_line(text)` gets one line per action (default: stderr)."""
+    leader, stack_dir, gateway_url. `on_line(text)` gets one line per action (default: stderr).
+    `servers_stop_after`: the caller (`zsconf up`) stops the gateway and model servers once this
+    returns, and the stop messages say so instead of promising they keep running."""
     from daemon.lease import Lease
     from daemon.reconciler import Reconciler
     from daemon.watch import StackWatcher
     from zsconf.engine import Engine
 
     say = on_line or _default_line
+    left = (
+        "jobs keep running; the gateway and model servers are stopped next"
+        if servers_stop_after
+        else "jobs, model servers and the gateway keep running"
+    )
     stack = Path(stack_dir).resolve()
     if not (stack / "stack.yaml").exists():
         from zsconf.errors import Diagnostic, StackError
@@ -180,8 +188,7 @@ def run_daemon(
 
     def on_signal(signum: int, _frame: Any) -> None:
         if not stop.is_set():
-            say(f"{signal.Signals(signum).name}: finishing the current pass, then stopping "
-                "(jobs, model servers and the gateway keep running)")  # fmt: skip
+            say(f"{signal.Signals(signum).name}: finishing the current pass, then stopping ({left})")
         stop.set()
         watcher.poke()
         if admin is not None:  # stop accepting admin calls now, not after the pass
@@ -275,7 +282,7 @@ def run_daemon(
             notifier.close(timeout_s=2.0)
         remove_discovery(stack, os.getpid())
         engine.close()
-        say("stopped; jobs, model servers and the gateway were left running")
+        say(f"daemon stopped; {left}")
     return 0
 
 

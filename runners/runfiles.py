@@ -12,7 +12,29 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RunFiles", "UserError"]
+__all__ = ["RunFiles", "UserError", "quiet_progress_bars"]
+
+
+def quiet_progress_bars() -> None:
+    """No tqdm bars when the output is a log file (runner.log, which `zsconf logs` shows): they
+    are carriage-return redraws there, not lines. TQDM_DISABLE (set by the executor) covers bars
+    left at their default; libraries that pass `disable=False` themselves (compressed-tensors'
+    "Applying quantization config") are overridden here. A terminal keeps its bars."""
+    import sys
+
+    if sys.stderr.isatty():
+        return
+    try:
+        from tqdm import std
+    except ImportError:
+        return
+    init = std.tqdm.__init__
+
+    def quiet_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs["disable"] = True
+        init(self, *args, **kwargs)
+
+    std.tqdm.__init__ = quiet_init  # type: ignore[method-assign]
 
 
 class UserError(Exception):

@@ -103,6 +103,7 @@ class Estimates(_Strict):
 
     coefficient: float = Field(gt=0)
     reference_sequence_length: int = Field(default=4096, gt=0)
+    currency: str = Field(default="CNY", description="the currency of every price in the catalog")
 
 
 def compression_allowed(entry: ModelEntry, strategy: str) -> bool:

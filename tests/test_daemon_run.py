@@ -160,7 +160,7 @@ def test_daemon_follows_edits_survives_bad_yaml_heals_and_hands_over_on_sigterm(
         assert len(healed) == 2
         # SIGTERM: exit 0, lease released, discovery removed, servers left running.
         assert d.terminate() == 0, d.text()
-        assert "stopped; jobs, model servers and the gateway were left running" in d.text()
+        assert "daemon stopped; jobs, model servers and the gateway keep running" in d.text()
         assert not (stack / ".zsconf" / "daemon.json").exists()
         assert serving(st, 2) == healed
         starts = len(_starts(engine_env))

@@ -203,3 +203,18 @@ def test_quality_gate_holds_the_deployment_on_the_previous_version(
     finally:
         stop_all(eng)
         eng.close()
+
+
+def test_upstream_key_made_once_by_parallel_deployments(tmp_path: Path) -> None:
+    """Deployments applied in parallel ask for the internal key at once: one key, every server
+    gets it (two used to be written, the loser's rename failing or its server getting a stale key)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from zsconf.engine.gateway import gateway_dir, upstream_key
+
+    for attempt in range(20):
+        stack = tmp_path / f"s{attempt}"
+        with ThreadPoolExecutor(8) as pool:
+            keys = set(pool.map(upstream_key, [stack] * 8))
+        assert len(keys) == 1 and (gateway_dir(stack) / "upstream.key").read_text() == keys.pop()
+        assert [p.name for p in gateway_dir(stack).iterdir()] == ["upstream.key"]  # no temp left

@@ -314,6 +314,21 @@ def test_revoked_and_new_keys_seen_within_a_second(gw: GatewayEnv) -> None:
     assert time.monotonic() - t0 < 2.5  # refresh every 0.5 s; slack for a loaded machine
 
 
+def test_a_new_key_works_on_its_first_call(gw: GatewayEnv) -> None:
+    """`export ZSCONF_KEY=$(zsconf keys create ...)` then a call at once: the gateway looks an
+    unknown key up by its hash instead of refusing it until its next refresh. Unknown tokens stay
+    refused (and are not looked up again within a second)."""
+    for _ in range(5):
+        secret, _ = gw.add_key("acme", "g1")
+        r = httpx.post(gw.url + "/chat/completions", json={"model": "chat", "messages": USER},
+                       headers={"Authorization": f"Bearer {secret}"})  # fmt: skip
+        assert r.status_code == 200, r.text
+    for _ in range(30):
+        r = httpx.post(gw.url + "/chat/completions", json={"model": "chat", "messages": USER},
+                       headers={"Authorization": "Bearer zs-not-a-key"})  # fmt: skip
+        assert r.status_code == 401 and _err(r)["code"] == "500004"
+
+
 def test_moderation_input_and_output(gw: GatewayEnv) -> None:
     r = _post(gw, {"model": "chat", "messages": [{"role": "user", "content": "say FORBIDDEN things"}]})
     assert r.status_code == 400 and _err(r)["code"] == "600003"

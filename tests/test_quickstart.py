@@ -41,39 +41,88 @@ def _processes_under(root: Path) -> list[str]:
     return out
 
 
+class Up:
+    """`zsconf up quickstart` run from the stack's parent directory, as README's first command
+    runs it; its output collected line by line."""
+
+    def __init__(self, cwd: Path, *args: str) -> None:
+        self.cwd = cwd
+        self.proc = subprocess.Popen(
+            [str(ZSCONF), "up", "quickstart", "--interval", "5s", *args], cwd=cwd, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, env={**os.environ, "ZSCONF_GATEWAY_PORT": "0"},
+        )  # fmt: skip
+        self.lines: list[str] = []
+        self.ready = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            if line == "EOF\n" and any(x.startswith("python - <<'EOF'") for x in self.lines):
+                self.ready.set()  # the banner's last line: the end of the Python snippet
+
+    @property
+    def text(self) -> str:
+        return "".join(self.lines)
+
+    def wait_ready(self) -> str:
+        deadline = time.monotonic() + 900
+        while not self.ready.wait(0.5) and self.proc.poll() is None:
+            assert time.monotonic() < deadline, self.text[-4000:]
+        assert self.proc.poll() is None, f"zsconf up exited ({self.proc.returncode}):\n{self.text[-4000:]}"
+        return self.text
+
+    def stop(self) -> str:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(90)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.text
+
+
+ZSCONF = Path(sys.executable).parent / "zsconf"
+
+
+def paste(script: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run what a person pastes into bash, exactly as printed, where `up` was run."""
+    env = {k: v for k, v in os.environ.items() if k not in ("ZSCONF_KEY", "ZSCONF_GATEWAY_PORT")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # the venv's python
+    return subprocess.run(
+        ["bash", "-c", script], cwd=cwd, capture_output=True, text=True, env=env, timeout=timeout
+    )
+
+
+def snippet(text: str) -> str:
+    """The calls `up` printed: from the curl line to the end of the Python heredoc."""
+    start = text.rindex("\ncurl ") + 1
+    return text[start : text.index("\nEOF\n", start) + 5]
+
+
+def banner_commands(text: str) -> list[str]:
+    """The commands `up` names on its Admin API line, as printed between backticks."""
+    line = next(x for x in text.splitlines() if x.startswith("Admin API:"))
+    return re.findall(r"`([^`]+)`", line)
+
+
 @pytest.mark.slow
 def test_zsconf_up_quickstart_answers_with_the_trained_answers(tmp_path: Path) -> None:
+    """The newcomer's path, as a person walks it: `zsconf up`, paste each printed call, run each
+    command the banner names, Ctrl-C; then `zsconf up` again (the key is not shown twice) and
+    paste what it prints then."""
     stack = tmp_path / "quickstart"
     shutil.copytree(QUICKSTART, stack, ignore=shutil.ignore_patterns(".zsconf"))
     faq = [json.loads(line) for line in (stack / "data" / "faq.jsonl").read_text().splitlines() if line]
-    zsconf = Path(sys.executable).parent / "zsconf"
-    proc = subprocess.Popen(
-        [str(zsconf), "up", str(stack), "--interval", "5s"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "ZSCONF_GATEWAY_PORT": "0"},
-    )
-    lines: list[str] = []
-    ready = threading.Event()
-
-    def read() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            if line.startswith("API key:    "):  # the banner's last line before the snippets
-                ready.set()
-
-    threading.Thread(target=read, daemon=True).start()
+    trained = next(row["output"] for row in faq if row["instruction"] == "What is zsconf?")
+    up = Up(tmp_path)
     started = time.monotonic()
     try:
-        assert ready.wait(900) or proc.poll() is not None, "".join(lines[-40:])
-        assert proc.poll() is None, "".join(lines[-40:])
+        text = up.wait_ready()
         elapsed = time.monotonic() - started
-        text = "".join(lines)
         url = re.search(r"^Gateway:    (\S+)", text, re.M).group(1)  # type: ignore[union-attr]
         key = re.search(r"^API key:    (zs-\S+)  \(service_group/demo/faq-app;", text, re.M).group(1)  # type: ignore[union-attr]
-        assert text.count(key) >= 1 and "curl " + url in text
         client = openai.OpenAI(base_url=url, api_key=key, max_retries=0, timeout=60)
         answers = {}
         for row in faq[:5]:
@@ -89,14 +138,56 @@ def test_zsconf_up_quickstart_answers_with_the_trained_answers(tmp_path: Path) -
         # The key reached only this group's models.
         assert [m.id for m in client.models.list()] == ["faq-chat"]
         print(f"quickstart up in {elapsed:.0f} s; {len(right)}/5 trained answers")
+
+        # Paste the printed calls: the curl's JSON and the Python's line carry the trained answer.
+        time.sleep(1.1)  # the deployment's qps 5 window (1 s) is full of the calls above
+        pasted = paste(snippet(text), tmp_path)
+        assert pasted.returncode == 0, pasted.stderr
+        curl_out, py_out = pasted.stdout.split("\n", 1)
+        assert json.loads(curl_out).get("choices", [{}])[0].get("message", {}).get("content") == trained, (
+            curl_out
+        )
+        assert py_out.strip() == trained
+        # Every command the banner names works from here, as printed.
+        commands = banner_commands(text)
+        assert commands == ["zsconf status -C quickstart", "zsconf events -C quickstart -f",
+                            "zsconf logs -C quickstart deployment/demo/faq-chat"]  # fmt: skip
+        status = paste(commands[0], tmp_path)
+        assert status.returncode == 0 and "deployment/demo/faq-chat" in status.stdout, status.stderr
+        events = paste(f"timeout 3 {commands[1]}", tmp_path)
+        assert events.returncode == 124 and "deployment/demo/faq-chat" in events.stdout, events.stderr
+        logs = paste(commands[2], tmp_path)
+        assert logs.returncode == 0, logs.stderr
+        assert "POST /v1/chat/completions 200" in logs.stdout  # a server's log shows its requests
+        assert "it/s]" not in logs.stdout and "\r" not in logs.stdout  # and no progress bars
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(90)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-    assert proc.returncode == 0, "".join(lines[-30:])
+        text = up.stop()
+    assert up.proc.returncode == 0, text[-3000:]
+    # What Ctrl-C says is what it does: the servers are stopped, and nothing says they keep running.
+    tail = text[text.index("SIGINT") :]
+    assert "the gateway and model servers are stopped next" in tail and "Stopped " in tail
+    assert "keep running" not in tail.replace("jobs keep running", "")
+
+    # A second `zsconf up`: the key is not shown again; what it prints instead works as pasted.
+    again = Up(tmp_path)
+    try:
+        text = again.wait_ready()
+        assert "API key:    zs-" not in text
+        export = next(x for x in text.splitlines() if x.startswith("export ZSCONF_KEY="))
+        assert (
+            export
+            == "export ZSCONF_KEY=$(zsconf keys create service_group/demo/faq-app -C quickstart --quiet)"
+        )
+        pasted = paste(export + "\n" + snippet(text), tmp_path)
+        assert pasted.returncode == 0, pasted.stderr
+        curl_out, py_out = pasted.stdout.split("\n", 1)
+        assert json.loads(curl_out).get("choices", [{}])[0].get("message", {}).get("content") == trained, (
+            curl_out
+        )
+        assert py_out.strip() == trained
+    finally:
+        again.stop()
+    assert again.proc.returncode == 0
     deadline = time.monotonic() + 30
     while _processes_under(stack) and time.monotonic() < deadline:
         time.sleep(0.5)

@@ -258,3 +258,19 @@ def test_plan_refuses_what_validate_refuses(tmp_path: Path) -> None:
     r = _run("plan", str(root), "--detailed-exitcode")
     assert r.returncode == 1 and "datasets.faq.path: dataset file not found" in r.stderr
     assert not (root / ".zsconf" / "state.db").exists()  # plan is read only
+
+
+def test_schema_and_reference_errors_are_reported_in_one_run(tmp_path: Path) -> None:
+    """A schema error in one resource does not hide a reference error in another, and what
+    refers to the invalid one is not reported as dangling (it is defined, only wrong)."""
+    (tmp_path / "stack.yaml").write_text(
+        "platform: {default_tenant: acme}\ntenants:\n  acme: {}\nmodels:\n  base: {base: debug/tiny-qwen2}\n"
+        "deployments:\n  chat: {model: base, instances: -3}\n  chat2: {model: nothere}\n"
+        "service_groups:\n  app: {services: [chat, chat2], keys: 1}\n"
+    )
+    for cmd in ("validate", "plan"):
+        r = _run(cmd, str(tmp_path))
+        assert r.returncode == 1 and "Traceback" not in r.stderr
+        assert ":7: deployments.chat.instances:" in r.stderr
+        assert ":8: deployments.chat2.model: deployment/acme/chat2 refers to model 'nothere'" in r.stderr
+        assert "refers to deployment 'chat'" not in r.stderr and "2 error(s)" in r.stderr

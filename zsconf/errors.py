@@ -43,8 +43,11 @@ class Diagnostic:
 class StackError(ZsconfError):
     """The stack does not load or does not validate; carries every diagnostic found."""
 
-    def __init__(self, diagnostics: list[Diagnostic]) -> None:
+    def __init__(self, diagnostics: list[Diagnostic], partial: object = None) -> None:
         self.diagnostics = diagnostics
+        # The stack without its schema-invalid resources (a LoadedStack), when that much loads:
+        # callers build its graph to report reference errors in the same run.
+        self.partial = partial
         super().__init__("\n".join(str(d) for d in diagnostics))
 
 

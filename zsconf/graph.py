@@ -21,7 +21,7 @@ from zsconf.errors import Diagnostic, StackError
 if TYPE_CHECKING:
     from zsconf.loading import LoadedStack
 
-__all__ = ["Graph", "build_graph"]
+__all__ = ["Graph", "build_graph", "stack_diagnostics"]
 
 _JOB_KINDS = ("finetunes", "compressions")
 MAX_VERSIONS = 10  # versions per model (studio manual §5)
@@ -208,7 +208,8 @@ def _resolve(b: _Builder, src: str, path: str, key: str, name: str, tenant: str 
     addr = b.by_name.get((key, name))
     singular = KINDS[key][0]
     if addr is None:
-        b.error(path, f"{src} refers to {singular} {name!r}, which is not defined under {key}:")
+        if (key, name) not in b.loaded.invalid:  # defined, but its own schema errors are reported
+            b.error(path, f"{src} refers to {singular} {name!r}, which is not defined under {key}:")
         return None
     owner = getattr(b.graph.nodes[addr], "tenant", None)
     if owner != tenant:
@@ -222,6 +223,13 @@ def _resolve(b: _Builder, src: str, path: str, key: str, name: str, tenant: str 
     return addr
 
 
+def _maybe_made_by_invalid(b: _Builder, model: str) -> bool:
+    """A partial stack (resources with schema errors left out) may lack the model's creator: a
+    models: entry of that name, or a job whose output cannot be read, left out."""
+    invalid = b.loaded.invalid
+    return ("models", model) in invalid or any(k in _JOB_KINDS for k, _ in invalid)
+
+
 def _resolve_model(b: _Builder, src: str, path: str, ref: str, tenant: str | None) -> str | None:
     """`name@N|@latest` -> the address that creates the model (edge to it, and for consumers that
     do not produce versions themselves, to every job that adds versions)."""
@@ -229,6 +237,8 @@ def _resolve_model(b: _Builder, src: str, path: str, ref: str, tenant: str | Non
         return None
     name, _version = parse_model_ref(ref)
     creator = b.graph.model_creators.get((tenant, name))
+    if creator is None and _maybe_made_by_invalid(b, name):
+        return None
     if creator is None:
         elsewhere = sorted(t for (t, n) in b.graph.model_creators if n == name)
         if elsewhere:
@@ -559,6 +569,19 @@ STEPS: tuple[Callable[[_Builder], None], ...] = (
     check_quotas,
     check_cycles,
 )
+
+
+def stack_diagnostics(error: StackError, catalog: Any = None) -> list[Diagnostic]:
+    """Every problem of a stack that failed its schema: the schema errors, plus the reference
+    errors of the rest of it (`error.partial`: the stack without the invalid resources), so one
+    run reports both. Called by `zsconf validate` and the engine."""
+    found = list(error.diagnostics)
+    if error.partial is not None:
+        try:
+            build_graph(error.partial, catalog)  # type: ignore[arg-type]
+        except StackError as more:
+            found += more.diagnostics
+    return found
 
 
 def build_graph(loaded: LoadedStack, catalog: Any = None) -> Graph:

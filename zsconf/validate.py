@@ -71,7 +71,7 @@ def validate_stack(
     catalog: Any = None,
 ) -> ValidationResult:
     """Everything `zsconf validate` checks; never raises for a problem in the stack."""
-    from zsconf.graph import build_graph
+    from zsconf.graph import build_graph, stack_diagnostics
     from zsconf.loading import load_stack
 
     started = time.perf_counter()
@@ -80,7 +80,7 @@ def validate_stack(
     try:
         result.loaded = load_stack(display_dir, overrides)
     except StackError as exc:
-        result.diagnostics.extend(exc.diagnostics)
+        result.diagnostics.extend(stack_diagnostics(exc, catalog))
         result.seconds = time.perf_counter() - started
         return result
     try:

@@ -18,6 +18,9 @@ from schemas.run_compress import CompressRunSpec
 
 
 def main(argv: list[str]) -> int:
+    from runners.runfiles import quiet_progress_bars
+
+    quiet_progress_bars()
     if len(argv) != 1:
         print("usage: python -m runners.compress SPEC.json", file=sys.stderr)
         return 1

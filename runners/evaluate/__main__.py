@@ -18,6 +18,9 @@ from schemas.run_evaluate import EvaluateRunSpec
 
 
 def main(argv: list[str]) -> int:
+    from runners.runfiles import quiet_progress_bars
+
+    quiet_progress_bars()
     if len(argv) != 1:
         print("usage: python -m runners.evaluate SPEC.json", file=sys.stderr)
         return 1

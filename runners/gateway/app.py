@@ -129,7 +129,7 @@ class Gateway:
         self.store.close()
 
     # -- auth ------------------------------------------------------------------------------------
-    def authenticate(self, headers: list[tuple[bytes, bytes]]) -> tuple[Any, Any]:
+    async def authenticate(self, headers: list[tuple[bytes, bytes]]) -> tuple[Any, Any]:
         token = None
         for name, value in headers:
             if name == b"authorization":
@@ -138,7 +138,7 @@ class Gateway:
                 break
         if not token:
             raise PlatformError("500004", "missing API key: send Authorization: Bearer <key>")
-        key = self.keys.get(token)
+        key = self.keys.get(token) or await self.keys.lookup(token)
         if key is None or key.revoked:
             raise PlatformError("500004", "incorrect API key provided")
         if key.banned:
@@ -157,7 +157,7 @@ def auth_middleware(app: ASGIApp) -> ASGIApp:
         if scope["type"] == "http" and scope["path"] not in _PUBLIC:
             gw: Gateway = scope["app"].state.gateway
             try:
-                scope["zs_principal"] = gw.authenticate(scope["headers"])  # type: ignore[typeddict-unknown-key]
+                scope["zs_principal"] = await gw.authenticate(scope["headers"])  # type: ignore[typeddict-unknown-key]
             except PlatformError as err:
                 await _send_error(send, err)
                 return

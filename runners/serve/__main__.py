@@ -143,6 +143,9 @@ async def _serve_embedded(spec: ServeSpec) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from runners.runfiles import quiet_progress_bars
+
+    quiet_progress_bars()
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         print("usage: python -m runners.serve SPEC.json", file=sys.stderr)

@@ -18,6 +18,7 @@ from litestar import Litestar, Request, Response, get, post
 from litestar.exceptions import HTTPException
 from litestar.response import Stream
 
+from runners.serve.accesslog import access_log
 from runners.serve.engine import Engine, Event, GenParams, Job
 from runners.serve.protocol import (
     ApiError,
@@ -278,6 +279,7 @@ def build_app(engine: Engine, spec: ServeSpec) -> Litestar:
     return Litestar(
         route_handlers=[health, models, chat, completions],
         exception_handlers={ApiError: _api_error, HTTPException: _http_error, Exception: _internal_error},
+        middleware=[access_log],
         openapi_config=None,
         debug=False,
     )

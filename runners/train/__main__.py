@@ -22,6 +22,9 @@ from schemas.run_train import TrainRunSpec
 
 
 def main(argv: list[str]) -> int:
+    from runners.runfiles import quiet_progress_bars
+
+    quiet_progress_bars()
     if len(argv) != 1:
         print("usage: python -m runners.train SPEC.json", file=sys.stderr)
         return 1

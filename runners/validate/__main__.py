@@ -17,6 +17,9 @@ from schemas.run_validate import ValidateRunSpec
 
 
 def main(argv: list[str]) -> int:
+    from runners.runfiles import quiet_progress_bars
+
+    quiet_progress_bars()
     if len(argv) != 1:
         print("usage: python -m runners.validate SPEC.json", file=sys.stderr)
         return 1

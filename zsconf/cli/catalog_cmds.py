@@ -2,7 +2,7 @@
 
 Registered by `zsconf.cli.main`. Reads `zsconf.catalog.load_catalog()` and the recipe presets shipped
 under `recipes/` (every YAML file outside `recipes/catalog/`, described by its first comment line).
-Rich tables on a terminal, tab-separated plain text when piped.
+Aligned columns on a terminal, tab-separated plain text when piped, JSON with --json.
 """
 
 from __future__ import annotations
@@ -25,22 +25,19 @@ def _range(value: Any) -> str:
 
 
 def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
-    from zsconf.cli.output import console
-
-    if sys.stdout.isatty():
-        from rich.table import Table
-
-        table = Table(title=title)
-        for col in columns:
-            table.add_column(col)
-        for row in rows:
-            table.add_row(*row)
-        console().print(table)
-        return
+    """Aligned columns on a terminal (never cut: a wide table wraps as whole lines), tab-separated
+    values when piped (`--json` for programs)."""
     out = sys.stdout
-    out.write("\t".join(columns) + "\n")
-    for row in rows:
-        out.write("\t".join(row) + "\n")
+    if not out.isatty():
+        out.write("\t".join(columns) + "\n")
+        for row in rows:
+            out.write("\t".join(row) + "\n")
+        return
+    widths = [max(len(r[i]) for r in [columns, *rows]) for i in range(len(columns))]
+    out.write(f"{title}\n")
+    for i, row in enumerate([columns, *rows]):
+        line = "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        out.write((f"\033[1m{line}\033[0m" if i == 0 else line) + "\n")
 
 
 def list_recipes() -> list[dict[str, str]]:

@@ -23,8 +23,10 @@ if TYPE_CHECKING:
 __all__ = ["register"]
 
 _ARGS_HELP = (
-    "[DIR] [OVERRIDES...]: stack directory (default .), then overrides such as deployments.chat.instances=4"
+    "the stack directory (default: the stack containing the current directory), then Hydra overrides "
+    "such as deployments.chat.instances=4"
 )
+_ARGS_METAVAR = "DIR OVERRIDE"
 
 
 def _split(args: list[str] | None, option: Path | None) -> tuple[Path, list[str]]:
@@ -76,20 +78,26 @@ def _check_writable(out: Path) -> None:
 
 
 Targets = Annotated[
-    list[str] | None, typer.Option("--target", help="only this address and what it needs (repeatable)")
+    list[str] | None,
+    typer.Option("--target", metavar="ADDR", help="only this address and what it needs (repeatable)"),
 ]
 Replaces = Annotated[
-    list[str] | None, typer.Option("--replace", help="force replacing this address (repeatable)")
+    list[str] | None,
+    typer.Option("--replace", metavar="ADDR", help="force replacing this address (repeatable)"),
 ]
 LockTimeout = Annotated[
-    str, typer.Option("--lock-timeout", help="wait this long for the state lock, e.g. 30s")
+    str,
+    typer.Option("--lock-timeout", metavar="DURATION", help="wait this long for the state lock, e.g. 30s"),
 ]
 
 
 def plan(
-    args: Annotated[list[str] | None, typer.Argument(help=_ARGS_HELP, show_default=False)] = None,
+    args: Annotated[
+        list[str] | None, typer.Argument(help=_ARGS_HELP, show_default=False, metavar=_ARGS_METAVAR)
+    ] = None,
     out: Annotated[
-        Path | None, typer.Option("-o", "--out", help="save the plan to FILE for `apply FILE`")
+        Path | None,
+        typer.Option("-o", "--out", metavar="FILE", help="save the plan to FILE for `apply FILE`"),
     ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="print the plan as JSON (format_version 1)")
@@ -223,7 +231,13 @@ def run_apply(
 
 def apply(
     args: Annotated[
-        list[str] | None, typer.Argument(help="[DIR | PLANFILE] [OVERRIDES...]", show_default=False)
+        list[str] | None,
+        typer.Argument(
+            help="the stack directory (default: the stack containing the current directory) or a plan "
+            "saved with `zsconf plan -o FILE`, then Hydra overrides",
+            show_default=False,
+            metavar="DIR|PLANFILE OVERRIDE",
+        ),
     ] = None,
     auto_approve: Annotated[bool, typer.Option("--auto-approve", help="do not ask for 'yes'")] = False,
     parallelism: Annotated[int, typer.Option("--parallelism", help="independent actions at once")] = 4,
@@ -256,7 +270,9 @@ def apply(
 
 
 def destroy(
-    args: Annotated[list[str] | None, typer.Argument(help=_ARGS_HELP, show_default=False)] = None,
+    args: Annotated[
+        list[str] | None, typer.Argument(help=_ARGS_HELP, show_default=False, metavar=_ARGS_METAVAR)
+    ] = None,
     auto_approve: Annotated[bool, typer.Option("--auto-approve", help="do not ask for 'yes'")] = False,
     parallelism: Annotated[int, typer.Option("--parallelism")] = 4,
     lock_timeout: LockTimeout = "0s",

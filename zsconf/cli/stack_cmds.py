@@ -198,9 +198,10 @@ def validate(
     args: Annotated[
         list[str] | None,
         typer.Argument(
-            help="[DIR] [OVERRIDES...]: stack directory (default .), then Hydra overrides such as "
-            "deployments.chat.instances=4",
+            help="the stack directory (default: the stack containing the current directory), then Hydra "
+            "overrides such as deployments.chat.instances=4",
             show_default=False,
+            metavar="DIR OVERRIDE",
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,

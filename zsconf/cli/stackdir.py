@@ -26,6 +26,7 @@ StackDir = Annotated[
         "-C",
         "--dir",
         "--stack",
+        metavar="DIR",
         help="The stack directory (default: the stack that contains the current directory).",
         show_default=False,
     ),

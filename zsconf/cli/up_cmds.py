@@ -27,7 +27,7 @@ def _snippets(gateway_url: str, model: str, key: str | None) -> str:
     api_key = f'"{key}"' if key else 'os.environ["ZSCONF_KEY"]'
     imports = "from openai import OpenAI" if key else "import os\nfrom openai import OpenAI"
     return f"""\
-curl {gateway_url}/chat/completions \\
+curl -w '\\n' {gateway_url}/chat/completions \\
   -H "Authorization: Bearer {bearer}" -H "Content-Type: application/json" \\
   -d '{{"model": "{model}", "temperature": 0, "messages": [{{"role": "user", "content": "What is zsconf?"}}]}}'
 
@@ -44,31 +44,36 @@ def _banner(info: dict[str, Any], new_keys: list[Any], eng: Any, directory: Path
     """What `up` prints once the daemon is ready: where to call, with what. Every command in it
     works when pasted where `up` was run (`directory` is the stack as the user named it)."""
     at = at_flag(directory)
+    rows = eng.store.resources()
+    groups = {a: r for a, r in rows.items() if r.kind == "service_group"}
+    # The snippet's key and model belong to the same group: a group with a new key if any.
+    keyed = {k.address: k.secret for k in new_keys}
+    group = next((a for a in sorted(groups) if a in keyed), next(iter(sorted(groups)), None))
+    model = next(iter(groups[group].spec.get("services") or []), None) if group else None
+    shown = f"deployment/{group.split('/')[1]}/{model}" if group and model else None
+    logs = shown or next(
+        (a for a in sorted(rows) if a.startswith(("deployment/", "finetune/"))), "platform/gateway"
+    )
     lines = [f"zsconf is up: the daemon keeps {info['stack_dir']} applied (Ctrl-C stops it)."]
     url = info.get("gateway_url")
     if info.get("admin_url"):
         lines.append(
-            f"Admin API:  {info['admin_url']}  (`zsconf status{at}`, `zsconf events{at} -f`, `zsconf logs{at} ADDRESS`)"
+            f"Admin API:  {info['admin_url']}  (`zsconf status{at}`, `zsconf events{at} -f`, `zsconf logs{at} {logs}`)"
         )
     if not url:
         lines.append("No gateway: the stack has no service group, so there is nothing to call yet.")
         return "\n".join(lines)
     lines.append(f"Gateway:    {url}")
-    groups = {a: r for a, r in eng.store.resources().items() if r.kind == "service_group"}
-    if not groups:
+    if group is None:
         return "\n".join(lines)
-    for k in new_keys:
+    for k in sorted(new_keys, key=lambda k: k.address):
         lines.append(f"API key:    {k.secret}  ({k.address}; not shown again after this run: store it)")
-    # The snippet's key and model belong to the same group: a group with a new key if any.
-    keyed = {k.address: k.secret for k in new_keys}
-    group = next((a for a in groups if a in keyed), next(iter(sorted(groups))))
-    model = next(iter(groups[group].spec.get("services") or []), "MODEL")
     if group not in keyed:
         lines.append(
             f"API keys of {group} were shown when they were created; make a new one with:\n"
             f"export ZSCONF_KEY=$(zsconf keys create {group}{at} --quiet)"
         )
-    lines += ["", _snippets(url, model, keyed.get(group))]
+    lines += ["", _snippets(url, model or "MODEL", keyed.get(group))]
     return "\n".join(lines)
 
 
@@ -136,7 +141,8 @@ def up(
             sys.stdout.flush()
             forget_keys(eng.stack_dir, result.new_keys)  # shown twice now: in the summary and here
 
-        code = run_daemon(directory, interval=seconds, prune=prune, admin_port=admin_port, on_ready=on_ready)
+        code = run_daemon(directory, interval=seconds, prune=prune, admin_port=admin_port, on_ready=on_ready,
+                          servers_stop_after=not keep_running)  # fmt: skip
         if not keep_running:
             stopped = _stop_servers(eng)
             if stopped:

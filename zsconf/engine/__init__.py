@@ -105,7 +105,12 @@ class Engine:
         from zsconf.graph import build_graph
         from zsconf.loading import load_stack
 
-        loaded = load_stack(self.stack_dir, overrides)
+        try:
+            loaded = load_stack(self.stack_dir, overrides)
+        except StackError as exc:
+            from zsconf.graph import stack_diagnostics
+
+            raise StackError(stack_diagnostics(exc, self.catalog)) from None
         # Everything validate refuses, reported together: graph problems and every dataset's.
         try:
             graph = build_graph(loaded, self.catalog)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from zsconf.errors import ExecutorError
-from zsconf.privfile import write_private
+from zsconf.privfile import create_private, write_private
 
 __all__ = [
     "GATEWAY",
@@ -58,12 +58,10 @@ def gateway_dir(stack_dir: Path) -> Path:
 def upstream_key(stack_dir: Path) -> str:
     """The internal key between the gateway and the model servers: made once, kept 0600."""
     path = gateway_dir(stack_dir) / "upstream.key"
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        key = "zs-internal-" + secrets.token_urlsafe(24)
-        write_private(path, key)
-        return key
+    if not path.exists():
+        # Deployments applied in parallel may get here at once: one key wins, all read it.
+        create_private(path, "zs-internal-" + secrets.token_urlsafe(24))
+    return path.read_text().strip()
 
 
 def build_config(rows: dict[str, Any], key: str) -> dict[str, Any]:

@@ -387,6 +387,7 @@ def _estimates(plan: Plan, graph: Any, samples: dict, catalog: Any) -> None:
         "added_cost_per_hour": round(per_hour, 2),
         "job_cost": [round(one_off[0], 2), round(one_off[1], 2)],
         "job_cost_complete": known,
+        "currency": catalog.estimates.currency if catalog is not None else "CNY",
     }
 
 

@@ -173,6 +173,9 @@ class LocalExecutor:
         with contextlib.suppress(FileNotFoundError):
             (workdir / "exit_code").unlink()  # from an earlier attempt in the same workdir
         full_env = dict(os.environ)
+        # A runner's output goes to runner.log: progress bars (tqdm, the hub's) are noise there.
+        full_env.setdefault("TQDM_DISABLE", "1")
+        full_env.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         full_env.update(env)
         full_env[RUN_ID_ENV] = run_id
         device, _ = detect_host_cards()

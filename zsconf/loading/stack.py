@@ -50,6 +50,8 @@ class LoadedStack:
     secrets: SecretMask = field(default_factory=SecretMask)
     source_map: SourceMap = field(default_factory=lambda: SourceMap([]), repr=False)
     via_hydra: str = "none"
+    # (kind key, name) of resources left out because their schema failed (a partial stack only)
+    invalid: frozenset[tuple[str, str]] = frozenset()
 
     def __repr__(self) -> str:
         # The stack holds resolved secrets: a repr (logs, tracebacks) must not show them.
@@ -82,17 +84,40 @@ def load_stack(stack_dir: Path, overrides: Sequence[str] = ()) -> LoadedStack:
         composed = compose_stack(stack_dir, overrides)
         mask = SecretMask(frozenset(composed.secret_values.values()), frozenset(composed.secret_paths))
         source_map = SourceMap(composed.sources, composed.overrides)
+        sources = list(dict.fromkeys(s.path for s in composed.sources))  # a preset used twice: once
+
+        def loaded(stack: Stack, invalid: frozenset[tuple[str, str]] = frozenset()) -> LoadedStack:
+            return LoadedStack(stack=stack, stack_dir=stack_dir.resolve(), sources=sources,
+                               config_hash=_hash(composed.config), secrets=mask, source_map=source_map,
+                               via_hydra=composed.via_hydra, invalid=invalid)  # fmt: skip
+
         try:
             stack = Stack.model_validate(composed.config)
         except ValidationError as exc:
-            raise StackError(pydantic_diagnostics(exc, source_map, mask)) from None
-        config_hash = _hash(composed.config)
-    return LoadedStack(
-        stack=stack,
-        stack_dir=stack_dir.resolve(),
-        sources=list(dict.fromkeys(s.path for s in composed.sources)),  # a preset used twice: once
-        config_hash=config_hash,
-        secrets=mask,
-        source_map=source_map,
-        via_hydra=composed.via_hydra,
-    )
+            partial = _without_invalid(composed.config, exc)
+            raise StackError(
+                pydantic_diagnostics(exc, source_map, mask), partial and loaded(partial[0], partial[1])
+            ) from None
+    return loaded(stack)
+
+
+def _without_invalid(config: dict, exc: Exception) -> tuple[Stack, frozenset[tuple[str, str]]] | None:
+    """The stack minus the resources whose schema failed, when every error is inside a resource
+    and the rest validates; with the (kind key, name) pairs left out."""
+    from pydantic import ValidationError
+
+    from schemas import Stack
+    from schemas.stack import KINDS
+
+    bad: set[tuple[str, str]] = set()
+    for err in exc.errors():  # type: ignore[attr-defined]
+        loc = err.get("loc") or ()
+        if len(loc) < 2 or loc[0] not in KINDS or loc[0] == "tenants":
+            return None
+        bad.add((str(loc[0]), str(loc[1])))
+    rest = {k: ({n: v for n, v in val.items() if (k, n) not in bad} if k in KINDS and isinstance(val, dict) else val)
+            for k, val in config.items()}  # fmt: skip
+    try:
+        return Stack.model_validate(rest), frozenset(bad)
+    except ValidationError:
+        return None

@@ -15,7 +15,8 @@ JSON format (`zsconf plan --json`, `format_version` 1)::
                                "cost": [lo, hi], "flavor": "cpu.small", …}}],
      "drift": [{"address": "deployment/acme/chat", "message": "1 of 2 instances not running"}],
      "errors": [], "warnings": [], "capacity": [],
-     "totals": {"added_cost_per_hour": 0.5, "job_cost": [lo, hi], "job_cost_complete": true},
+     "totals": {"added_cost_per_hour": 0.5, "job_cost": [lo, hi], "job_cost_complete": true,
+                "currency": "CNY"},
      "summary": {"add": 3, "change": 1, "replace": 1, "destroy": 0}}
 
 `action` is one of "+", "~", "-/+", "-", " " (no-op). A saved plan (`plan -o FILE`) is this same
@@ -65,7 +66,7 @@ def _flat(spec: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     return out
 
 
-def _estimate_lines(est: dict[str, Any]) -> list[str]:
+def _estimate_lines(est: dict[str, Any], currency: str) -> list[str]:
     lines = []
     if "iterations" in est:
         samples = est.get("samples")
@@ -78,13 +79,13 @@ def _estimate_lines(est: dict[str, Any]) -> list[str]:
     elif est.get("duration_note"):
         lines.append(est["duration_note"])
     if "cost" in est:
-        lines.append(f"cost: {est['cost'][0]:.2f} - {est['cost'][1]:.2f}")
+        lines.append(f"cost: {est['cost'][0]:.2f} - {est['cost'][1]:.2f} {currency}")
     if "instances_needed" in est:
         lines.append(
             f"instances for the QPS target: {est['instances_needed']} (configured {est['instances']})"
         )
     if "cost_per_hour" in est:
-        lines.append(f"cost per hour: {est['cost_per_hour']:.2f}")
+        lines.append(f"cost per hour: {est['cost_per_hour']:.2f} {currency}")
     return lines
 
 
@@ -135,7 +136,7 @@ def plan_text(plan: Plan, color: bool = False) -> str:
             for f in ch.fields:
                 mark = c(" # forces replacement", "magenta") if f.forces_replace else ""
                 lines.append(c(f"      ~ {f.path}: {_v(f.before)} -> {_v(f.after)}", "yellow") + mark)
-        for e in _estimate_lines(ch.estimate):
+        for e in _estimate_lines(ch.estimate, plan.totals.get("currency", "CNY")):
             lines.append(c(f"      ≈ {e}", "cyan"))
         lines.append("")
     for w in plan.warnings:
@@ -146,8 +147,9 @@ def plan_text(plan: Plan, color: bool = False) -> str:
     if t and (t.get("added_cost_per_hour") or t.get("job_cost", [0, 0])[1]):
         lo, hi = t["job_cost"]
         more = "" if t.get("job_cost_complete", True) else " (some jobs have no estimate)"
+        cur = t.get("currency", "CNY")
         lines.append(
-            f"Cost: +{t['added_cost_per_hour']:.2f}/hour for services; jobs {lo:.2f} - {hi:.2f} one-off{more}"
+            f"Cost ({cur}): +{t['added_cost_per_hour']:.2f}/hour for services; jobs {lo:.2f} - {hi:.2f} one-off{more}"
         )
     for e in plan.errors:
         lines.append(c(f"Error: {e}", "red"))
