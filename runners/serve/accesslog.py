@@ -1,6 +1,7 @@
 """One line per request in the model server's log (`runner.log`, what `zsconf logs` shows):
 time, method, path, status, duration. Health probes are left out (the gateway and the engine
-poll them); streamed answers are logged when their last byte is sent.
+poll them); streamed answers are logged when their last byte is sent. Written to stderr: stdout
+carries the runner's JSON lines (`{"event": "ready", ...}`); the executor sends both to the log.
 
 Used by `runners.serve.app` as an ASGI middleware (a plain callable: no per-request state on it).
 """
@@ -35,7 +36,7 @@ def access_log(app: Any) -> Any:
         finally:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
             ms = (time.monotonic() - start) * 1000
-            sys.stdout.write(f"{stamp} {scope['method']} {scope['path']} {status or '-'} {ms:.0f} ms\n")
-            sys.stdout.flush()
+            sys.stderr.write(f"{stamp} {scope['method']} {scope['path']} {status or '-'} {ms:.0f} ms\n")
+            sys.stderr.flush()
 
     return middleware
