@@ -51,6 +51,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from zsconf.names import FINISHED_RUN
+
 if TYPE_CHECKING:
     from litestar import Litestar
 
@@ -79,7 +81,6 @@ MAX_WAIT_S = 30.0
 MAX_LOG_CHUNK = 1 << 20
 POLL_S = 0.15
 LOG_NAME = "runner.log"
-_FINISHED = ("succeeded", "failed", "cancelled", "stopped")
 
 
 class DaemonView(Protocol):
@@ -328,12 +329,12 @@ def create_app(view: DaemonView, stopping: threading.Event | None = None) -> Lit
         deadline = time.monotonic() + _wait_s(wait)
         while True:
             text, nxt, size = await off_thread(read_log, run.workdir, offset)
-            finished = run.status in _FINISHED
+            finished = run.status in FINISHED_RUN
             if text or finished or not await sleep_or_stop(deadline):
                 break
             run = await off_thread(store.run, run_id) or run
         return {"data": text, "offset": nxt, "size": size, "status": run.status,
-                "finished": run.status in _FINISHED and nxt >= size}  # fmt: skip
+                "finished": run.status in FINISHED_RUN and nxt >= size}  # fmt: skip
 
     @get("/api/plan")
     async def plan() -> Any:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from zsconf.loading.secrets import MASK
+from zsconf.names import JOB_KINDS
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -29,7 +30,6 @@ __all__ = ["CURSOR_KEY", "Notification", "Notifier", "deliver_events", "notify_e
 
 CURSOR_KEY = "notify_cursor"  # meta row: id of the last event looked at
 MAX_AGE_S = 3600.0  # older events (a daemon that was down, a first start) are not announced late
-JOB_KINDS = ("finetune", "compression", "evaluation")
 
 # Engine / daemon event names -> the spec's NotifyEvent names (schemas/common.py).
 _EVENT_MAP = {

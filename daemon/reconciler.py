@@ -32,8 +32,8 @@ from daemon.notify import deliver_events
 from daemon.status import compute_statuses, record_statuses
 from zsconf.engine.apply import gating_evaluations
 from zsconf.engine.jobs import supervise_jobs
-from zsconf.engine.refresh import JOB_KINDS
 from zsconf.errors import StateLockedError, ZsconfError
+from zsconf.names import JOB_KINDS
 from zsconf.plans import Action, Change, Plan
 
 __all__ = ["BACKOFF_MAX_S", "BACKOFF_START_S", "PassResult", "Reconciler"]

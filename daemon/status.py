@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from zsconf.names import ACTIVE_RUN, JOB_KINDS
+
 if TYPE_CHECKING:
     from zsconf.engine.refresh import Observed
     from zsconf.plans import Plan
@@ -36,9 +38,6 @@ __all__ = [
 
 SYNC = ("Synced", "OutOfSync", "Unknown")
 HEALTH = ("Healthy", "Progressing", "Degraded", "Suspended", "Missing")
-JOB_KINDS = ("finetune", "compression", "evaluation")
-_ACTIVE = ("intent", "submitted", "queued", "running")
-_VERBS = {"+": "would create", "~": "would update in place", "-/+": "would replace", "-": "would delete"}
 
 
 @dataclass(frozen=True)
@@ -123,11 +122,10 @@ def _sync(
     if ch is None:
         # In the state, not in the plan: a targeted plan, or a stack with errors.
         return "Unknown", "not in the current plan"
-    action = ch.action.value
-    if action == " ":
+    if ch.action.value == " ":
         return "Synced", ""
     why = "; ".join(ch.reasons) or ", ".join(f.path for f in ch.fields)
-    return "OutOfSync", f"{_VERBS[action]}{': ' + why if why else ''}"
+    return "OutOfSync", f"{ch.action.conditional}{': ' + why if why else ''}"
 
 
 def _health(
@@ -246,7 +244,7 @@ def _deployment_health(
     want = int((desired or row.spec or {}).get("instances", 1) or 0)
     routed = set(routed_ids(row))
     serving = [r for r in runs if r.status == "running" and r.run_id in routed]
-    starting = [r for r in runs if r.status in _ACTIVE and r.run_id not in routed]
+    starting = [r for r in runs if r.status in ACTIVE_RUN and r.run_id not in routed]
     text = f"{len(serving)} of {want} instances running"
     if starting:
         text += f", {len(starting)} starting"
@@ -268,7 +266,7 @@ def _runs_by_address(store: Store) -> dict[str, list[Any]]:
 
     t = RunRow.__table__  # type: ignore[attr-defined]
     newest = select(func.max(t.c.id)).group_by(t.c.address)
-    q = select(t).where(or_(t.c.id.in_(newest), t.c.status.in_(_ACTIVE))).order_by(t.c.id)
+    q = select(t).where(or_(t.c.id.in_(newest), t.c.status.in_(sorted(ACTIVE_RUN)))).order_by(t.c.id)
     out: dict[str, list[Any]] = {}
     with store.engine.connect() as conn:
         for run in conn.execute(q):

@@ -53,3 +53,12 @@ def tiny_qwen2(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A saved debug Llama (hidden 128, 2 layers) folder, loadable with from_pretrained."""
     return _build(tmp_path_factory, "llama")
+
+
+def pytest_report_header() -> str:
+    url = os.environ.get("ZSCONF_TEST_PG_URL")
+    return (
+        "PostgreSQL variants: on (ZSCONF_TEST_PG_URL)"
+        if url
+        else "PostgreSQL variants: off (set ZSCONF_TEST_PG_URL; `bash .ci/postgres.sh` starts a server)"
+    )

@@ -17,14 +17,15 @@ from typing import TYPE_CHECKING, Any
 from schemas.common import parse_model_ref
 from schemas.stack import KINDS, address
 from zsconf.errors import Diagnostic, StackError
+from zsconf.names import MAX_VERSIONS, VERSIONING_KINDS
 
 if TYPE_CHECKING:
     from zsconf.loading import LoadedStack
 
 __all__ = ["Graph", "build_graph", "stack_diagnostics"]
 
-_JOB_KINDS = ("finetunes", "compressions")
-MAX_VERSIONS = 10  # versions per model (studio manual §5)
+# Stack keys of the jobs that produce model versions ("finetunes", "compressions").
+_JOB_KINDS = tuple(key for key, (singular, _) in KINDS.items() if singular in VERSIONING_KINDS)
 # Formats each use accepts (REFERENCE.md "Datasets": MOSS, ShareGPT, CSV and XLSX are fine-tune only).
 _FINETUNE_FORMATS = frozenset({"moss", "alpaca", "sharegpt", "csv", "xlsx"})
 _EVAL_FORMATS = frozenset({"alpaca", "sharegpt"})

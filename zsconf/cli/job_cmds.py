@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from zsconf.cli.stackdir import StackDir, at_flag, stack_dir
+from zsconf.names import JOB_KINDS
 
 if TYPE_CHECKING:
     from zsconf.state import Store
 
 __all__ = ["register", "resolve_job_address"]
 
-JOB_KINDS = ("finetune", "compression", "evaluation")  # zsconf.engine.refresh.JOB_KINDS
 
 Address = Annotated[
     str,

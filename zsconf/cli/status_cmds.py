@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from zsconf.cli.stackdir import StackDir, stack_dir
+from zsconf.names import FINISHED_RUN
 
 if TYPE_CHECKING:
     from zsconf.cli.admin_client import AdminClient
@@ -30,7 +31,6 @@ _HEALTH_STYLE = {"Healthy": "green", "Progressing": "cyan", "Degraded": "red", "
                  "Missing": "yellow"}  # fmt: skip
 _SYNC_STYLE = {"Synced": "green", "OutOfSync": "yellow", "Unknown": "dim"}
 _SUCCESS_EVENTS = ("created", "updated in-place", "replaced", "submitted", "run_succeeded")
-_FINISHED = ("succeeded", "failed", "cancelled", "stopped")
 GATEWAY = "platform/gateway"  # zsconf.engine.gateway.GATEWAY (not imported: the engine is heavy)
 
 
@@ -327,10 +327,10 @@ class _Source:
 
         text, nxt, size = read_log(run["workdir"], offset)
         st = run["status"] if run.get("local") else self.run_status(run["run_id"])
-        if not text and wait and st not in _FINISHED:
+        if not text and wait and st not in FINISHED_RUN:
             time.sleep(min(wait, 0.5))
         return {"data": text, "offset": nxt, "size": size, "status": st,
-                "finished": st in _FINISHED and nxt >= size}  # fmt: skip
+                "finished": st in FINISHED_RUN and nxt >= size}  # fmt: skip
 
     def read_following(self, run: dict[str, Any], offset: int, wait: float) -> dict[str, Any]:
         """`read`, going on from the state and the run folder if the daemon stops answering."""
@@ -367,7 +367,7 @@ def _pick_runs(src: _Source, address: str, run_id: str | None) -> list[dict[str,
     if not runs:
         raise StateError(f"{address} has no runs (see `zsconf status` and `zsconf events {address}`)")
     if address.startswith("deployment/"):
-        live = [r for r in runs if r["status"] not in _FINISHED]
+        live = [r for r in runs if r["status"] not in FINISHED_RUN]
         return live or runs[-1:]
     return runs[-1:]
 

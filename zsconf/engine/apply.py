@@ -32,9 +32,10 @@ from schemas.common import parse_model_ref
 from zsconf.engine import gates, launcher
 from zsconf.engine.gateway import GATEWAY, GatewayInfo, sync_gateway, upstream_key
 from zsconf.engine.hashing import dir_digest
-from zsconf.engine.refresh import JOB_KINDS, instance_alive, read_result, refresh, routed_ids
+from zsconf.engine.refresh import instance_alive, read_result, refresh, routed_ids
 from zsconf.errors import ExecutorError, PlanError
 from zsconf.keys import NewKey, create_key, unshown_keys
+from zsconf.names import ACTIVE_RUN, JOB_KINDS
 from zsconf.plans import Action, Change, Plan
 from zsconf.privfile import write_private
 from zsconf.state import ModelVersion, ResourceRow, RunRow, Store
@@ -84,15 +85,9 @@ class ApplyResult:
 
     def counts(self) -> dict[str, int]:
         out = {"added": 0, "changed": 0, "replaced": 0, "destroyed": 0, "failed": 0, "skipped": 0}
-        key = {
-            Action.CREATE: "added",
-            Action.UPDATE: "changed",
-            Action.REPLACE: "replaced",
-            Action.DELETE: "destroyed",
-        }
         for o in self.outcomes:
             if o.ok:
-                out[key[o.action]] += 1
+                out[o.action.counted_as] += 1
             elif o.message.startswith("skipped"):
                 out["skipped"] += 1
             else:
@@ -425,7 +420,6 @@ def _build_debug_base(ctx: _Ctx, base: str, path: Path) -> None:
         raise ExecutorError(f"building {base} failed: {proc.stderr[-800:]}")
 
 
-_ACTIVE = ("intent", "submitted", "queued", "running")
 SUPERVISE_EVERY_S = 5.0  # apply --wait: how often auto_stop is checked while a job runs
 
 
@@ -467,7 +461,7 @@ def _job(ctx: _Ctx, ch: Change) -> str:
     ex = ctx.executor
     if ch.action is Action.DELETE:
         for r in ctx.store.runs(ch.address):
-            if r.status in _ACTIVE:
+            if r.status in ACTIVE_RUN:
                 ex.cancel(r.run_id, grace_s=5.0, reason="destroyed")
                 ctx.store.update_run(r.run_id, status="cancelled")
         ctx.store.remove_resource(ch.address)
@@ -479,7 +473,7 @@ def _job(ctx: _Ctx, ch: Change) -> str:
     # Adopt an unfinished run of this content (a re-run after a crash); otherwise a new attempt.
     # The run id is fixed before any side effect, so a crash after this point is resumable.
     runs = ctx.store.runs(ch.address)
-    active = [r for r in runs if r.content_hash == ch.content_hash and r.status in _ACTIVE]
+    active = [r for r in runs if r.content_hash == ch.content_hash and r.status in ACTIVE_RUN]
     run = active[-1] if active else None
     run_id = run.run_id if run else new_run_id(ch.address, ch.content_hash, f"a{len(runs) + 1}")
     workdir = ctx.artifacts / "runs" / tenant / kind / name / run_id
@@ -570,12 +564,12 @@ def _wait_run(ctx: _Ctx, run_id: str, poll: float = 0.2) -> str:
         run = ctx.store.last_run(first.address) or first
         # Supervision when the run ended (a restart may follow) and now and then for auto_stop;
         # not every poll: it reads every job of the stack.
-        if run.status not in _ACTIVE or time.monotonic() - supervised > SUPERVISE_EVERY_S:
+        if run.status not in ACTIVE_RUN or time.monotonic() - supervised > SUPERVISE_EVERY_S:
             with _FINISH_LOCK:  # parallel waits must not restart one job twice
                 supervise_jobs(ctx.store, ctx.executor)
             supervised = time.monotonic()
             run = ctx.store.last_run(first.address) or first
-        if run.status not in _ACTIVE:
+        if run.status not in ACTIVE_RUN:
             break
         time.sleep(poll)
     if run.status != "succeeded":
@@ -697,7 +691,7 @@ def _deployment(ctx: _Ctx, ch: Change) -> str:
     assert tenant is not None
     ex = ctx.executor
     runs = ctx.store.runs(ch.address)
-    current = [r for r in runs if r.status in _ACTIVE]
+    current = [r for r in runs if r.status in ACTIVE_RUN]
     if ch.action is Action.DELETE or (ch.after and ch.after.get("state") == "stopped"):
         if ctx.store.resource(ch.address) is not None:
             _route(ctx, ch.address, [])

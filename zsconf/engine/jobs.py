@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from schemas.common import parse_duration
-from zsconf.engine.refresh import JOB_KINDS
 from zsconf.errors import StateError, ZsconfError
 from zsconf.executors.supervise import enforce_auto_stop, latest_checkpoint, should_restart
+from zsconf.names import ACTIVE_RUN, JOB_KINDS
 from zsconf.privfile import write_private
 from zsconf.state import ResourceRow, RunRow, Store
 
@@ -36,7 +36,6 @@ __all__ = ["CheckpointInfo", "list_checkpoints", "resume_job", "stop_job", "supe
 
 log = logging.getLogger("zsconf.engine.jobs")
 
-_ACTIVE = ("intent", "submitted", "queued", "running")
 _STOP_GRACE_S = 30.0  # a training run finishes its step and checkpoints it before SIGKILL
 # An intent row older than this whose starter is gone is submitted by the supervisor (apply and
 # resume go from intent to submit in well under a second).
@@ -256,7 +255,7 @@ def stop_job(store: Store, executor: Any, address: str, reason: str = "stopped b
     "stopped"; event `job_stopped`."""
     row = _job_row(store, address)
     runs = _current_runs(store, row)
-    active = [r for r in runs if r.status in _ACTIVE]
+    active = [r for r in runs if r.status in ACTIVE_RUN]
     if not active:
         last = runs[-1].status if runs else "never started"
         raise StateError(f"{address} has no running attempt to stop (last attempt: {last})")
@@ -282,7 +281,7 @@ def resume_job(store: Store, executor: Any, address: str, reason: str = "resumed
     last = runs[-1]
     if _interrupted_start(runs):
         return _submit(store, executor, row, last, runs[-2].run_id)
-    if last.status in _ACTIVE:
+    if last.status in ACTIVE_RUN:
         raise StateError(f"{address} is already {last.status} (run {last.run_id}); nothing to resume")
     if last.status == "succeeded":
         raise StateError(f"{address} already succeeded (run {last.run_id}); nothing to resume")

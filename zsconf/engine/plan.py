@@ -16,13 +16,11 @@ from zsconf.engine.diff import drop_paths, field_diffs
 from zsconf.engine.estimates import estimate
 from zsconf.engine.hashing import file_digest, lineage_hashes, secrets_digest
 from zsconf.engine.refresh import Observed, refresh
+from zsconf.names import JOB_KINDS, MAX_VERSIONS, VERSIONING_KINDS
 from zsconf.plans import Action, Change, FieldDiff, Plan
 from zsconf.state import Store
 
-__all__ = ["MAX_VERSIONS", "desired_specs", "make_plan"]
-
-MAX_VERSIONS = 10
-JOB_KINDS = ("finetune", "compression")
+__all__ = ["desired_specs", "make_plan"]
 
 
 def _spec_cls(kind: str) -> Any:
@@ -138,13 +136,15 @@ def make_plan(
                     ch.action = Action.UPDATE
                 if row.content_hash != hashes[addr] and not ch.action.is_replace:
                     why = _lineage_reason(addr, kind, graph, state, hashes)
-                    if kind in JOB_KINDS or kind == "evaluation" or kind == "model":
+                    if kind in JOB_KINDS or kind == "model":
                         ch.action = Action.REPLACE
                     elif ch.action is Action.NOOP:
                         ch.action = Action.UPDATE
                     ch.reasons.append(why)
                 if addr in obs.broken and ch.action is Action.NOOP:
-                    ch.action = Action.REPLACE if kind == "model" or kind in JOB_KINDS else Action.UPDATE
+                    ch.action = (
+                        Action.REPLACE if kind == "model" or kind in VERSIONING_KINDS else Action.UPDATE
+                    )
                     ch.reasons.append(f"changed outside zsconf: {obs.broken[addr]}")
                 if addr in forced:
                     ch.action = Action.REPLACE
@@ -340,7 +340,7 @@ def _check_versions(plan: Plan, store: Store, graph: Any) -> None:
     """At most MAX_VERSIONS versions per model: existing versions + the ones this plan adds."""
     adds: dict[tuple[str, str], list[str]] = {}
     for ch in plan.changes:
-        if ch.kind in JOB_KINDS and ch.action in (Action.CREATE, Action.REPLACE):
+        if ch.kind in VERSIONING_KINDS and ch.action in (Action.CREATE, Action.REPLACE):
             spec = graph.nodes[ch.address]
             adds.setdefault((spec.tenant, spec.output.model), []).append(ch.address)
         elif ch.kind == "model" and ch.action is Action.CREATE:

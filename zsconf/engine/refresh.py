@@ -13,13 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from zsconf.engine.gateway import GATEWAY
+from zsconf.names import JOB_KINDS
 from zsconf.plans import Drift
 from zsconf.state import RunRow, Store
 
 __all__ = ["Observed", "instance_alive", "observe_run", "read_result", "refresh", "routed_ids"]
-
-JOB_KINDS = ("finetune", "compression", "evaluation")
-ACTIVE = ("intent", "submitted", "queued", "running")
 
 
 @dataclass

@@ -31,13 +31,33 @@ class Action(enum.Enum):
 
     @property
     def verb(self) -> str:
-        return {
-            Action.NOOP: "unchanged",
-            Action.CREATE: "created",
-            Action.UPDATE: "updated in-place",
-            Action.REPLACE: "replaced",
-            Action.DELETE: "destroyed",
-        }[self]
+        """Done: the event name apply records ("created")."""
+        return _WORDS[self][0]
+
+    @property
+    def future(self) -> str:
+        """Planned, as the plan says it ("will be created")."""
+        return _WORDS[self][1]
+
+    @property
+    def conditional(self) -> str:
+        """Not applied, as a status explains it ("would create")."""
+        return _WORDS[self][2]
+
+    @property
+    def counted_as(self) -> str:
+        """The key an apply's summary counts it under ("added")."""
+        return _WORDS[self][3]
+
+
+# Each action's words: (verb, future, conditional, counted as). The one table of them.
+_WORDS = {
+    Action.NOOP: ("unchanged", "is unchanged", "would stay", "unchanged"),
+    Action.CREATE: ("created", "will be created", "would create", "added"),
+    Action.UPDATE: ("updated in-place", "will be updated in-place", "would update in place", "changed"),
+    Action.REPLACE: ("replaced", "must be replaced", "would replace", "replaced"),
+    Action.DELETE: ("destroyed", "will be destroyed", "would delete", "destroyed"),
+}
 
 
 @dataclass

@@ -119,9 +119,7 @@ def plan_text(plan: Plan, color: bool = False) -> str:
         sym = ch.action.value
         style = _COLORS.get(ch.action, "white")
         head = f"{sym} {ch.address}"
-        verb = {Action.CREATE: "will be created", Action.UPDATE: "will be updated in-place",
-                Action.REPLACE: "must be replaced", Action.DELETE: "will be destroyed"}[ch.action]  # fmt: skip
-        lines.append(c(f"  # {ch.address} {verb}", "bold"))
+        lines.append(c(f"  # {ch.address} {ch.action.future}", "bold"))
         lines.append(c(f"  {head}", style))
         for r in ch.reasons:
             lines.append(f"      # {r}")

@@ -27,6 +27,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlmodel import Session, SQLModel, create_engine, delete, select
 
 from zsconf.errors import StateError, StateLockedError
+from zsconf.names import ACTIVE_RUN
 from zsconf.state.models import (
     ApiKey,
     Event,
@@ -324,7 +325,7 @@ class Store:
     def active_runs(self) -> list[RunRow]:
         """Runs not yet finished (intent, submitted, queued, running)."""
         with self.session() as s:
-            q = select(RunRow).where(RunRow.status.in_(("intent", "submitted", "queued", "running")))  # type: ignore[attr-defined]
+            q = select(RunRow).where(RunRow.status.in_(sorted(ACTIVE_RUN)))  # type: ignore[attr-defined]
             return list(s.exec(q.order_by(RunRow.id)).all())
 
     def last_run(self, address: str) -> RunRow | None:
