@@ -102,6 +102,7 @@ class DaemonState:
         return self._reconciler.last_plan
 
     def trigger_sync(self, reason: str = "sync requested") -> None:
+        self._reconciler.retry_now()
         with self._lock:
             self._requests.append(reason)
         self._wake()

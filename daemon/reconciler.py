@@ -22,6 +22,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -71,8 +72,15 @@ class PassResult:
 class _Backoff:
     key: str  # what failed (action + desired content): a new desire is tried at once
     failures: int
-    until: float  # monotonic
+    until: float  # monotonic; inf for a permanent failure
     message: str
+    permanent: bool = False  # retried only when `key` or `files` change, or a sync is requested
+    files: tuple[Any, ...] = ()  # the stack's files when it failed (Engine.files_fingerprint)
+
+    def why(self) -> str:
+        if self.permanent:
+            return f"failed, not retried until its spec or inputs change (or a sync request): {self.message}"
+        return self.message
 
 
 class Reconciler:
@@ -110,6 +118,12 @@ class Reconciler:
         self._orphans: set[str] = set()
         self._lock_holder: str | None = None
         self._mutex = threading.Lock()
+        self._retry_now = threading.Event()
+
+    def retry_now(self) -> None:
+        """A person asked for a sync (admin API): the next pass retries every failed action now,
+        permanent failures included (the world they depend on may have been fixed by hand)."""
+        self._retry_now.set()
 
     # -- the pass ----------------------------------------------------------------------------
     def run_pass(self, reason: str) -> PassResult:
@@ -172,7 +186,7 @@ class Reconciler:
         self._report_orphans(orphans)
         transitions = self._statuses(plan, orphans, plan_error) if self.should_act() else 0
         self._deliver()
-        retry = [b.until - self.clock() for b in self.backoff.values()]
+        retry = [b.until - self.clock() for b in self.backoff.values() if not b.permanent]
         return PassResult(
             reason,
             plan_error=plan_error,
@@ -249,6 +263,10 @@ class Reconciler:
             return [], {c.address: "the plan has errors" for c in plan.actionable()}
         changes = {c.address: c for c in plan.actionable() if c.address not in orphans}
         now = self.clock()
+        if self._retry_now.is_set():
+            self._retry_now.clear()
+            self.backoff.clear()
+        files = self.engine.files_fingerprint() if any(b.permanent for b in self.backoff.values()) else ()
         held: dict[str, str] = {}
         for addr, ch in changes.items():
             b = self.backoff.get(addr)
@@ -256,6 +274,10 @@ class Reconciler:
                 continue
             if b.key != _key(ch):
                 del self.backoff[addr]  # the files changed what is wanted: try it at once
+            elif b.permanent and b.files != files:
+                del self.backoff[addr]  # a file of the stack changed (a model folder appeared): again
+            elif b.permanent:
+                held[addr] = b.why()
             elif now < b.until:
                 held[addr] = f"retry in {b.until - now:.0f} s after {b.failures} failure(s): {b.message}"
         for addr in set(self.backoff) - set(changes):
@@ -310,10 +332,19 @@ class Reconciler:
                 self.on_line(f"  {o.address}: {o.message or 'done'} ({o.seconds:.1f} s)")
                 continue
             failed[o.address] = o.message
-            if o.message.startswith("skipped"):
+            if o.skipped:
                 self.on_line(f"  {o.address}: {o.message}")
                 continue  # it waits on its failed dependency's backoff, not one of its own
             prev = self.backoff.get(o.address)
+            if o.permanent:
+                b = _Backoff(_key(by_addr[o.address]), (prev.failures + 1) if prev else 1, math.inf, o.message,
+                             permanent=True, files=self.engine.files_fingerprint())  # fmt: skip
+                self.backoff[o.address] = b
+                self.on_line(
+                    f"  {o.address}: FAILED {o.message} (not retried until its spec or inputs change)"
+                )
+                self._event("failed_permanently", b.why(), o.address)
+                continue
             n = prev.failures + 1 if prev else 1
             delay = min(BACKOFF_MAX_S, BACKOFF_START_S * 2 ** (n - 1))
             self.backoff[o.address] = _Backoff(_key(by_addr[o.address]), n, self.clock() + delay, o.message)
@@ -344,7 +375,7 @@ class Reconciler:
         applying: frozenset[str] = frozenset(),
     ) -> int:
         observed = self.engine.refresh()
-        failures = {a: b.message for a, b in self.backoff.items()}
+        failures = {a: b.why() for a, b in self.backoff.items()}
         statuses = compute_statuses(plan, self.store, observed, orphans, failures, plan_error, applying)
         transitions = record_statuses(self.store, statuses)
         for t in transitions:

@@ -28,6 +28,14 @@ WITH_BROKEN = (
 )
 
 
+# Two deployments, each with its own group: chat2's server fails while FAKE_SERVE_FAIL exists.
+TWO_CHATS = (
+    DEPLOY_STACK
+    + "  chat2: {model: base, engine: embedded, instances: 1}\n"
+    + "service_groups:\n  app2: {services: [chat2], keys: 1}\n"
+)
+
+
 class Clock:
     def __init__(self) -> None:
         self.t = 1000.0
@@ -45,7 +53,55 @@ def _reconciler(stack: Path, **kw: Any) -> tuple[Any, Any, Clock]:
     return eng, Reconciler(eng, clock=clock, on_line=lambda line: None, **kw), clock
 
 
-def test_failed_action_backs_off_without_blocking_unrelated(tmp_path: Path, engine_env: Path) -> None:
+def test_failed_action_backs_off_without_blocking_unrelated(
+    tmp_path: Path, engine_env: Path, monkeypatch: Any
+) -> None:
+    """A temporary failure (a server that dies at start: an environment fault) is retried with
+    exponential backoff and holds back only its dependents."""
+    from daemon.status import read_statuses
+
+    flag = tmp_path / "fail"
+    flag.write_text("chat2")
+    monkeypatch.setenv("FAKE_SERVE_FAIL", str(flag))
+    stack = make_stack(tmp_path / "s", TWO_CHATS)
+    eng, rec, clock = _reconciler(stack)
+    try:
+        r1 = rec.run_pass("test")
+        assert "deployment/acme/chat" in r1.applied and serving(eng.store, 1)  # unrelated: serving
+        assert "did not become healthy" in r1.failed["deployment/acme/chat2"]
+        assert r1.failed["service_group/acme/app2"].startswith("skipped")
+        assert r1.retry_in == 5.0
+        health = read_statuses(eng.store)["deployment/acme/chat2"]
+        assert health.health == "Degraded" and "last apply failed" in health.reason
+        # Within the backoff: not tried, and its dependent waits for it.
+        clock.t += 1
+        r2 = rec.run_pass("test")
+        assert "deployment/acme/chat2" not in r2.applied and "deployment/acme/chat2" not in r2.failed
+        assert r2.deferred["deployment/acme/chat2"].startswith("retry in 4 s after 1 failure(s)")
+        assert r2.deferred["service_group/acme/app2"] == "waiting for deployment/acme/chat2"
+        # Due: tried again, fails again, the delay doubles.
+        clock.t += 4
+        r3 = rec.run_pass("test")
+        assert "deployment/acme/chat2" in r3.failed and r3.retry_in == 10.0
+        delays = [e.data["delay_s"] for e in events(eng.store, "retry_scheduled", "deployment/acme/chat2")]
+        assert delays == [5.0, 10.0]
+        # The environment is fixed: picked up when the backoff ends, not before.
+        flag.unlink()
+        clock.t += 9
+        assert "deployment/acme/chat2" not in rec.run_pass("test").applied
+        clock.t += 1
+        r5 = rec.run_pass("test")
+        assert {"deployment/acme/chat2", "service_group/acme/app2"} <= set(r5.applied), r5
+        assert serving(eng.store, 1, "deployment/acme/chat2")
+    finally:
+        stop_all(eng)
+        eng.close()
+
+
+def test_a_permanent_failure_waits_for_the_files_not_a_timer(tmp_path: Path, engine_env: Path) -> None:
+    """A model folder without config.json cannot be fixed by retrying: no timed retries, the status
+    says why; the folder appearing (a file of the stack changed) retries it at once, and so does a
+    sync request."""
     from daemon.status import read_statuses
 
     stack = make_stack(tmp_path / "s", WITH_BROKEN)
@@ -53,34 +109,20 @@ def test_failed_action_backs_off_without_blocking_unrelated(tmp_path: Path, engi
     try:
         r1 = rec.run_pass("test")
         assert "deployment/acme/chat" in r1.applied and serving(eng.store, 1)  # unrelated: serving
-        assert "model/acme/broken" in r1.failed and "later-model" in r1.failed["model/acme/broken"]
-        assert r1.failed["deployment/acme/chat2"].startswith("skipped")
-        assert r1.retry_in == 5.0
-        health = read_statuses(eng.store)["model/acme/broken"]
-        assert health.health == "Degraded" and "last apply failed" in health.reason
-        # Within the backoff: not tried, and its dependent waits for it.
-        clock.t += 1
+        assert "later-model" in r1.failed["model/acme/broken"] and r1.retry_in is None
+        st = read_statuses(eng.store)["model/acme/broken"]
+        assert st.health == "Degraded" and "not retried until its spec or inputs change" in st.reason
+        clock.t += 3600
         r2 = rec.run_pass("test")
-        assert not r2.applied and not r2.failed
-        assert r2.deferred["model/acme/broken"].startswith("retry in 4 s after 1 failure(s)")
-        assert r2.deferred["deployment/acme/chat2"] == "waiting for model/acme/broken"
-        # Due: tried again, fails again, the delay doubles.
-        clock.t += 4
-        r3 = rec.run_pass("test")
-        assert "model/acme/broken" in r3.failed and r3.retry_in == 10.0
-        delays = [e.data["delay_s"] for e in events(eng.store, "retry_scheduled", "model/acme/broken")]
-        assert delays == [5.0, 10.0]
-        # Fixed outside the files (the folder appears): picked up when the backoff ends.
+        assert not r2.failed and "not retried until" in r2.deferred["model/acme/broken"]
+        assert not events(eng.store, "retry_scheduled") and events(eng.store, "failed_permanently")
+        rec.retry_now()  # a sync request tries it again (and it fails again)
+        assert "model/acme/broken" in rec.run_pass("sync requested").failed
         (stack / "later-model").mkdir()
         (stack / "later-model" / "config.json").write_text('{"model_type": "qwen2"}')
-        clock.t += 9
-        assert not rec.run_pass("test").applied
-        clock.t += 1
-        r5 = rec.run_pass("test")
-        assert set(r5.applied) == {"model/acme/broken", "deployment/acme/chat2"}, r5
-        assert r5.ok and rec.backoff == {}
-        assert serving(eng.store, 1, "deployment/acme/chat2")
-        assert read_statuses(eng.store)["deployment/acme/chat2"].sync == "Synced"
+        r3 = rec.run_pass("files changed")  # no clock change
+        assert {"model/acme/broken", "deployment/acme/chat2"} <= set(r3.applied), r3
+        assert rec.backoff == {}
     finally:
         stop_all(eng)
         eng.close()

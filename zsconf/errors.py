@@ -8,6 +8,7 @@ __all__ = [
     "Diagnostic",
     "ExecutorError",
     "MissingExtraError",
+    "PermanentError",
     "PlanError",
     "StackError",
     "StalePlanError",
@@ -69,6 +70,12 @@ class StateLockedError(StateError):
 
 class ExecutorError(ZsconfError):
     """The executor could not start, observe or stop a process."""
+
+
+class PermanentError(ZsconfError):
+    """An action that cannot succeed until the stack's files or the world change (a model folder
+    without config.json, weights that fail validation, a job whose runner reported a user error):
+    the daemon does not retry it on a timer."""
 
 
 class MissingExtraError(ZsconfError):

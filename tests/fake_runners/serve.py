@@ -4,6 +4,8 @@ Speaks just enough of the OpenAI API for the gateway and the engine's health che
 GET /v1/models, and POST /v1/chat/completions answering `echo: <last user message>` (non-streaming,
 or SSE with `stream: true`). FAKE_DELAY (seconds) slows each answer, to keep calls in flight while
 a test scales or upgrades the deployment. SIGTERM finishes in-flight calls first, like a real server.
+While the file FAKE_SERVE_FAIL names holds this server's model name, it exits 3 at start (an
+environment fault).
 """
 
 from __future__ import annotations
@@ -79,6 +81,10 @@ KEY = ""
 def main() -> int:
     global NAME, KEY
     spec = json.loads(Path(sys.argv[1]).read_text())
+    fail = Path(os.environ.get("FAKE_SERVE_FAIL") or "/nonexistent")
+    if fail.exists() and fail.read_text().strip() == (spec.get("inputs") or {}).get("served_model_name"):
+        print("fake-serve: told to fail", file=sys.stderr)
+        return 3
     NAME = (spec.get("inputs") or {}).get("served_model_name") or "fake"
     KEY = os.environ.get("ZSCONF_SERVE_API_KEY", "")
     starts = os.environ.get("FAKE_STARTS")

@@ -199,6 +199,11 @@ class Engine:
                 return None
         return sync_gateway(self.store, self.executor, self.stack_dir, self._platform)
 
+    def files_fingerprint(self) -> tuple[Any, ...]:
+        """What the stack's files are now (paths, sizes, mtimes, and the overrides): a failure that
+        retrying cannot fix is retried once this changes (the daemon's permanent holds)."""
+        return _fingerprint(self.stack_dir, ())
+
     def desired_specs(self) -> dict[str, dict[str, Any]]:
         """address -> spec as the files say it, secrets resolved, for what uses them (webhooks);
         never stored or printed ({} when the stack does not load)."""

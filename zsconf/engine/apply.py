@@ -33,7 +33,7 @@ from zsconf.engine import gates, launcher
 from zsconf.engine.gateway import GATEWAY, GatewayInfo, sync_gateway, upstream_key
 from zsconf.engine.hashing import dir_digest
 from zsconf.engine.refresh import instance_alive, read_result, refresh, routed_ids
-from zsconf.errors import ExecutorError, PlanError
+from zsconf.errors import ExecutorError, PermanentError, PlanError
 from zsconf.keys import NewKey, create_key, unshown_keys
 from zsconf.names import ACTIVE_RUN, JOB_KINDS
 from zsconf.plans import Action, Change, Plan
@@ -60,13 +60,19 @@ def runner_module(kind: str) -> str:
     return os.environ.get(f"ZSCONF_RUNNER_MODULE_{kind.upper()}", DEFAULT_RUNNERS[kind])
 
 
-@dataclass
+@dataclass(frozen=True)
 class ActionOutcome:
+    """How one action ended. Not `ok`: `skipped` (not attempted: a dependency failed), or failed,
+    `permanent` when retrying cannot help until the files or the world change (PermanentError),
+    else worth retrying later."""
+
     address: str
     action: Action
     ok: bool
     message: str = ""
     seconds: float = 0.0
+    skipped: bool = False
+    permanent: bool = False
 
 
 @dataclass
@@ -88,7 +94,7 @@ class ApplyResult:
         for o in self.outcomes:
             if o.ok:
                 out[o.action.counted_as] += 1
-            elif o.message.startswith("skipped"):
+            elif o.skipped:
                 out["skipped"] += 1
             else:
                 out["failed"] += 1
@@ -163,7 +169,7 @@ def apply_plan(
                 if deps[addr] & failed:
                     failed.add(addr)
                     result.outcomes.append(
-                        ActionOutcome(addr, ch.action, False, "skipped: a dependency failed")
+                        ActionOutcome(addr, ch.action, False, "skipped: a dependency failed", skipped=True)
                     )
                     emit(addr, "skipped", "a dependency failed")
                     continue
@@ -238,11 +244,11 @@ def _run_one(ctx: _Ctx, ch: Change) -> ActionOutcome:
         msg = _ACTIONS[ch.kind](ctx, ch) or ""
         ok = True
     except Exception as exc:  # an action's failure is a diagnostic, never an abort
-        msg, ok = (
-            f"{type(exc).__name__}: {exc}" if not isinstance(exc, PlanError | ExecutorError) else str(exc),
-            False,
-        )
+        ours = isinstance(exc, PlanError | ExecutorError | PermanentError)
+        msg = str(exc) if ours else f"{type(exc).__name__}: {exc}"
         ctx.store.add_event("failed", msg, ch.address)
+        return ActionOutcome(ch.address, ch.action, False, msg, time.monotonic() - t0,
+                             permanent=isinstance(exc, PermanentError))  # fmt: skip
     return ActionOutcome(ch.address, ch.action, ok, msg, time.monotonic() - t0)
 
 
@@ -339,8 +345,8 @@ def _dataset(ctx: _Ctx, ch: Change) -> str:
         return "destroyed"
     spec = _spec(ctx, ch.address)
     path = ctx.stack_dir / spec.path
-    if not path.exists():
-        raise ExecutorError(f"dataset file {path} does not exist")
+    if not path.is_file():
+        raise PermanentError(f"dataset file {path} does not exist")
     from zsconf.engine.hashing import file_digest
 
     _record(ctx, ch, outputs={"path": str(path.resolve()), "sha256": file_digest(path)})
@@ -364,7 +370,7 @@ def _model(ctx: _Ctx, ch: Change) -> str:
         p = Path(spec.path)
         src = p if p.is_absolute() else ctx.stack_dir / p
         if not (src / "config.json").exists():
-            raise ExecutorError(f"model folder {src} does not exist or has no config.json")
+            raise PermanentError(f"model folder {src} does not exist or has no config.json")
         path, fmt = src.resolve(), "huggingface"
         if spec.validate_weights:
             _validate(ctx, ch, src)
@@ -398,7 +404,8 @@ def _validate(ctx: _Ctx, ch: Change, src: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "runners.validate", str(spec_path)], cwd=workdir,
                           capture_output=True, text=True, timeout=600)  # fmt: skip
     if proc.returncode != 0:
-        raise ExecutorError(f"weight validation failed for {src}: {proc.stdout[-500:]}{proc.stderr[-500:]}")
+        why = f"weight validation failed for {src}: {proc.stdout[-500:]}{proc.stderr[-500:]}"
+        raise PermanentError(why) if proc.returncode == 1 else ExecutorError(why)
 
 
 def _build_debug_base(ctx: _Ctx, base: str, path: Path) -> None:
@@ -573,7 +580,9 @@ def _wait_run(ctx: _Ctx, run_id: str, poll: float = 0.2) -> str:
             break
         time.sleep(poll)
     if run.status != "succeeded":
-        raise ExecutorError(f"run {run.run_id} {run.status}: {run.error or ''}".strip())
+        msg = f"run {run.run_id} {run.status}: {run.error or ''}".strip()
+        # Exit code 1 is the runner saying the spec or data is wrong (CONTRACTS.md §2).
+        raise PermanentError(msg) if run.exit_code == 1 else ExecutorError(msg)
     return f"run {run.run_id} succeeded"
 
 
