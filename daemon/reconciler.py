@@ -228,7 +228,7 @@ class Reconciler:
         return None
 
     def _finish_runs(self) -> list[str]:
-        from zsconf.engine.apply import finish_runs
+        from zsconf.engine.runs import finish_runs
 
         # The module function, not Engine.finish_runs: that one takes the lock, which we hold.
         done = finish_runs(self.store, self.engine.executor)

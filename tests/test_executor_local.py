@@ -13,8 +13,9 @@ import pytest
 
 from zsconf.errors import ExecutorError
 from zsconf.executors import JobRequest, ProcessHandle, get_executor
-from zsconf.executors.local import LocalExecutor, free_port, torchrun_argv
+from zsconf.executors.local import LocalExecutor
 from zsconf.executors.procs import group_pids, process_start_time
+from zsconf.registry import torchrun_argv
 
 FAKE = Path(__file__).parent / "fake_runners"
 JOB = str(FAKE / "exec_job.py")
@@ -225,30 +226,39 @@ def test_cpu_host_runs_card_jobs_at_once(
 
 @pytest.mark.slow
 def test_two_process_torchrun_on_cpu(ex: LocalExecutor, tmp_path: Path) -> None:
+    """The registry's torchrun (`--standalone`: torchrun picks the rendezvous port) with a fake
+    distributed script as target: the executor runs the argv it is given."""
     wd = tmp_path / "runs/r-dist"
-    try:  # the training runner's own torchrun flags when present, with the fake script as target
-        from runners.train.launch import build_command
-
-        argv = build_command("s.json", cards=2, nodes=1, master_port=free_port())[:-3]
-        argv += [str(FAKE / "exec_dist.py"), str(wd)]
-    except ImportError:
-        argv = torchrun_argv(2, [str(FAKE / "exec_dist.py"), str(wd)])
+    argv = torchrun_argv(2, [str(FAKE / "exec_dist.py"), str(wd)])
     ex.submit(JobRequest(run_id="r-dist", address="a", spec_path="", workdir=str(wd), argv=argv))
     obs = wait_done(ex, "r-dist", timeout=120)
     assert obs.state == "succeeded", (wd / "runner.log").read_text()[-2000:]
     assert obs.result["outputs"] == {"world_size": 2, "rank_sum": 1.0}
 
 
-def test_train_jobs_launch_through_torchrun(ex: LocalExecutor, tmp_path: Path) -> None:
-    pytest.importorskip("runners.train.launch", reason="runners/train/launch.py does not exist yet")
-    mk = lambda **kw: JobRequest(run_id="r", address="a", spec_path="s.json", workdir=str(tmp_path), **kw)  # noqa: E731
-    one = ex._job_argv(mk(cards=1))
-    assert one == [sys.executable, "-m", "runners.train", "s.json"]
-    four = ex._job_argv(mk(cards=2, nodes=2))  # one host: every process runs here
-    assert "torch.distributed.run" in four and "--nproc_per_node=4" in four and "--nnodes=1" in four
+def test_the_registry_decides_torchrun_and_the_executor_runs_the_argv(ex: LocalExecutor) -> None:
+    from zsconf.registry import REGISTRY, runner_argv
+
+    train, compress = REGISTRY["finetune"], REGISTRY["compression"]
+    assert runner_argv(train, "s.json") == [sys.executable, "-m", "runners.train", "s.json"]
+    four = runner_argv(train, "s.json", processes=4)
+    assert four[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=4"]
     assert four[-3:] == ["-m", "runners.train", "s.json"]
-    assert "torch.distributed.run" in ex._job_argv(mk(cards=1, deepspeed_stage=2))
-    assert ex._job_argv(mk(cards=4, module="runners.compress"))[1:] == ["-m", "runners.compress", "s.json"]
+    assert "torch.distributed.run" in runner_argv(train, "s.json", deepspeed=True)
+    assert runner_argv(compress, "s.json", processes=4)[1:] == ["-m", "runners.compress", "s.json"]
+    multi = runner_argv(
+        train, "/s.json", processes=8, nodes=2, node_rank=1, master_addr="10.0.0.1", master_port=29501
+    )
+    assert "--nnodes=2" in multi and "--node_rank=1" in multi and "--nproc_per_node=8" in multi
+    assert "--master_addr=10.0.0.1" in multi and multi[-3:] == ["-m", "runners.train", "/s.json"]
+    pet = runner_argv(train, "/s.json", processes=2, nodes=2, node_rank=None)
+    assert "--node_rank=$PET_NODE_RANK" in pet and "--master_addr=$PET_MASTER_ADDR" in pet
+    # The executor adds nothing of its own: the argv, or `python -m module spec` without one.
+    req = JobRequest(run_id="r", address="a", spec_path="s.json", workdir="/w", argv=four, cards=4)
+    assert ex._job_argv(req) == four
+    assert ex._job_argv(JobRequest(run_id="r", address="a", spec_path="s.json", workdir="/w", module="m")) == [
+        sys.executable, "-m", "m", "s.json"
+    ]  # fmt: skip
 
 
 def test_import_is_light() -> None:

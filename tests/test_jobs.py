@@ -75,8 +75,8 @@ def _starts(log: Path) -> list[tuple[str, int]]:
 
 def _pass(eng: Any) -> list[str]:
     """One daemon-like pass: record finished runs, then supervise."""
-    from zsconf.engine.apply import finish_runs
     from zsconf.engine.jobs import supervise_jobs
+    from zsconf.engine.runs import finish_runs
 
     finish_runs(eng.store, eng.executor)
     return supervise_jobs(eng.store, eng.executor)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -12,13 +11,7 @@ from pathlib import Path
 import pytest
 from train_helpers import REPO, env, metrics, result, spec, write_alpaca
 
-from runners.train.launch import build_command
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from zsconf.registry import REGISTRY, runner_argv
 
 
 @pytest.mark.slow
@@ -35,7 +28,7 @@ def test_two_process_torchrun_cpu(tiny_qwen2: Path, tmp_path: Path) -> None:
         global_batch_size=4,
         micro_batch_size=1,
     )
-    argv = build_command(str(path), cards=2, master_addr="127.0.0.1", master_port=_free_port())
+    argv = runner_argv(REGISTRY["finetune"], str(path), processes=2)  # as the engine launches it
     proc = subprocess.run(argv, cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     res = result(tmp_path)
@@ -62,7 +55,7 @@ def test_sigterm_to_the_group_stops_every_rank_at_one_step(tiny_qwen2: Path, tmp
     data = write_alpaca(tmp_path / "qa.jsonl", 8)
     path = spec(tmp_path, tiny_qwen2, data, method="full", iterations=200, checkpoints=1,
                 global_batch_size=4, micro_batch_size=1)  # fmt: skip
-    argv = build_command(str(path), cards=2, master_addr="127.0.0.1", master_port=_free_port())
+    argv = runner_argv(REGISTRY["finetune"], str(path), processes=2)  # as the engine launches it
     log = tmp_path / "work" / "metrics.jsonl"
     proc = subprocess.Popen(argv, cwd=REPO, env=env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip

@@ -4,14 +4,12 @@ device errors, and the DeepSpeed-missing refusal at construct time (a real runne
 from __future__ import annotations
 
 import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 from train_helpers import result, run_runner, spec, write_alpaca
 
 from runners.train.data import IGNORE, batch_positions, tokenize_sft
-from runners.train.launch import build_command
 from runners.train.recipe import checkpoint_steps, total_iterations
 
 
@@ -46,16 +44,6 @@ def test_sft_labels_only_assistant_with_end_of_turn(tiny_qwen2: Path) -> None:
     assert "Say hello" not in trained
     short = tokenize_sft(tok, msgs, 5)
     assert len(short.input_ids) == 5 and all(t == IGNORE for t in short.labels)
-
-
-def test_build_command() -> None:
-    assert build_command("/s.json", cards=1) == [sys.executable, "-m", "runners.train", "/s.json"]
-    argv = build_command("/s.json", cards=8, nodes=2, node_rank=1, master_addr="10.0.0.1", master_port=29501)
-    assert argv[1:3] == ["-m", "torch.distributed.run"]
-    assert "--nproc_per_node=8" in argv and "--nnodes=2" in argv and "--node_rank=1" in argv
-    assert "--master_addr=10.0.0.1" in argv and argv[-3:] == ["-m", "runners.train", "/s.json"]
-    multi = build_command("/s.json", cards=2, nodes=2, node_rank=None, master_addr=None, master_port=None)
-    assert "--node_rank=$PET_NODE_RANK" in multi and "--master_addr=$PET_MASTER_ADDR" in multi
 
 
 def test_missing_device_is_a_clear_error() -> None:

@@ -1,6 +1,7 @@
 """`python -m runners.train SPEC.json` (one process, or one per card under torchrun).
 
-Started by the executor with the argv of `runners.train.launch.build_command`. Exit 0 = succeeded,
+Started by the executor with the argv the engine built (`zsconf.registry.runner_argv`: torchrun
+when it needs more than one process). Exit 0 = succeeded,
 1 = user/data error (no retry), 2 = environment fault (retryable), 143 = stopped by SIGTERM after
 a checkpoint (`zsconf job resume` goes on from it). result.json is written last, and not at all
 when stopped: the run did not end.

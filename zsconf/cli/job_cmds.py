@@ -98,8 +98,8 @@ def stop(address: Address, stack: StackDir = None, lock_timeout: LockTimeout = "
     (SIGKILL after 30 s). The job keeps its checkpoints and is not restarted automatically;
     `zsconf job resume ADDRESS` continues it from the latest one."""
     from zsconf.cli.output import console
-    from zsconf.engine.apply import default_executor
     from zsconf.engine.jobs import stop_job
+    from zsconf.executors import default_executor
     from zsconf.executors.supervise import latest_checkpoint
 
     wait_s = _seconds(lock_timeout)
@@ -118,8 +118,8 @@ def resume(address: Address, stack: StackDir = None, lock_timeout: LockTimeout =
     """Start a stopped or failed job again from its latest checkpoint (a new attempt in the same
     run folder, so model, optimizer and data position continue where they were saved)."""
     from zsconf.cli.output import console
-    from zsconf.engine.apply import default_executor
     from zsconf.engine.jobs import resume_job
+    from zsconf.executors import default_executor
 
     wait_s = _seconds(lock_timeout)
     directory = stack_dir(stack)

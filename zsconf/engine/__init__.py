@@ -24,9 +24,10 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from zsconf.engine.apply import ApplyResult, apply_plan, finish_runs
+from zsconf.engine.apply import ApplyResult, apply_plan
 from zsconf.engine.plan import make_plan
 from zsconf.engine.refresh import Observed, refresh
+from zsconf.engine.runs import finish_runs
 from zsconf.errors import StackError, StalePlanError
 from zsconf.plans import Plan
 
@@ -75,7 +76,7 @@ class Engine:
         """The executor apply and refresh use (default: local, under <stack>/.zsconf/executor or
         $ZSCONF_EXECUTOR_ROOT); created on first use."""
         if self._executor is None:
-            from zsconf.engine.apply import default_executor
+            from zsconf.executors import default_executor
 
             self._executor = default_executor(self.stack_dir)
         return self._executor

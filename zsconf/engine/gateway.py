@@ -28,6 +28,7 @@ from typing import Any
 
 from zsconf.errors import ExecutorError
 from zsconf.privfile import create_private, write_private
+from zsconf.registry import runner, runner_argv
 
 __all__ = [
     "GATEWAY",
@@ -192,7 +193,8 @@ def _sync(store: Any, executor: Any, stack_dir: Path, platform: Any, wait_reload
     write_private(gdir / "spec.json", json.dumps(spec, indent=1))
     handle = executor.start_instance(
         InstanceRequest(deployment=GATEWAY, index=0, workdir=str(run_dir), spec_path=str(gdir / "spec.json"),
-                        module="runners.gateway", port=port)
+                        module=runner("gateway").module, argv=runner_argv(runner("gateway"), str(gdir / "spec.json")),
+                        port=port)
     )  # fmt: skip
     if not executor.wait_healthy(handle, timeout_s=60.0):
         executor.stop_instance(handle, grace_s=2.0)

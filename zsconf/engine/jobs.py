@@ -177,7 +177,7 @@ def _latest(workdir: str) -> str | None:
 def _request(store: Store, row: ResourceRow, run_id: str, spec_path: Path, workdir: Path) -> Any:
     """The JobRequest of a new attempt, from the resource row alone, by apply's rule."""
     from zsconf.catalog import load_catalog
-    from zsconf.engine.apply import job_request
+    from zsconf.engine.runs import job_request
 
     tenant_row = store.resource(f"tenant/{row.tenant}") if row.tenant else None
     max_cards = ((tenant_row.spec or {}).get("quotas") or {}).get("max_cards") if tenant_row else None
@@ -196,7 +196,7 @@ def _start_attempt(
     budget counts it."""
     all_runs = store.runs(row.address)
     attempt = max((r.attempt for r in all_runs), default=0) + 1
-    from zsconf.engine.apply import new_run_id
+    from zsconf.engine.runs import new_run_id
 
     run_id = new_run_id(row.address, row.content_hash, f"a{len(all_runs) + 1}")
     workdir = Path(prev.workdir)

@@ -34,6 +34,7 @@ __all__ = [
     "Observation",
     "ProcessHandle",
     "Submission",
+    "default_executor",
     "enforce_auto_stop",
     "ensure_instances",
     "get_executor",
@@ -51,6 +52,15 @@ def get_executor(name: str = "local", root: str | Path | None = None) -> LocalEx
     from zsconf.executors.local import LocalExecutor
 
     return LocalExecutor(root=root)
+
+
+def default_executor(stack_dir: str | Path) -> LocalExecutor:
+    """The stack's local executor, its bookkeeping under $ZSCONF_EXECUTOR_ROOT or
+    <stack>/.zsconf/executor (so the CLI and the daemon of one stack share one queue)."""
+    import os
+
+    root = os.environ.get("ZSCONF_EXECUTOR_ROOT") or Path(stack_dir) / ".zsconf" / "executor"
+    return get_executor("local", root=root)
 
 
 def host_cards() -> int | None:

@@ -34,9 +34,10 @@ JobState = Literal["queued", "running", "succeeded", "failed", "stopped", "lost"
 class JobRequest:
     """One attempt of one job: run `argv` (or `python -m module spec_path`) in `workdir`.
 
-    `cards` is per node; the job needs `cards * nodes` cards of `device` on this host. `argv`
-    None means: the executor builds it (`python -m module spec_path`, or torchrun when more than
-    one process is needed). `priority` (higher first) then `submitted_at` (older first) order the
+    `cards` is per node; the job needs `cards * nodes` cards of `device` on this host. `argv` is
+    what to run, built by the engine from the runner registry (`zsconf.registry.runner_argv`:
+    torchrun when a distributed runner needs more than one process); None means `python -m
+    module spec_path`. `priority` (higher first) then `submitted_at` (older first) order the
     queue; `max_cards_for_tenant` (None = no limit) makes a job wait while its tenant uses more.
     """
 
@@ -55,7 +56,7 @@ class JobRequest:
     submitted_at: float = 0.0  # epoch seconds; 0 = now
     tenant: str | None = None
     max_cards_for_tenant: int | None = None
-    deepspeed_stage: int | None = None  # runners.train: forces torchrun even on one card
+    deepspeed_stage: int | None = None  # recorded; `argv` already runs under torchrun for it
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

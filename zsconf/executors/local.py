@@ -21,9 +21,8 @@ How it works:
   blocked by the host's cards also blocks lower queued jobs that need cards (no starvation of big
   jobs); one blocked by its tenant's quota blocks nobody else. On a host without accelerators
   (device cpu) cards are not counted: every job runs at once on the CPU.
-- `runners.train` jobs needing more than one card run under torchrun (one process per card; on
-  this single host `nodes` multiplies the process count): `runners.train.launch.build_command` when
-  that module exists, else `python -m torch.distributed.run --standalone`.
+- The executor runs the argv the engine built (`zsconf.registry`: torchrun for a distributed
+  runner that needs more than one process) and imports no runner.
 """
 
 from __future__ import annotations
@@ -56,7 +55,7 @@ from zsconf.executors.base import (
 from zsconf.executors.cards import VISIBLE_ENV, detect_host_cards
 from zsconf.executors.procs import find_leader, is_alive, kill_group, pgid_of, process_start_time
 
-__all__ = ["RUN_ID_ENV", "LocalExecutor", "free_port", "read_exit_code", "torchrun_argv"]
+__all__ = ["RUN_ID_ENV", "LocalExecutor", "free_port", "read_exit_code"]
 
 RUN_ID_ENV = "ZSCONF_RUN_ID"
 
@@ -67,13 +66,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def torchrun_argv(nproc: int, target: list[str]) -> list[str]:
-    """torchrun on this host: `nproc` processes of `target` (["-m", module, ...] or [script, ...])."""
-    return [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *target,
-    ]  # fmt: skip
 
 
 def read_exit_code(workdir: str | Path) -> tuple[int, float] | None:
@@ -225,28 +217,10 @@ class LocalExecutor:
             started_at=time.time(),
         )
 
-    def _job_argv(self, req: JobRequest) -> list[str]:
-        if req.argv:
-            return list(req.argv)
-        nproc = max(req.cards, 1) * max(req.nodes, 1)
-        if req.module == "runners.train" and (nproc > 1 or req.deepspeed_stage is not None):
-            return self._torchrun_argv(req, nproc)
-        return [sys.executable, "-m", req.module, req.spec_path]
-
     @staticmethod
-    def _torchrun_argv(req: JobRequest, nproc: int) -> list[str]:
-        # This host is the only node: all processes run here, one per card. A fresh port per job
-        # lets two distributed jobs share the host.
-        try:
-            from runners.train.launch import build_command  # stdlib only: no torch at this point
-        except ImportError:
-            return torchrun_argv(nproc, ["-m", req.module, req.spec_path])
-        return list(
-            build_command(
-                req.spec_path, cards=nproc, nodes=1, node_rank=0, master_addr="127.0.0.1",
-                master_port=free_port(), deepspeed_stage=req.deepspeed_stage,
-            )
-        )  # fmt: skip
+    def _job_argv(req: JobRequest) -> list[str]:
+        """The argv the engine built (`zsconf.registry`), else `python -m module spec_path`."""
+        return list(req.argv) if req.argv else [sys.executable, "-m", req.module, req.spec_path]
 
     # ---- state of a record ---------------------------------------------------------------------
 

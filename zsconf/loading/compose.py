@@ -25,13 +25,13 @@ from typing import Any
 
 from schemas.stack import KINDS
 from zsconf.errors import Diagnostic, StackError
+from zsconf.loading.diagnostics import COMMAND_LINE, Source, SourceMap
 from zsconf.loading.presets import premerge_presets
 from zsconf.loading.yaml_io import YamlSyntaxError, load_yaml
 
-__all__ = ["COMMAND_LINE", "Composed", "Source", "compose_stack"]
+__all__ = ["Composed", "compose_stack"]
 
 STACK_FILE = "stack.yaml"
-COMMAND_LINE = "<command line>"
 _STORE_NAME = "zsconf_stack"
 # Hydra's ConfigStore is process-global and the reduced primary config lives there under one name:
 # one composition at a time (the daemon loads from a watcher thread while the CLI API may too).
@@ -39,15 +39,6 @@ _HYDRA_LOCK = threading.Lock()
 _INTERP = re.compile(r"\$\{\s*([^}:]*)(:?)")
 # Resolvers whose arguments are not config paths: they cannot pull other resources in.
 _PLAIN_RESOLVERS = frozenset({"secret", "oc.env", "oc.decode"})
-
-
-@dataclass(frozen=True)
-class Source:
-    """A YAML file that contributed to the composed stack, mounted at `package` (dotted)."""
-
-    file: str  # as shown to the user
-    path: Path
-    package: tuple[str, ...] = ()
 
 
 @dataclass
@@ -344,8 +335,6 @@ def _hydra_diagnostic(
     if isinstance(exc, OverrideParseException | ConfigCompositionException):
         file = COMMAND_LINE if overrides else shown
     elif path:
-        from zsconf.loading.diagnostics import SourceMap
-
         file, line = SourceMap([Source(shown, stack_dir / STACK_FILE)], overrides).locate(path)
     message = " ".join(part.strip() for part in message.splitlines() if part.strip())
     return Diagnostic(message=message, path=path, file=file, line=line)

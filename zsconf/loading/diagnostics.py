@@ -7,10 +7,11 @@ map is built from the stack's files only when an error needs placing, so a valid
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from zsconf.errors import Diagnostic
-from zsconf.loading.compose import COMMAND_LINE, Source
 from zsconf.loading.yaml_io import line_map
 
 if TYPE_CHECKING:
@@ -18,7 +19,18 @@ if TYPE_CHECKING:
 
     from zsconf.loading.secrets import SecretMask
 
-__all__ = ["SourceMap", "pydantic_diagnostics"]
+__all__ = ["COMMAND_LINE", "Source", "SourceMap", "pydantic_diagnostics"]
+
+COMMAND_LINE = "<command line>"  # where a Hydra override came from
+
+
+@dataclass(frozen=True)
+class Source:
+    """A YAML file that contributed to the composed stack, mounted at `package` (dotted)."""
+
+    file: str  # as shown to the user
+    path: Path
+    package: tuple[str, ...] = ()
 
 
 class SourceMap:
