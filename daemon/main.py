@@ -25,6 +25,7 @@ successor has led for a lease period).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -116,12 +117,17 @@ class DaemonState:
         return bool(self._lease.held)
 
 
-def _default_line(line: str) -> None:
-    from zsconf.cli.output import err_console
+@functools.cache
+def _stderr() -> Any:
+    from rich.console import Console
 
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _default_line(line: str) -> None:
     stamp = time.strftime("%H:%M:%S")
-    err_console().print(f"[dim]{stamp}[/dim] ", end="", markup=True)
-    err_console().print(line, markup=False, highlight=False)
+    _stderr().print(f"[dim]{stamp}[/dim] ", end="", markup=True)
+    _stderr().print(line, markup=False, highlight=False)
 
 
 def run_daemon(
