@@ -33,11 +33,14 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from daemon.admin import AdminServer, admin_token, remove_discovery, write_discovery
 from daemon.notify import Notifier
 from zsconf.executors.procs import pid_running, process_start_time
+
+if TYPE_CHECKING:
+    from zsconf.executors import Executor
 
 __all__ = ["DaemonState", "run_daemon"]
 
@@ -50,7 +53,7 @@ class _RunPoller:
     """Notices, between passes, that a run the last pass left active has ended (pid gone) or that
     a queued job could start, without a plan or a database query per tick."""
 
-    def __init__(self, store: Any, executor: Any) -> None:
+    def __init__(self, store: Any, executor: Executor) -> None:
         self.store = store
         self.executor = executor
         self._procs: dict[str, tuple[int, float]] = {}

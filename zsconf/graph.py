@@ -20,6 +20,7 @@ from zsconf.errors import Diagnostic, StackError
 from zsconf.names import MAX_VERSIONS, VERSIONING_KINDS
 
 if TYPE_CHECKING:
+    from schemas.catalog import Catalog
     from zsconf.loading import LoadedStack
 
 __all__ = ["Graph", "build_graph", "stack_diagnostics"]
@@ -46,6 +47,9 @@ class Graph:
     # address of a model, job, evaluation or deployment -> catalog base model (None when unknown)
     bases: dict[str, str | None] = field(default_factory=dict)
     _reverse: dict[str, set[str]] | None = field(default=None, repr=False)
+    # What the planner derives from this graph and its input files (order, spec dumps, lineage
+    # hashes, sample counts), kept with it: the engine caches the graph of an unchanged stack.
+    plan_cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def reverse(self) -> dict[str, set[str]]:
         if self._reverse is None:
@@ -99,7 +103,7 @@ class Graph:
 @dataclass
 class _Builder:
     loaded: LoadedStack
-    catalog: Any
+    catalog: Catalog | None
     graph: Graph
     diagnostics: list[Diagnostic] = field(default_factory=list)
     # (kind key, name) -> address, for references by name
@@ -572,7 +576,7 @@ STEPS: tuple[Callable[[_Builder], None], ...] = (
 )
 
 
-def stack_diagnostics(error: StackError, catalog: Any = None) -> list[Diagnostic]:
+def stack_diagnostics(error: StackError, catalog: Catalog | None = None) -> list[Diagnostic]:
     """Every problem of a stack that failed its schema: the schema errors, plus the reference
     errors of the rest of it (`error.partial`: the stack without the invalid resources), so one
     run reports both. Called by `zsconf validate` and the engine."""
@@ -585,7 +589,7 @@ def stack_diagnostics(error: StackError, catalog: Any = None) -> list[Diagnostic
     return found
 
 
-def build_graph(loaded: LoadedStack, catalog: Any = None) -> Graph:
+def build_graph(loaded: LoadedStack, catalog: Catalog | None = None) -> Graph:
     """Resolve every reference of `loaded`; raises StackError with every problem found.
     `catalog` defaults to `zsconf.catalog.load_catalog()`."""
     if catalog is None:

@@ -18,6 +18,7 @@ from zsconf.datasets import check_datasets as read_datasets
 from zsconf.errors import Diagnostic, StackError
 
 if TYPE_CHECKING:
+    from schemas.catalog import Catalog
     from zsconf.graph import Graph
     from zsconf.loading import LoadedStack
 
@@ -68,7 +69,7 @@ def validate_stack(
     stack_dir: Path | str,
     overrides: Sequence[str] = (),
     check_datasets: bool = True,
-    catalog: Any = None,
+    catalog: Catalog | None = None,
 ) -> ValidationResult:
     """Everything `zsconf validate` checks; never raises for a problem in the stack."""
     from zsconf.graph import build_graph, stack_diagnostics

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from zsconf.engine.apply import ApplyResult, apply_plan
 from zsconf.engine.plan import make_plan
@@ -30,6 +30,12 @@ from zsconf.engine.refresh import Observed, refresh
 from zsconf.engine.runs import finish_runs
 from zsconf.errors import StackError, StalePlanError
 from zsconf.plans import Plan
+
+if TYPE_CHECKING:
+    from schemas.catalog import Catalog
+    from zsconf.executors import Executor
+    from zsconf.graph import Graph
+    from zsconf.loading import LoadedStack
 
 __all__ = ["ApplyResult", "Engine", "Observed", "apply_plan", "finish_runs", "make_plan", "refresh"]
 
@@ -57,8 +63,8 @@ class Engine:
         self,
         stack_dir: str | Path,
         state_url: str | None = None,
-        catalog: Any = None,
-        executor: Any = None,
+        catalog: Catalog | None = None,
+        executor: Executor | None = None,
         read_only: bool = False,
     ) -> None:
         """`read_only` (plan, status, show): create no state database where none exists yet."""
@@ -66,13 +72,13 @@ class Engine:
 
         self.stack_dir = Path(stack_dir).resolve()
         self._catalog = catalog
-        self._cache: tuple[tuple[Any, ...], Any, Any, list[Any]] | None = None
+        self._cache: tuple[tuple[Any, ...], LoadedStack, Graph, list[Any]] | None = None
         self.store = open_store(state_url, self.stack_dir, create=not read_only)
         self._executor = executor
         self._platform: Any = None  # the platform section of the last good load
 
     @property
-    def executor(self) -> Any:
+    def executor(self) -> Executor:
         """The executor apply and refresh use (default: local, under <stack>/.zsconf/executor or
         $ZSCONF_EXECUTOR_ROOT); created on first use."""
         if self._executor is None:
@@ -82,17 +88,14 @@ class Engine:
         return self._executor
 
     @property
-    def catalog(self) -> Any:
+    def catalog(self) -> Catalog:
         if self._catalog is None:
-            try:
-                from zsconf.catalog import load_catalog  # type: ignore[import-not-found]
+            from zsconf.catalog import load_catalog
 
-                self._catalog = load_catalog()
-            except ImportError:
-                self._catalog = None
+            self._catalog = load_catalog()
         return self._catalog
 
-    def load(self, overrides: Sequence[str] = (), check_files: bool = True) -> tuple[Any, Any]:
+    def load(self, overrides: Sequence[str] = (), check_files: bool = True) -> tuple[LoadedStack, Graph]:
         """(LoadedStack, Graph), from cache when no file of the stack changed. Raises StackError
         with everything `zsconf validate` finds; `check_files=False` (destroy) leaves out the
         dataset files' problems, which must not stop tearing a stack down."""

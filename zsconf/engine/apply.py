@@ -18,7 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from schemas.common import parse_model_ref
 from zsconf.engine.context import ApplyContext, split_address, sync_stack_gateway
@@ -31,6 +31,12 @@ from zsconf.keys import NewKey, unshown_keys
 from zsconf.names import JOB_KINDS
 from zsconf.plans import Action, Change, Plan
 from zsconf.state import Store
+
+if TYPE_CHECKING:
+    from schemas.catalog import Catalog
+    from zsconf.executors import Executor
+    from zsconf.graph import Graph
+    from zsconf.loading import LoadedStack
 
 __all__ = ["ActionOutcome", "ApplyResult", "apply_plan", "gating_evaluations"]
 
@@ -78,14 +84,14 @@ class ApplyResult:
 
 def apply_plan(
     plan: Plan,
-    loaded: Any,
-    graph: Any,
+    loaded: LoadedStack,
+    graph: Graph,
     store: Store,
     *,
     parallelism: int = 4,
     wait: bool = False,
-    catalog: Any = None,
-    executor: Any = None,
+    catalog: Catalog | None = None,
+    executor: Executor | None = None,
     on_event: Callable[[str, str, str], None] | None = None,
 ) -> ApplyResult:
     """Execute `plan` with `executor` (a `zsconf.executors.Executor`; default: the local one

@@ -6,27 +6,17 @@ says "unknown" otherwise (never guesses silently).
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from schemas.catalog import Catalog, Flavor
 
 __all__ = ["estimate"]
 
 
-def _catalog() -> Any:
-    try:
-        from zsconf.catalog import load_catalog  # type: ignore[import-not-found]
-
-        return load_catalog()
-    except Exception:
-        return None
-
-
-def _flavor(cat: Any, name: str) -> Any:
-    if cat is None:
-        return None
-    try:
-        return cat.flavor(name)
-    except Exception:
-        return None
+def _flavor(cat: Catalog | None, name: str) -> Flavor | None:
+    """The flavor, or None without a catalog (the graph has refused names the catalog lacks)."""
+    return cat.flavors.get(name) if cat is not None else None
 
 
 def _get(obj: Any, name: str, default: Any = None) -> Any:
@@ -42,7 +32,7 @@ def estimate(
     spec: Any,
     base: str | None,
     samples: dict[str, int | None],
-    cat: Any,
+    cat: Catalog | None,
     quantization: str | None = None,
 ) -> dict[str, Any]:
     """Estimate for one resource; `samples` = dataset name -> sample count; `quantization` = the
@@ -52,14 +42,15 @@ def estimate(
     if kind in ("compression", "evaluation"):
         flavor = _flavor(cat, spec.resources.flavor)
         out: dict[str, Any] = {"flavor": spec.resources.flavor}
-        if kind == "compression" and cat is not None and base:
-            try:
-                minutes = _get(_get(cat.model(base), "compression_minutes", {}), spec.strategy)
-                if minutes:
-                    lo, hi = minutes
-                    out["duration_hours"] = [lo / 60, hi / 60]
-            except Exception:
-                pass
+        entry = cat.models.get(base) if cat is not None and base else None
+        minutes = (
+            entry.compression_minutes.get(spec.strategy)
+            if entry is not None and kind == "compression"
+            else None
+        )
+        if minutes:
+            lo, hi = minutes
+            out["duration_hours"] = [lo / 60, hi / 60]
         price = _get(flavor, "price_per_hour")
         if price is not None and "duration_hours" in out:
             n = spec.resources.nodes
@@ -71,22 +62,21 @@ def estimate(
         price = _get(flavor, "price_per_hour")
         if price is not None:
             out["cost_per_hour"] = round(price * spec.instances, 2)
-        if spec.qps and cat is not None and base:
-            try:
-                need = int(cat.recommended_instances(base, spec.qps, quantization))
-                out["instances_needed"] = need
-                if spec.instances < need:
-                    out["warning"] = (
-                        f"qps {spec.qps:g} needs {need} instances (catalog table 8-2 for {base}); "
-                        f"{spec.instances} configured"
-                    )
-            except Exception:
-                pass
+        if spec.qps and cat is not None and base in cat.models:
+            need = cat.recommended_instances(base, spec.qps, quantization)
+            out["instances_needed"] = need
+            if spec.instances < need:
+                out["warning"] = (
+                    f"qps {spec.qps:g} needs {need} instances (catalog table 8-2 for {base}); "
+                    f"{spec.instances} configured"
+                )
         return out
     return {}
 
 
-def _finetune(spec: Any, base: str | None, samples: dict[str, int | None], cat: Any) -> dict[str, Any]:
+def _finetune(
+    spec: Any, base: str | None, samples: dict[str, int | None], cat: Catalog | None
+) -> dict[str, Any]:
     hp = spec.hyperparameters
     n = samples.get(spec.datasets.train)
     out: dict[str, Any] = {"flavor": spec.resources.flavor, "samples": n}
@@ -95,7 +85,7 @@ def _finetune(spec: Any, base: str | None, samples: dict[str, int | None], cat: 
     elif n is not None:
         out["iterations"] = math.ceil(n / hp.global_batch_size) * hp.epochs
     flavor = _flavor(cat, spec.resources.flavor)
-    if cat is not None and base and "iterations" in out:
+    if cat is not None and base in cat.models and "iterations" in out:
         try:
             # The catalog helper's formula (table 6-6): hours from iterations and throughput.
             hours = cat.job_hours(
@@ -110,8 +100,8 @@ def _finetune(spec: Any, base: str | None, samples: dict[str, int | None], cat: 
             if hours is not None:
                 lo, hi = hours if isinstance(hours, list | tuple) else (hours, hours)
                 out["duration_hours"] = [round(lo, 3), round(hi, 3)]
-        except Exception as exc:
-            out["duration_note"] = f"no duration estimate: {exc}"
+        except KeyError as exc:  # the catalog has no throughput for this method on this base
+            out["duration_note"] = f"no duration estimate: {exc.args[0] if exc.args else exc}"
     price = _get(flavor, "price_per_hour")
     if price is not None and "duration_hours" in out:
         out["cost"] = [round(h * price * spec.resources.nodes, 2) for h in out["duration_hours"]]

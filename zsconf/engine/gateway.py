@@ -24,11 +24,14 @@ import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from zsconf.errors import ExecutorError
 from zsconf.privfile import create_private, write_private
 from zsconf.registry import runner, runner_argv
+
+if TYPE_CHECKING:
+    from zsconf.executors import Executor
 
 __all__ = [
     "GATEWAY",
@@ -131,7 +134,7 @@ def _wait_reloaded(url: str, mtime: float, timeout_s: float = 5.0) -> bool:
 
 
 def sync_gateway(
-    store: Any, executor: Any, stack_dir: Path, platform: Any = None, *, wait_reload: bool = False
+    store: Any, executor: Executor, stack_dir: Path, platform: Any = None, *, wait_reload: bool = False
 ) -> GatewayInfo | None:
     """Make the gateway match the state: config rewritten when it differs, the process started
     (or restarted after a port change or a crash), or stopped when the state has no service group.
@@ -147,7 +150,9 @@ def sync_gateway(
         return _sync(store, executor, Path(stack_dir), platform, wait_reload)
 
 
-def _sync(store: Any, executor: Any, stack_dir: Path, platform: Any, wait_reload: bool) -> GatewayInfo | None:
+def _sync(
+    store: Any, executor: Executor, stack_dir: Path, platform: Any, wait_reload: bool
+) -> GatewayInfo | None:
     import signal
 
     from zsconf.executors import InstanceHandle, InstanceRequest
@@ -209,7 +214,7 @@ def _sync(store: Any, executor: Any, stack_dir: Path, platform: Any, wait_reload
     return GatewayInfo(url=f"{handle.url}/v1", pid=handle.pid, changed=True, started=True)
 
 
-def gateway_url(stack_dir: Path, executor: Any) -> str | None:
+def gateway_url(stack_dir: Path, executor: Executor) -> str | None:
     """The running gateway's OpenAI base URL, or None."""
     for h in executor.list_instances():
         if h.deployment == GATEWAY and executor.instance_alive(h):

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from schemas.common import parse_duration
 from zsconf.errors import StateError, ZsconfError
@@ -31,6 +31,9 @@ from zsconf.executors.supervise import enforce_auto_stop, latest_checkpoint, sho
 from zsconf.names import ACTIVE_RUN, JOB_KINDS
 from zsconf.privfile import write_private
 from zsconf.state import ResourceRow, RunRow, Store
+
+if TYPE_CHECKING:
+    from zsconf.executors import Executor
 
 __all__ = ["CheckpointInfo", "list_checkpoints", "resume_job", "stop_job", "supervise_jobs"]
 
@@ -187,7 +190,7 @@ def _request(store: Store, row: ResourceRow, run_id: str, spec_path: Path, workd
 
 
 def _start_attempt(
-    store: Store, executor: Any, row: ResourceRow, prev: RunRow, announce: Callable[[RunRow], None]
+    store: Store, executor: Executor, row: ResourceRow, prev: RunRow, announce: Callable[[RunRow], None]
 ) -> RunRow:
     """Start the next attempt of `row` in `prev`'s workdir with `resume: true`; returns its row.
 
@@ -212,7 +215,7 @@ def _start_attempt(
     return _submit(store, executor, row, run, prev.run_id)
 
 
-def _submit(store: Store, executor: Any, row: ResourceRow, run: RunRow, prev_run_id: str) -> RunRow:
+def _submit(store: Store, executor: Executor, row: ResourceRow, run: RunRow, prev_run_id: str) -> RunRow:
     """Point the workdir's envelope at `run` (resume: true) and submit it. Idempotent: the
     executor answers a run id it already has with its status."""
     workdir = Path(run.workdir)
@@ -248,7 +251,7 @@ def _resume_from(run: RunRow) -> str:
 
 
 # -- public API ---------------------------------------------------------------------------------
-def stop_job(store: Store, executor: Any, address: str, reason: str = "stopped by user") -> RunRow:
+def stop_job(store: Store, executor: Executor, address: str, reason: str = "stopped by user") -> RunRow:
     """Stop the running (or queued) attempt of a job; it is not restarted until `resume_job`.
 
     Raises StateError when the job has no active attempt. The resource's status becomes
@@ -271,7 +274,7 @@ def stop_job(store: Store, executor: Any, address: str, reason: str = "stopped b
     return stopped
 
 
-def resume_job(store: Store, executor: Any, address: str, reason: str = "resumed by user") -> RunRow:
+def resume_job(store: Store, executor: Executor, address: str, reason: str = "resumed by user") -> RunRow:
     """Start a new attempt of a stopped or failed job from its latest checkpoint (same workdir,
     `resume: true`). Raises StateError when it is still running or already succeeded."""
     row = _job_row(store, address)
@@ -293,7 +296,7 @@ def resume_job(store: Store, executor: Any, address: str, reason: str = "resumed
     return _start_attempt(store, executor, row, last, announce)
 
 
-def supervise_jobs(store: Store, executor: Any, now: float | None = None) -> list[str]:
+def supervise_jobs(store: Store, executor: Executor, now: float | None = None) -> list[str]:
     """One supervision pass over every job resource: stop jobs running longer than the spec's
     `options.auto_stop` (restarts included), report a running attempt silent for HANG_AFTER as a
     suspected hang, restart failed ones as `options.auto_restart` allows (resuming from the
@@ -316,7 +319,7 @@ def supervise_jobs(store: Store, executor: Any, now: float | None = None) -> lis
 
 
 def _supervise_one(
-    store: Store, executor: Any, row: ResourceRow, now: float | None, lines: list[str]
+    store: Store, executor: Executor, row: ResourceRow, now: float | None, lines: list[str]
 ) -> None:
     address = row.address
     runs = _current_runs(store, row)
@@ -369,7 +372,7 @@ def _hang_after_s() -> float:
 
 
 def _report_hang(
-    store: Store, executor: Any, row: ResourceRow, run: RunRow, now: float | None, lines: list[str]
+    store: Store, executor: Executor, row: ResourceRow, run: RunRow, now: float | None, lines: list[str]
 ) -> None:
     """Event `hang` once for an attempt that is running but has written nothing for a while."""
     obs = executor.observe(run.run_id)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from schemas.stack import KINDS
 from zsconf.datasets import sample_count
@@ -19,6 +19,12 @@ from zsconf.engine.refresh import Observed, refresh
 from zsconf.names import JOB_KINDS, MAX_VERSIONS, VERSIONING_KINDS
 from zsconf.plans import Action, Change, FieldDiff, Plan
 from zsconf.state import Store
+
+if TYPE_CHECKING:
+    from schemas.catalog import Catalog
+    from zsconf.executors import Executor
+    from zsconf.graph import Graph
+    from zsconf.loading import LoadedStack
 
 __all__ = ["desired_specs", "make_plan"]
 
@@ -36,18 +42,18 @@ def _replace_relevant(cls: Any, spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def make_plan(
-    loaded: Any,
+    loaded: LoadedStack,
     store: Store,
-    graph: Any,
+    graph: Graph,
     *,
-    catalog: Any = None,
+    catalog: Catalog | None = None,
     targets: Iterable[str] = (),
     replace: Iterable[str] = (),
     destroy: bool = False,
     refresh_only: bool = False,
     overrides: Iterable[str] = (),
     observed: Observed | None = None,
-    executor: Any = None,
+    executor: Executor | None = None,
 ) -> Plan:
     mask = loaded.secrets
     secrets_key = store.secrets_key() if mask else ""
@@ -176,26 +182,22 @@ def make_plan(
 
 
 def _host_cards() -> int | None:
-    """Accelerator cards of this host: the executor's count when it offers one, else unknown."""
-    try:
-        from zsconf.executors import host_cards  # type: ignore[attr-defined]
+    """Accelerator cards of this host (None on a CPU-only host: cards are not counted there)."""
+    from zsconf.executors import host_cards
 
-        return int(host_cards())
-    except Exception:
-        return None
+    return host_cards()
 
 
 def _capacity(
-    plan: Plan, rows: dict[str, Any], graph: Any, catalog: Any, stack_tenants: dict[str, Any]
+    plan: Plan, rows: dict[str, Any], graph: Graph, catalog: Catalog | None, stack_tenants: dict[str, Any]
 ) -> None:
     """Say which new jobs will queue, and behind what: a tenant's max_concurrent_jobs / max_cards,
     or the host's cards. Jobs already running come first, then this plan's jobs in order."""
 
     def cards_of(flavor: str, nodes: int) -> int:
-        try:
-            return int(getattr(catalog.flavor(flavor), "cards", 0) or 0) * nodes
-        except Exception:
-            return 0
+        # A row applied under an older catalog may name a flavor this one lacks: it takes none.
+        found = catalog.flavors.get(flavor) if catalog is not None else None
+        return found.cards * nodes if found is not None else 0
 
     running: list[tuple[str, str | None, int]] = []  # (address, tenant, cards)
     for addr, row in rows.items():
@@ -240,13 +242,14 @@ def _capacity(
         running.append((ch.address, spec.tenant, need))
 
 
-def _desired(loaded: Any, graph: Any) -> tuple[list[str], dict[str, Any], dict[str, str], dict]:
+def _desired(loaded: LoadedStack, graph: Graph) -> tuple[list[str], dict[str, Any], dict[str, str], dict]:
     """(order, spec dumps, lineage hashes, dataset sample counts) of the desired stack.
 
     Memoised on the graph object while the input files are unchanged: the engine caches the
     graph across plans of an unchanged stack (the daemon), so a re-plan skips dumping and hashing.
     """
-    order = graph.topological_order() if getattr(graph, "_zs_order", None) is None else graph._zs_order
+    cache = graph.plan_cache
+    order = cache.get("order") or graph.topological_order()
     inputs: dict[str, str] = {}
     datasets: list[tuple[str, Any, Path]] = []
     for addr in order:
@@ -261,7 +264,7 @@ def _desired(loaded: Any, graph: Any) -> tuple[list[str], dict[str, Any], dict[s
             if spec.path:
                 p = Path(spec.path)
                 inputs[addr] = str(p if p.is_absolute() else Path(loaded.stack_dir) / p)
-    memo = getattr(graph, "_zs_memo", None)
+    memo = cache.get("desired")
     if memo is not None and memo[0] == inputs:
         return order, memo[1], memo[2], memo[3]
     desired: dict[str, dict[str, Any]] = {}
@@ -280,12 +283,12 @@ def _desired(loaded: Any, graph: Any) -> tuple[list[str], dict[str, Any], dict[s
         if key not in counts:
             counts[key] = sample_count(path, spec.format)
         samples[(spec.tenant, addr.rsplit("/", 1)[1])] = counts[key]
-    graph._zs_order = order
-    graph._zs_memo = (inputs, desired, hashes, samples)
+    cache["order"] = order
+    cache["desired"] = (inputs, desired, hashes, samples)
     return order, desired, hashes, samples
 
 
-def desired_specs(loaded: Any, graph: Any) -> dict[str, dict[str, Any]]:
+def desired_specs(loaded: LoadedStack, graph: Graph) -> dict[str, dict[str, Any]]:
     """address -> spec as the files say it, secrets resolved (memoised with the plan's dumps)."""
     return _desired(loaded, graph)[1]
 
@@ -299,7 +302,7 @@ def _prevent_destroy(spec: dict[str, Any] | None) -> bool:
     return bool(spec and spec.get("lifecycle", {}).get("prevent_destroy"))
 
 
-def _lineage_reason(addr: str, kind: str, graph: Any, state: dict, hashes: dict) -> str:
+def _lineage_reason(addr: str, kind: str, graph: Graph, state: dict, hashes: dict) -> str:
     if kind == "dataset":
         return "dataset file content changed"
     if kind == "model":
@@ -336,7 +339,7 @@ def _gate_holds(plan: Plan, store: Store, state: dict[str, Any]) -> None:
             ch.reasons.append(f"serves v{serving}, {ref} now resolves to v{chosen.version}")
 
 
-def _check_versions(plan: Plan, store: Store, graph: Any) -> None:
+def _check_versions(plan: Plan, store: Store, graph: Graph) -> None:
     """At most MAX_VERSIONS versions per model: existing versions + the ones this plan adds."""
     adds: dict[tuple[str, str], list[str]] = {}
     for ch in plan.changes:
@@ -356,7 +359,7 @@ def _check_versions(plan: Plan, store: Store, graph: Any) -> None:
             )
 
 
-def _estimates(plan: Plan, graph: Any, samples: dict, catalog: Any) -> None:
+def _estimates(plan: Plan, graph: Graph, samples: dict, catalog: Catalog | None) -> None:
     one_off = [0.0, 0.0]
     per_hour = 0.0
     known = True
@@ -391,7 +394,7 @@ def _estimates(plan: Plan, graph: Any, samples: dict, catalog: Any) -> None:
     }
 
 
-def _deployment_base(graph: Any, addr: str) -> str | None:
+def _deployment_base(graph: Graph, addr: str) -> str | None:
     for dep in graph.edges.get(addr, ()):
         b = graph.bases.get(dep)
         if b:

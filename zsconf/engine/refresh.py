@@ -10,12 +10,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from zsconf.engine.gateway import GATEWAY
 from zsconf.names import JOB_KINDS
 from zsconf.plans import Drift
 from zsconf.state import RunRow, Store
+
+if TYPE_CHECKING:
+    from zsconf.executors import Executor
 
 __all__ = ["Observed", "instance_alive", "observe_run", "read_result", "refresh", "routed_ids"]
 
@@ -36,7 +39,7 @@ def read_result(workdir: str) -> dict[str, Any] | None:
         return None
 
 
-def observe_run(executor: Any, run: RunRow) -> Any:
+def observe_run(executor: Executor, run: RunRow) -> Any:
     """The executor's Observation of a job run; re-adopts it from the recorded handle when the
     executor has lost track of it (another process's executor, a restart)."""
     obs = executor.observe(run.run_id)
@@ -48,7 +51,7 @@ def observe_run(executor: Any, run: RunRow) -> Any:
     return obs
 
 
-def instance_alive(executor: Any, run: RunRow) -> bool:
+def instance_alive(executor: Executor, run: RunRow) -> bool:
     if not run.handle.get("process"):
         return False
     from zsconf.executors import InstanceHandle
@@ -61,7 +64,7 @@ def routed_ids(row: Any) -> list[str]:
     return [i.get("run_id") for i in (row.outputs or {}).get("instances") or []]
 
 
-def _instances_drift(executor: Any, row: Any, runs: list[RunRow]) -> str:
+def _instances_drift(executor: Executor, row: Any, runs: list[RunRow]) -> str:
     """Why a running deployment's instances are not what the gateway routes to ('' when they
     are): a recorded instance died, or a crash between starting one and routing to it left the
     routing pointing elsewhere (the truth the gateway and the status both read is the routing)."""
@@ -80,11 +83,11 @@ def _instances_drift(executor: Any, row: Any, runs: list[RunRow]) -> str:
     return ""
 
 
-def _gateway_alive(executor: Any) -> bool:
+def _gateway_alive(executor: Executor) -> bool:
     return any(h.deployment == GATEWAY and executor.instance_alive(h) for h in executor.list_instances())
 
 
-def refresh(store: Store, rows: dict[str, Any] | None = None, executor: Any = None) -> Observed:
+def refresh(store: Store, rows: dict[str, Any] | None = None, executor: Executor | None = None) -> Observed:
     """`rows`: the resource rows when the caller has read them already. Without an executor only
     the files are checked (processes are not observed)."""
     obs = Observed()

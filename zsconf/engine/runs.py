@@ -25,7 +25,7 @@ from zsconf.state import ModelVersion, RunRow, Store
 
 if TYPE_CHECKING:
     from zsconf.catalog import Catalog
-    from zsconf.executors import JobRequest
+    from zsconf.executors import Executor, JobRequest
 
 __all__ = ["FINISH_LOCK", "finish_runs", "flavor_cards", "job_request", "new_run_id", "next_version"]
 
@@ -36,12 +36,10 @@ def new_run_id(addr: str, content_hash: str, suffix: str = "") -> str:
 
 
 def flavor_cards(catalog: Catalog, flavor: str) -> tuple[int, str]:
-    """(cards per node, device) of a catalog flavor; (0, "cpu") when unknown."""
-    try:
-        fl = catalog.flavor(flavor)
-    except Exception:
-        return 0, "cpu"
-    return int(getattr(fl, "cards", 0) or 0), str(getattr(fl, "device", "cpu") or "cpu")
+    """(cards per node, device) of a catalog flavor; (0, "cpu") for a flavor the catalog lacks
+    (a row applied under an older catalog: the graph refuses such names in the files)."""
+    found = catalog.flavors.get(flavor)
+    return (found.cards, found.device) if found is not None else (0, "cpu")
 
 
 def job_request(
@@ -72,7 +70,7 @@ def next_version(store: Store, tenant: str, model: str) -> int:
     return (max(v.version for v in have) + 1) if have else 1
 
 
-def finish_runs(store: Store, executor: Any) -> list[str]:
+def finish_runs(store: Store, executor: Executor) -> list[str]:
     """Record job runs that ended since last seen: status, and the model version they produced.
     Idempotent (a version is registered once per run). Called by apply and the daemon."""
     done: list[str] = []

@@ -13,9 +13,12 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from zsconf.executors.base import Executor, InstanceHandle, InstanceRequest, Observation
+
+if TYPE_CHECKING:
+    from zsconf.executors.base import Executor
 
 __all__ = [
     "UNCONDITIONAL_MAX_IN_A_ROW",
@@ -104,7 +107,7 @@ def enforce_auto_stop(
 
 
 def ensure_instances(
-    executor: Any,
+    executor: Executor,
     current: Sequence[InstanceHandle],
     want: int,
     make_request: Callable[[int], InstanceRequest],

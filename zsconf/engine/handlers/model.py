@@ -73,14 +73,9 @@ def _validate(ctx: ApplyContext, ch: Change, src: Path) -> None:
 
 
 def _build_debug_base(ctx: ApplyContext, base: str, path: Path) -> None:
-    cat = ctx.catalog
-    if cat is None:
-        from zsconf.engine.estimates import _catalog
+    from zsconf.catalog import load_catalog
 
-        cat = _catalog()
-    if cat is None:
-        raise ExecutorError(f"cannot build {base}: the catalog (zsconf.catalog) is not available")
-    entry = cat.model(base)
+    entry = (ctx.catalog or load_catalog()).model(base)
     entry_dict = entry.model_dump(mode="json") if hasattr(entry, "model_dump") else dict(entry)
     path.parent.mkdir(parents=True, exist_ok=True)
     spec_path = path.parent / f"{path.name}.spec.json"
