@@ -8,10 +8,13 @@ groups change); read by `runners.gateway`. The gateway re-reads `config_path` wh
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "ERROR_CODES",
+    "ErrorCode",
     "GatewayConfig",
     "GatewayDeployment",
     "GatewayGroup",
@@ -22,23 +25,47 @@ __all__ = [
 ]
 
 
-# The platform's error table (REFERENCE.md): code -> (type, HTTP status, meaning). One copy, read
-# by the gateway (responses) and by `zsconf usage` (failure messages).
+class ErrorCode(StrEnum):
+    """The platform's error codes (REFERENCE.md), named by their type: `ErrorCode.AK_BANNED` is
+    "700003". A member is its code string wherever a string is wanted (bodies, usage rows)."""
+
+    INVOKE_MODEL_ERROR = "500001"
+    PARAM_ERROR = "500002"
+    SYSTEM_ERROR = "500003"
+    INCORRECT_API_KEY_PROVIDED = "500004"
+    INVOKE_TEXT_AUDIT_ERROR = "600001"
+    TEXT_AUDIT_NOT_PASS = "600002"
+    TEXT_AUDIT_QUESTION_NOT_PASS = "600003"
+    TEXT_AUDIT_ANSWER_NOT_PASSED = "600004"
+    RESOURCES_TIPS = "600005"
+    AK_RPM_RATELIMITING = "700001"
+    AK_TPM_RATELIMITING = "700002"
+    AK_BANNED = "700003"
+    MODEL_RPM_RATELIMITING = "700004"
+    MODEL_TPM_RATELIMITING = "700005"
+
+
+_STATUS_AND_MEANING: dict[ErrorCode, tuple[int, str]] = {
+    ErrorCode.INVOKE_MODEL_ERROR: (500, "model service failed"),
+    ErrorCode.PARAM_ERROR: (400, "invalid parameters"),
+    ErrorCode.SYSTEM_ERROR: (500, "system error"),
+    ErrorCode.INCORRECT_API_KEY_PROVIDED: (401, "wrong AppKey"),
+    ErrorCode.INVOKE_TEXT_AUDIT_ERROR: (400, "content moderation could not check the call"),
+    ErrorCode.TEXT_AUDIT_NOT_PASS: (400, "content moderation blocked the call"),
+    ErrorCode.TEXT_AUDIT_QUESTION_NOT_PASS: (400, "content moderation blocked the question"),
+    ErrorCode.TEXT_AUDIT_ANSWER_NOT_PASSED: (400, "content moderation blocked the answer"),
+    ErrorCode.RESOURCES_TIPS: (429, "free trial quota used up"),
+    ErrorCode.AK_RPM_RATELIMITING: (429, "requests per minute over the key's limit"),
+    ErrorCode.AK_TPM_RATELIMITING: (429, "tokens per minute over the key's limit"),
+    ErrorCode.AK_BANNED: (429, "key banned"),
+    ErrorCode.MODEL_RPM_RATELIMITING: (429, "requests per minute over the model's limit"),
+    ErrorCode.MODEL_TPM_RATELIMITING: (429, "tokens per minute over the model's limit"),
+}
+
+# The platform's error table: code -> (type, HTTP status, meaning). One copy, read by the gateway
+# (responses) and by `zsconf usage` (failure messages).
 ERROR_CODES: dict[str, tuple[str, int, str]] = {
-    "500001": ("INVOKE_MODEL_ERROR", 500, "model service failed"),
-    "500002": ("PARAM_ERROR", 400, "invalid parameters"),
-    "500003": ("SYSTEM_ERROR", 500, "system error"),
-    "500004": ("INCORRECT_API_KEY_PROVIDED", 401, "wrong AppKey"),
-    "600001": ("INVOKE_TEXT_AUDIT_ERROR", 400, "content moderation could not check the call"),
-    "600002": ("TEXT_AUDIT_NOT_PASS", 400, "content moderation blocked the call"),
-    "600003": ("TEXT_AUDIT_QUESTION_NOT_PASS", 400, "content moderation blocked the question"),
-    "600004": ("TEXT_AUDIT_ANSWER_NOT_PASSED", 400, "content moderation blocked the answer"),
-    "600005": ("RESOURCES_TIPS", 429, "free trial quota used up"),
-    "700001": ("AK_RPM_RATELIMITING", 429, "requests per minute over the key's limit"),
-    "700002": ("AK_TPM_RATELIMITING", 429, "tokens per minute over the key's limit"),
-    "700003": ("AK_BANNED", 429, "key banned"),
-    "700004": ("MODEL_RPM_RATELIMITING", 429, "requests per minute over the model's limit"),
-    "700005": ("MODEL_TPM_RATELIMITING", 429, "tokens per minute over the model's limit"),
+    code.value: (code.name, status, meaning) for code, (status, meaning) in _STATUS_AND_MEANING.items()
 }
 
 

@@ -45,7 +45,7 @@ class _FileReport:
     errors: tuple[Any, ...]
 
 
-# (resolved path, format) -> ((mtime_ns, size), report or the error reading raised)
+# (path, format) -> ((mtime_ns, size), report or the error reading raised)
 _REPORTS: dict[tuple[str, str], tuple[tuple[int, int], _FileReport | Exception]] = {}
 
 
@@ -55,7 +55,7 @@ def _report(path: Path, fmt: str) -> _FileReport | Exception:
     from schemas.samples import read_dataset
 
     st = path.stat()
-    key, ident = (str(path.resolve()), fmt), (st.st_mtime_ns, st.st_size)
+    key, ident = (str(path), fmt), (st.st_mtime_ns, st.st_size)  # absolute: under the stack dir
     cached = _REPORTS.get(key)
     if cached is not None and cached[0] == ident:
         return cached[1]

@@ -28,7 +28,7 @@ from litestar.params import Dependency
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from runners.gateway.config import Table, load_table
-from runners.gateway.errors import PlatformError, error_body
+from runners.gateway.errors import Code, PlatformError, error_body
 from runners.gateway.keycache import KeyCache
 from runners.gateway.limits import Limiter
 from runners.gateway.metering import Meter
@@ -137,15 +137,20 @@ class Gateway:
                     token = value[7:].strip()
                 break
         if not token:
-            raise PlatformError("500004", "missing API key: send Authorization: Bearer <key>")
+            raise PlatformError(
+                Code.INCORRECT_API_KEY_PROVIDED, "missing API key: send Authorization: Bearer <key>"
+            )
         key = self.keys.get(token) or await self.keys.lookup(token)
         if key is None or key.revoked:
-            raise PlatformError("500004", "incorrect API key provided")
+            raise PlatformError(Code.INCORRECT_API_KEY_PROVIDED, "incorrect API key provided")
         if key.banned:
-            raise PlatformError("700003", "this API key is banned")
+            raise PlatformError(Code.AK_BANNED, "this API key is banned")
         group = self.table.groups.get((key.tenant, key.group))
         if group is None or not group.enabled:
-            raise PlatformError("500004", f"service group {key.tenant}/{key.group} is disabled or absent")
+            raise PlatformError(
+                Code.INCORRECT_API_KEY_PROVIDED,
+                f"service group {key.tenant}/{key.group} is disabled or absent",
+            )
         return key, group
 
 
@@ -191,7 +196,7 @@ async def _asgi_call(scope: Scope, receive: Receive, send: Send, kind: str) -> N
     profile showed those at about a quarter of the gateway's CPU per call). The gateway comes from
     the app state; the principal from the auth middleware."""
     if scope["method"] != "POST":
-        await _send_error(send, PlatformError("500002", "method not allowed: use POST"), 405)
+        await _send_error(send, PlatformError(Code.PARAM_ERROR, "method not allowed: use POST"), 405)
         return
     gw: Gateway = scope["app"].state.gateway
     key, group = scope["zs_principal"]  # type: ignore[typeddict-item]
@@ -283,12 +288,12 @@ class MetricsController(Controller):
 
 
 def _http_error(_request: Request, exc: HTTPException) -> Response:
-    code = "500002"
+    code = Code.PARAM_ERROR
     msg = exc.detail
     if exc.status_code == 404:
         msg = "not found"
     elif exc.status_code >= 500:
-        code = "500003"
+        code = Code.SYSTEM_ERROR
     return Response(error_body(code, str(msg)), status_code=exc.status_code, media_type=_JSON)
 
 
@@ -298,7 +303,7 @@ def _platform_error(_request: Request, exc: PlatformError) -> Response:
 
 def _internal_error(_request: Request, exc: Exception) -> Response:
     log.exception("internal error")  # the log gets the trace; the client never does
-    return Response(error_body("500003", "system error"), status_code=500, media_type=_JSON)
+    return Response(error_body(Code.SYSTEM_ERROR, "system error"), status_code=500, media_type=_JSON)
 
 
 def create_app(spec: GatewaySpec) -> Litestar:

@@ -1,7 +1,7 @@
 """Request checks of the platform's call rules (REFERENCE.md "Service groups, keys and calls").
 
 Called by the handlers on the decoded JSON body (plain dicts from msgspec: no pydantic per request).
-Every failure raises `PlatformError("500002", ...)` naming the field. Decisions:
+Every failure raises `PlatformError(Code.PARAM_ERROR, ...)` naming the field. Decisions:
 
 - temperature: accepted in [0, 2): the manual's range is (0, 2); 0 is accepted as greedy decoding
   because OpenAI clients send it for deterministic output.
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from runners.gateway.errors import PlatformError
+from runners.gateway.errors import Code, PlatformError
 
 __all__ = ["check_chat", "check_completion", "estimate_tokens", "message_text"]
 
@@ -26,7 +26,7 @@ _ROLES = frozenset({"system", "user", "assistant", "tool"})
 
 
 def _bad(msg: str) -> PlatformError:
-    return PlatformError("500002", msg)
+    return PlatformError(Code.PARAM_ERROR, msg)
 
 
 def _number(body: dict, name: str) -> float | None:

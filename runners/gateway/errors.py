@@ -9,8 +9,9 @@ from __future__ import annotations
 import msgspec
 
 from schemas.run_gateway import ERROR_CODES
+from schemas.run_gateway import ErrorCode as Code
 
-__all__ = ["CODES", "PlatformError", "error_body"]
+__all__ = ["CODES", "Code", "PlatformError", "error_body"]
 
 # code -> (type, http status), from the one table in schemas.run_gateway
 CODES: dict[str, tuple[str, int]] = {code: (t, status) for code, (t, status, _m) in ERROR_CODES.items()}
@@ -29,7 +30,7 @@ class PlatformError(Exception):
 
     def __init__(self, code: str, message: str, retry_after: int | None = None) -> None:
         super().__init__(f"{code} {message}")
-        self.code = code
+        self.code = str(code)  # the plain code string: usage rows and bodies store exactly this
         self.message = message
         self.retry_after = retry_after
 

@@ -20,8 +20,12 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from typing import TYPE_CHECKING
 
-from runners.gateway.errors import PlatformError
+from runners.gateway.errors import Code, PlatformError
+
+if TYPE_CHECKING:
+    from runners.gateway.config import Deployment, Group
 
 __all__ = ["Limiter", "Window"]
 
@@ -71,29 +75,21 @@ class Limiter:
         return w
 
     def admit(
-        self,
-        now: float,
-        key_id: str,
-        group_key: tuple[str, str],
-        model: str,
-        key_rpm: int | None,
-        key_tpm: int | None,
-        model_rpm: int | None,
-        model_tpm: int | None,
-        dep_key: tuple[str, str],
-        qps_limit: int,
-        qps_window: float,
-        prompt_tokens: int,
+        self, now: float, key_id: str, group: Group, dep: Deployment, model: str, prompt_tokens: int
     ) -> list[list[float]]:
-        """Check every limit, then charge them all (all or nothing). Returns the token entries
-        to which `settle` adds completion tokens."""
+        """Check every limit of the key's group (per key, per model) and the deployment's QPS,
+        then charge them all (all or nothing). Returns the token entries `settle` corrects."""
+        key_rpm, key_tpm = group.key_rpm, group.key_tpm
+        model_rpm, model_tpm = group.model_limits.get(model, (None, None))
+        group_key = (group.tenant, group.name)
+        qps_limit = dep.qps_limit
         checks = []
         if key_rpm:
             w = self._w(("kr", key_id), MINUTE)
             w.expire(now)
             if w.total + 1 > key_rpm:
                 raise PlatformError(
-                    "700001",
+                    Code.AK_RPM_RATELIMITING,
                     f"requests per minute over the key's limit ({key_rpm})",
                     w.retry_after(now, 1, key_rpm),
                 )
@@ -103,7 +99,7 @@ class Limiter:
             w.expire(now)
             if w.total + prompt_tokens > key_tpm:
                 raise PlatformError(
-                    "700002",
+                    Code.AK_TPM_RATELIMITING,
                     f"tokens per minute over the key's limit ({key_tpm})",
                     w.retry_after(now, prompt_tokens, key_tpm),
                 )
@@ -113,7 +109,7 @@ class Limiter:
             w.expire(now)
             if w.total + 1 > model_rpm:
                 raise PlatformError(
-                    "700004",
+                    Code.MODEL_RPM_RATELIMITING,
                     f"requests per minute over the limit of model {model!r} ({model_rpm})",
                     w.retry_after(now, 1, model_rpm),
                 )
@@ -123,17 +119,19 @@ class Limiter:
             w.expire(now)
             if w.total + prompt_tokens > model_tpm:
                 raise PlatformError(
-                    "700005",
+                    Code.MODEL_TPM_RATELIMITING,
                     f"tokens per minute over the limit of model {model!r} ({model_tpm})",
                     w.retry_after(now, prompt_tokens, model_tpm),
                 )
             checks.append((w, 0))
         if qps_limit:
-            w = self._w(("q", dep_key), qps_window)
+            w = self._w(("q", dep.tenant, dep.name), dep.qps_window)
             w.expire(now)
             if w.total + 1 > qps_limit:
                 raise PlatformError(
-                    "700004", f"model {model!r} is over its QPS limit", w.retry_after(now, 1, qps_limit)
+                    Code.MODEL_RPM_RATELIMITING,
+                    f"model {model!r} is over its QPS limit",
+                    w.retry_after(now, 1, qps_limit),
                 )
             checks.append((w, 1))
         token_entries = []

@@ -12,6 +12,7 @@ import logging
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from runners.gateway.proxy import Call
     from zsconf.state import Store
 
 __all__ = ["Meter"]
@@ -26,11 +27,16 @@ class Meter:
         self._buf: list[tuple] = []
         self._lock = asyncio.Lock()
 
-    def record(self, *fields: object) -> None:
-        """fields in `zsconf.state.USAGE_COLUMNS` order: ts, tenant, group, key_id, model,
-        deployment, instance, prompt_tokens, completion_tokens, latency_ms, ttft_ms, status,
-        error_code, stream."""
-        self._buf.append(fields)
+    def record(self, c: Call, ts: float, latency_s: float) -> None:
+        """Buffer the usage row of a finished call, in `zsconf.state.USAGE_COLUMNS` order: ts,
+        tenant, group, key_id, model, deployment, instance, prompt_tokens, completion_tokens,
+        latency_ms, ttft_ms, status, error_code, stream (a tuple: the cheapest thing to keep)."""
+        key, dep, inst = c.key, c.dep, c.inst
+        self._buf.append((
+            ts, key.tenant, key.group, key.id, c.model, dep.name if dep is not None else c.model,
+            inst.id if inst is not None else None, c.prompt, c.completion, latency_s * 1000.0,
+            c.ttft * 1000.0 if c.ttft is not None else None, c.status, c.code, c.stream,
+        ))  # fmt: skip
 
     def _write(self, batch: list[tuple]) -> None:
         """One Core INSERT of many rows (ORM objects cost ~10x more CPU per record)."""

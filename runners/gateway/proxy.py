@@ -17,7 +17,7 @@ import aiohttp
 import msgspec
 
 from runners.gateway.checks import check_chat, check_completion, estimate_tokens
-from runners.gateway.errors import PlatformError, error_body
+from runners.gateway.errors import Code, PlatformError, error_body
 
 if TYPE_CHECKING:
     from runners.gateway.config import Deployment, Group, Instance, Table
@@ -139,23 +139,7 @@ class Proxy:
         if total and c.status == 200:
             used = self.keys.tokens_used
             used[c.key.id] = used.get(c.key.id, 0) + total
-        dep = c.dep
-        self.meter.record(
-            time.time(),
-            c.key.tenant,
-            c.key.group,
-            c.key.id,
-            c.model,
-            dep.name if dep is not None else c.model,
-            c.inst.id if c.inst is not None else None,
-            c.prompt,
-            c.completion,
-            latency * 1000.0,
-            c.ttft * 1000.0 if c.ttft is not None else None,
-            c.status,
-            c.code,
-            c.stream,
-        )
+        self.meter.record(c, time.time(), latency)
         self.metrics.observe(c.model, c.key.group, c.status, c.code, c.prompt, c.completion, latency, c.ttft)
 
     def fail(self, c: Call, err: PlatformError) -> PlatformError:
@@ -179,7 +163,7 @@ class Proxy:
             status = 404 if c.status == 404 else err.status
             return status, err.body(), err.headers()
         except (TimeoutError, aiohttp.ClientError) as exc:
-            err = PlatformError("500001", f"model service failed: {type(exc).__name__}")
+            err = PlatformError(Code.INVOKE_MODEL_ERROR, f"model service failed: {type(exc).__name__}")
             self.fail(c, err)
             return err.status, err.body(), {}
 
@@ -187,18 +171,18 @@ class Proxy:
         try:
             body = _decode(raw)
         except msgspec.DecodeError as exc:
-            raise PlatformError("500002", f"request body is not valid JSON: {exc}") from None
+            raise PlatformError(Code.PARAM_ERROR, f"request body is not valid JSON: {exc}") from None
         if not isinstance(body, dict):
-            raise PlatformError("500002", "request body must be a JSON object")
+            raise PlatformError(Code.PARAM_ERROR, "request body must be a JSON object")
         model = body.get("model")
         if not isinstance(model, str) or not model:
-            raise PlatformError("500002", "model is required")
+            raise PlatformError(Code.PARAM_ERROR, "model is required")
         c.model = model
         group = c.group
         dep = group.services.get(model)
         if dep is None:
             c.status = 404
-            raise PlatformError("500002", f"model {model!r} not found")
+            raise PlatformError(Code.PARAM_ERROR, f"model {model!r} not found")
         c.dep = dep
         text = (check_chat if kind == "chat" else check_completion)(body, dep.max_tokens_cap)
         stream = body.get("stream") is True
@@ -216,31 +200,20 @@ class Proxy:
                     and _blocked(str(msgs[0].get("content") or ""), words) is not None
                 )
                 raise PlatformError(
-                    "600002" if sys_hit else "600003", "the input did not pass content moderation"
+                    Code.TEXT_AUDIT_NOT_PASS if sys_hit else Code.TEXT_AUDIT_QUESTION_NOT_PASS,
+                    "the input did not pass content moderation",
                 )
             tools = body.get("tools")
             if tools and _blocked(_encode(tools).decode(), words) is not None:
-                raise PlatformError("600002", "the tool definitions did not pass content moderation")
+                raise PlatformError(
+                    Code.TEXT_AUDIT_NOT_PASS, "the tool definitions did not pass content moderation"
+                )
         if group.trial_tokens is not None and self.keys.tokens_used.get(c.key.id, 0) >= group.trial_tokens:
             raise PlatformError(
-                "600005", f"the free trial allowance of {group.trial_tokens} tokens is used up"
+                Code.RESOURCES_TIPS, f"the free trial allowance of {group.trial_tokens} tokens is used up"
             )
         c.estimate = estimate_tokens(text)
-        mrpm, mtpm = group.model_limits.get(model, (None, None))
-        c.entries = self.limiter.admit(
-            time.monotonic(),
-            c.key.id,
-            (group.tenant, group.name),
-            model,
-            group.key_rpm,
-            group.key_tpm,
-            mrpm,
-            mtpm,
-            (dep.tenant, dep.name),
-            dep.qps_limit,
-            dep.qps_window,
-            c.estimate,
-        )
+        c.entries = self.limiter.admit(time.monotonic(), c.key.id, group, dep, model, c.estimate)
         # The upstream body: the served model name, and usage always asked for when streaming.
         client_usage = False
         changed = False
@@ -265,8 +238,8 @@ class Proxy:
             resp.release()
             msg = _upstream_message(data)
             if resp.status < 500:
-                raise PlatformError("500002", f"rejected by the model service: {msg}")
-            raise PlatformError("500001", f"model service failed ({resp.status}): {msg}")
+                raise PlatformError(Code.PARAM_ERROR, f"rejected by the model service: {msg}")
+            raise PlatformError(Code.INVOKE_MODEL_ERROR, f"model service failed ({resp.status}): {msg}")
         if not stream:
             return await self._json(c, resp, words if group.check_output else ())
         return self._relay(c, resp, client_usage, words if group.check_output else (), kind)
@@ -282,7 +255,9 @@ class Proxy:
             doc = _decode(data)
             usage = doc.get("usage") or {}
         except (msgspec.DecodeError, AttributeError):
-            raise PlatformError("500001", "the model service sent an invalid response") from None
+            raise PlatformError(
+                Code.INVOKE_MODEL_ERROR, "the model service sent an invalid response"
+            ) from None
         c.prompt = int(usage.get("prompt_tokens") or c.estimate)
         c.completion = int(usage.get("completion_tokens") or 0)
         if words:
@@ -292,10 +267,12 @@ class Proxy:
                 )
             except (KeyError, TypeError, AttributeError):
                 raise PlatformError(
-                    "600001", "the answer could not be checked by content moderation"
+                    Code.INVOKE_TEXT_AUDIT_ERROR, "the answer could not be checked by content moderation"
                 ) from None
             if _blocked(text, words) is not None:
-                raise PlatformError("600004", "the answer did not pass content moderation")
+                raise PlatformError(
+                    Code.TEXT_AUDIT_ANSWER_NOT_PASSED, "the answer did not pass content moderation"
+                )
         self.finish(c)
         return 200, data, {}
 
@@ -343,7 +320,7 @@ class Proxy:
                 for i, ev in enumerate(events):
                     if ev.error is not msgspec.UNSET:
                         msg = _upstream_message(_split(block)[0][i])
-                        raise PlatformError("500001", f"model service failed: {msg}")
+                        raise PlatformError(Code.INVOKE_MODEL_ERROR, f"model service failed: {msg}")
                     choices = ev.choices
                     if choices:
                         last = (block, i)
@@ -364,7 +341,9 @@ class Proxy:
                 if pieces and words:
                     text = tail + "".join(pieces).lower()
                     if _hit(text, words) is not None:
-                        raise PlatformError("600004", "the answer did not pass content moderation")
+                        raise PlatformError(
+                            Code.TEXT_AUDIT_ANSWER_NOT_PASSED, "the answer did not pass content moderation"
+                        )
                     tail = text[-keep:] if keep else ""
                 extra = b""
                 if done and client_usage and not seen_usage:
@@ -385,9 +364,9 @@ class Proxy:
             yield b"data: " + error_body(err.code, err.message) + b"\n\n", False
         except (TimeoutError, aiohttp.ClientError) as exc:
             if not done:  # after [DONE] the client has its answer; only the connection is lost
-                c.code = "500001"
+                c.code = Code.INVOKE_MODEL_ERROR.value
                 msg = f"model service failed: {type(exc).__name__}"
-                yield b"data: " + error_body("500001", msg) + b"\n\n", False
+                yield b"data: " + error_body(Code.INVOKE_MODEL_ERROR, msg) + b"\n\n", False
         finally:
             if ok:
                 resp.release()
@@ -456,7 +435,7 @@ def _parse(block: bytes) -> tuple[list[_Event], bool]:
     except msgspec.DecodeError:
         events = []
     if len(events) != len(payloads):
-        raise PlatformError("500001", "the model service sent an invalid event")
+        raise PlatformError(Code.INVOKE_MODEL_ERROR, "the model service sent an invalid event")
     return events, done
 
 

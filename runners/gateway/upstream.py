@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
-from runners.gateway.errors import PlatformError
+from runners.gateway.errors import Code, PlatformError
 
 if TYPE_CHECKING:
     from runners.gateway.config import Deployment, Instance
@@ -56,7 +56,9 @@ class Upstream:
         """POST to the least loaded healthy instance; the caller must release the response and
         decrement `instance.outstanding` when done."""
         if not dep.instances:
-            raise PlatformError("500001", f"model service {dep.name!r} has no running instance")
+            raise PlatformError(
+                Code.INVOKE_MODEL_ERROR, f"model service {dep.name!r} has no running instance"
+            )
         headers = {"Content-Type": "application/json"}
         if auth:
             headers["Authorization"] = auth
@@ -82,4 +84,6 @@ class Upstream:
             inst.failures = 0
             inst.down_until = 0.0
             return resp, inst
-        raise PlatformError("500001", f"model service {dep.name!r} is unreachable: {type(last).__name__}")
+        raise PlatformError(
+            Code.INVOKE_MODEL_ERROR, f"model service {dep.name!r} is unreachable: {type(last).__name__}"
+        )
