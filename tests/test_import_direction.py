@@ -10,7 +10,7 @@
 - `runners/` import `schemas`, `kernels`, each other, and of zsconf only the state store (the
   gateway keeps keys and usage there): never the engine, the CLI or the daemon.
 - The CLI sits on top: it imports what it drives (the engine, and the daemon it runs), no runner.
-- No import cycle between two modules anywhere.
+- No import cycle between two modules at run time (type-only imports under TYPE_CHECKING aside).
 
 The CLI is on top rather than the daemon's helpers moved down: `zsconf daemon` and `zsconf up` run
 the daemon in-process, so the CLI must import it; nothing below imports the CLI.
@@ -37,11 +37,24 @@ def _modules() -> dict[str, Path]:
 MODULES = _modules()
 
 
-def _imports(path: Path) -> set[str]:
+def _type_only(tree: ast.Module) -> set[int]:
+    """ids of the import nodes inside `if TYPE_CHECKING:` blocks (no import at run time)."""
+    out: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            out |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
+    return out
+
+
+def _imports(path: Path, runtime_only: bool = False) -> set[str]:
     """Every module of ours `path` imports, at any depth (a name imported from a package counts
-    as its submodule when one of that name exists)."""
+    as its submodule when one of that name exists); `runtime_only` leaves out type-only ones."""
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    skip = _type_only(tree) if runtime_only else set()
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             subs = [f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in MODULES]
             found.update(subs)
@@ -53,6 +66,7 @@ def _imports(path: Path) -> set[str]:
 
 
 GRAPH = {name: _imports(path) for name, path in MODULES.items()}
+RUNTIME = {name: _imports(path, runtime_only=True) for name, path in MODULES.items()}
 
 
 def _layer(module: str) -> str:
@@ -83,14 +97,15 @@ def test_imports_point_one_way() -> None:
 
 
 def test_no_import_cycles() -> None:
-    """Tarjan's strongly connected components over module -> module imports."""
+    """Tarjan's strongly connected components over module -> module imports made at run time
+    (a type-only import under TYPE_CHECKING is how two modules name each other's types)."""
 
     def resolve(dep: str) -> str | None:
         while dep and dep not in MODULES:
             dep = dep.rpartition(".")[0]
         return dep or None
 
-    graph = {m: {r for d in deps if (r := resolve(d)) and r != m} for m, deps in GRAPH.items()}
+    graph = {m: {r for d in deps if (r := resolve(d)) and r != m} for m, deps in RUNTIME.items()}
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []
