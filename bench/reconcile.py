@@ -190,7 +190,7 @@ def main() -> int:
             if not result.ok:
                 raise SystemExit(f"initial apply failed: {result.diagnostics}")
             print(f"initial apply: {time.perf_counter() - t:.1f} s ({args.server} server)")
-            secret = next(iter(result.secrets.values()), [""])[0]
+            secret = next((k.secret for k in result.new_keys), "")
             with open(log, "wb") as err:
                 daemon = subprocess.Popen(
                     [sys.executable, "-m", "zsconf.cli.main", "daemon", str(stack), "--interval", "30s"],
