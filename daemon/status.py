@@ -245,16 +245,11 @@ def _deployment_health(
     routed = set(routed_ids(row))
     serving = [r for r in runs if r.status == "running" and r.run_id in routed]
     starting = [r for r in runs if r.status in ACTIVE_RUN and r.run_id not in routed]
-    text = f"{len(serving)} of {want} instances running"
-    if starting:
-        text += f", {len(starting)} starting"
+    more = f", {len(starting)} starting" if starting else ""
     if not serving:
-        return "Progressing", f"no instance running yet (0 of {want})" + (
-            f", {len(starting)} starting" if starting else ""
-        )
-    if len(serving) != want or starting:
-        return "Progressing", text
-    return "Healthy", text
+        return "Progressing", f"no instance running yet (0 of {want}){more}"
+    text = f"{len(serving)} of {want} instances running{more}"
+    return ("Progressing" if len(serving) != want or starting else "Healthy"), text
 
 
 def _runs_by_address(store: Store) -> dict[str, list[Any]]:

@@ -15,7 +15,7 @@ from schemas.platform import Platform
 from schemas.service_groups import ServiceGroup
 from schemas.tenants import Tenant
 
-__all__ = ["KINDS", "Stack", "address", "parse_address"]
+__all__ = ["KINDS", "Stack", "address", "parse_address", "parse_reference"]
 
 # stack key -> (singular kind used in addresses, spec class). Order = the order of plan output.
 KINDS: dict[str, tuple[str, type[Spec]]] = {
@@ -47,6 +47,25 @@ def parse_address(addr: str) -> tuple[str, str | None, str]:
     raise ValueError(
         f"invalid address {addr!r}: expected KIND/TENANT/NAME (or tenant/NAME), KIND one of {kinds}"
     )
+
+
+def parse_reference(text: str, kind: str) -> tuple[str | None, str]:
+    """(tenant or None, name) of a resource of `kind` as a person names it: the address the CLI
+    prints (`kind/tenant/name`), `kind/name`, `tenant/name` or a bare `name`. Another kind's
+    address, or anything else, raises ValueError naming the expected form."""
+    parts = text.split("/")
+    if len(parts) == 3 and parts[0] != kind:
+        raise ValueError(f"{text!r} is a {parts[0]}, not a {kind}")
+    tenant: str | None
+    if len(parts) == 3:
+        tenant, name = parts[1], parts[2]
+    elif len(parts) == 2:
+        tenant, name = (None, parts[1]) if parts[0] == kind else (parts[0], parts[1])
+    else:
+        tenant, name = None, parts[0] if len(parts) == 1 else ""
+    if not name or tenant == "":
+        raise ValueError(f"{text!r} is not an address: expected {kind}/TENANT/NAME")
+    return tenant, name
 
 
 class Stack(Spec):

@@ -87,27 +87,26 @@ def known_groups(store: Store) -> set[tuple[str, str]]:
 def resolve_group(store: Store, ref: str) -> tuple[str, str]:
     """(tenant, group) from `service_group/tenant/group` (as the CLI prints it), `tenant/group`,
     or `group` when exactly one tenant has a group of that name."""
-    parts = ref.split("/")
-    if parts[0] == "service_group" and len(parts) == 3:
-        parts = parts[1:]
-    if not all(parts) or len(parts) > 2:
-        raise StateError(
-            f"bad service group {ref!r}: expected service_group/TENANT/GROUP, TENANT/GROUP or GROUP"
-        )
-    if len(parts) == 2:
-        if (parts[0], parts[1]) not in known_groups(store):
-            known = ", ".join(sorted(f"service_group/{t}/{g}" for t, g in known_groups(store))) or "none"
-            raise StateError(f"no service group {'/'.join(parts)} in the state (known: {known})")
-        return parts[0], parts[1]
-    matches = sorted(t for t, g in known_groups(store) if g == ref)
+    from schemas.stack import parse_reference
+
+    try:
+        tenant, group = parse_reference(ref, "service_group")
+    except ValueError as exc:
+        raise StateError(f"bad service group: {exc}") from None
+    groups = known_groups(store)
+    known = ", ".join(sorted(f"service_group/{t}/{g}" for t, g in groups)) or "none"
+    if tenant is not None:
+        if (tenant, group) not in groups:
+            raise StateError(f"no service group {tenant}/{group} in the state (known: {known})")
+        return tenant, group
+    matches = sorted(t for t, g in groups if g == group)
     if not matches:
-        known = ", ".join(sorted(f"service_group/{t}/{g}" for t, g in known_groups(store))) or "none"
-        raise StateError(f"no service group named {ref!r} in the state (known: {known})")
+        raise StateError(f"no service group named {group!r} in the state (known: {known})")
     if len(matches) > 1:
         raise StateError(
-            f"service group {ref!r} is ambiguous: {', '.join(f'service_group/{t}/{ref}' for t in matches)}"
+            f"service group {group!r} is ambiguous: {', '.join(f'service_group/{t}/{group}' for t in matches)}"
         )
-    return matches[0], ref
+    return matches[0], group
 
 
 def active_keys(store: Store, tenant: str, group: str) -> list[ApiKey]:

@@ -14,7 +14,7 @@ import typer
 
 from zsconf.cli.stackdir import StackDir, stack_dir
 
-__all__ = ["HELP", "daemon", "parse_seconds", "register"]
+__all__ = ["HELP", "daemon", "lock_seconds", "parse_seconds", "register"]
 
 
 def parse_seconds(text: str, option: str, allow_zero: bool = False) -> float:
@@ -34,6 +34,11 @@ def parse_seconds(text: str, option: str, allow_zero: bool = False) -> float:
     if value < 0 or (value == 0 and not allow_zero):
         raise typer.BadParameter("must be more than 0", param_hint=option)
     return value
+
+
+def lock_seconds(text: str) -> float:
+    """--lock-timeout of apply, destroy, state rm and the job commands (0 = do not wait)."""
+    return parse_seconds(text, "--lock-timeout", allow_zero=True)
 
 
 def daemon(

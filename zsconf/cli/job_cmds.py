@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from zsconf.cli.daemon_cmds import lock_seconds
 from zsconf.cli.stackdir import StackDir, at_flag, stack_dir
 from zsconf.names import JOB_KINDS
 
@@ -87,12 +88,6 @@ def resolve_job_address(store: Store, text: str, directory: Path | None = None) 
     raise StateError(f"{text!r} is ambiguous: {', '.join(matches)} (give the full address)")
 
 
-def _seconds(text: str) -> float:
-    from zsconf.cli.daemon_cmds import parse_seconds
-
-    return parse_seconds(text, "--lock-timeout", allow_zero=True)
-
-
 def stop(address: Address, stack: StackDir = None, lock_timeout: LockTimeout = "30s") -> None:
     """Stop a running or queued job. A training run finishes the step in flight and checkpoints it
     (SIGKILL after 30 s). The job keeps its checkpoints and is not restarted automatically;
@@ -102,7 +97,7 @@ def stop(address: Address, stack: StackDir = None, lock_timeout: LockTimeout = "
     from zsconf.executors import default_executor
     from zsconf.executors.supervise import latest_checkpoint
 
-    wait_s = _seconds(lock_timeout)
+    wait_s = lock_seconds(lock_timeout)
     directory = stack_dir(stack)
     store = _store(directory)
     addr = resolve_job_address(store, address, directory)
@@ -121,7 +116,7 @@ def resume(address: Address, stack: StackDir = None, lock_timeout: LockTimeout =
     from zsconf.engine.jobs import resume_job
     from zsconf.executors import default_executor
 
-    wait_s = _seconds(lock_timeout)
+    wait_s = lock_seconds(lock_timeout)
     directory = stack_dir(stack)
     store = _store(directory)
     addr = resolve_job_address(store, address, directory)

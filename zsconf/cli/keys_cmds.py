@@ -46,32 +46,40 @@ def _status(k: Any) -> str:
 
 
 def _show_secret(
-    secret: str, row: Any, as_json: bool, revoked: list[str] | None = None, quiet: bool = False
+    secret: str,
+    row: Any,
+    directory: Path,
+    as_json: bool,
+    revoked: list[str] | None = None,
+    quiet: bool = False,
 ) -> None:
+    """Print a new key once, then forget the copy kept until it was shown (`zsconf.keys`)."""
     from zsconf.cli.output import console, print_json
+    from zsconf.keys import NewKey, forget_keys
 
     if quiet:  # the secret alone, for `export ZSCONF_KEY=$(zsconf keys create GROUP --quiet)`
         sys.stdout.write(secret + "\n")
-        return
-    if as_json:
+    elif as_json:
         out = {"id": row.id, "tenant": row.tenant, "group": row.group, "prefix": row.prefix, "secret": secret}
         if revoked is not None:
             out["revoked"] = revoked
         print_json(out)
-        return
-    c = console()
-    if revoked:
-        c.print(f"revoked {', '.join(revoked)}", markup=False)
-    c.print(f"created key {row.id} for {row.tenant}/{row.group}", markup=False)
-    c.print(secret, markup=False, highlight=False)
-    c.print("This secret is shown once: store it now; zsconf keeps only its hash.", markup=False)
+    else:
+        c = console()
+        if revoked:
+            c.print(f"revoked {', '.join(revoked)}", markup=False)
+        c.print(f"created key {row.id} for {row.tenant}/{row.group}", markup=False)
+        c.print(secret, markup=False, highlight=False)
+        c.print("This secret is shown once: store it now; zsconf keeps only its hash.", markup=False)
+    sys.stdout.flush()
+    forget_keys(directory, [NewKey(f"service_group/{row.tenant}/{row.group}", row.id, secret)])
 
 
 def create(
     group: GroupArg, stack: StackDir = None, as_json: JsonOpt = False, quiet: QuietOpt = False
 ) -> None:
     """Create a key (at most 5 per group) and print its secret once."""
-    from zsconf.keys import NewKey, create_key, forget_keys, resolve_group
+    from zsconf.keys import create_key, resolve_group
 
     store, directory = _open(stack)
     try:
@@ -79,9 +87,7 @@ def create(
         secret, row = create_key(store, tenant, name, directory)
     finally:
         store.close()
-    _show_secret(secret, row, as_json, quiet=quiet)
-    sys.stdout.flush()
-    forget_keys(directory, [NewKey(f"service_group/{tenant}/{name}", row.id, secret)])
+    _show_secret(secret, row, directory, as_json, quiet=quiet)
 
 
 def list_keys(group: GroupArg, stack: StackDir = None, as_json: JsonOpt = False) -> None:
@@ -145,7 +151,7 @@ def rotate(
     quiet: QuietOpt = False,
 ) -> None:
     """Revoke a key (or all) and create a new one; prints the new secret once."""
-    from zsconf.keys import NewKey, forget_keys, resolve_group, rotate_key
+    from zsconf.keys import resolve_group, rotate_key
 
     store, directory = _open(stack)
     try:
@@ -153,9 +159,7 @@ def rotate(
         secret, row, revoked = rotate_key(store, tenant, name, key_id, directory)
     finally:
         store.close()
-    _show_secret(secret, row, as_json, revoked, quiet)
-    sys.stdout.flush()
-    forget_keys(directory, [NewKey(f"service_group/{tenant}/{name}", row.id, secret)])
+    _show_secret(secret, row, directory, as_json, revoked, quiet)
 
 
 def ban(

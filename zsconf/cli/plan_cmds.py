@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from zsconf.cli.daemon_cmds import lock_seconds
 from zsconf.cli.stackdir import StackDir, stack_dir
 
 if TYPE_CHECKING:
@@ -38,12 +39,6 @@ def _split(args: list[str] | None, option: Path | None) -> tuple[Path, list[str]
     return stack_dir(option, positional), args
 
 
-def _seconds(text: str) -> float:
-    from zsconf.cli.daemon_cmds import parse_seconds
-
-    return parse_seconds(text, "--lock-timeout", allow_zero=True)
-
-
 def _engine(directory: Path, read_only: bool = False) -> Engine:
     from zsconf.engine import Engine
 
@@ -55,11 +50,9 @@ def _read_plan(path: Path) -> Plan:
     from zsconf.errors import PlanError
     from zsconf.plans import Plan
 
+    data = path.read_bytes()  # an OSError is one line from cli.main.run
     try:
-        data = json.loads(path.read_bytes())
-        return Plan.from_dict(data)
-    except OSError as exc:
-        raise PlanError(f"cannot read {path}: {exc.strerror or exc}") from None
+        return Plan.from_dict(json.loads(data))
     except (ValueError, TypeError, KeyError, AttributeError) as exc:  # not JSON, not UTF-8, not a plan
         why = f"missing {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0][:120]
         raise PlanError(f"{path} is not a plan saved by `zsconf plan -o FILE` ({why})") from None
@@ -126,12 +119,7 @@ def plan(
     else:
         _print_plan(p)
     if out is not None:
-        try:
-            out.write_text(plan_json(p))
-        except OSError as exc:
-            from zsconf.errors import PlanError
-
-            raise PlanError(f"-o {out}: {exc.strerror or exc}") from None
+        out.write_text(plan_json(p))
         if not as_json:
             _err(f"Saved the plan to {out}; apply it with `zsconf apply {out}`.")
     if not p.can_apply():
@@ -248,7 +236,7 @@ def apply(
     stack: StackDir = None,
 ) -> None:
     """Make the platform match the stack (or apply a saved plan file)."""
-    wait_s = _seconds(lock_timeout)  # a usage error before anything is opened
+    wait_s = lock_seconds(lock_timeout)  # a usage error before anything is opened
     first = (args or [None])[0]
     if first and Path(first).is_file():
         p = _read_plan(Path(first))
@@ -281,7 +269,7 @@ def destroy(
 ) -> None:
     """Destroy every resource of the stack recorded in the state."""
     directory, overrides = _split(args, stack)
-    wait_s = _seconds(lock_timeout)
+    wait_s = lock_seconds(lock_timeout)
     eng = _engine(directory)
     with eng.store.locked("destroy", wait_s):
         p = eng.plan(overrides, targets=target or [], destroy=True)
@@ -333,7 +321,7 @@ def show(
         from zsconf.errors import StateLockedError
 
         eng = _engine(directory, read_only=True)
-        if eng.store.url != "sqlite://":  # an empty in-memory state has no runs to finish
+        if not eng.store.ephemeral:
             try:
                 with eng.store.locked("show", 5):
                     finish_runs(eng.store, eng.executor)
@@ -394,7 +382,7 @@ def state_rm(
     """Forget a resource without touching what runs (zsconf will plan to create it again)."""
     from zsconf.errors import StateError
 
-    wait_s = _seconds(lock_timeout)
+    wait_s = lock_seconds(lock_timeout)
     eng = _engine(stack_dir(stack, state_only=True), read_only=True)
     with eng.store.locked("state rm", wait_s):
         if not eng.store.remove_resource(address):

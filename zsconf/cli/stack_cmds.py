@@ -181,12 +181,7 @@ def schema(
     if output is None:
         sys.stdout.write(json.dumps(_schema(), indent=2, ensure_ascii=False) + "\n")
         return
-    try:
-        _write_schema(output)
-    except OSError as exc:
-        from zsconf.errors import ZsconfError
-
-        raise ZsconfError(f"-o {output}: {exc.strerror or exc}") from None
+    _write_schema(output)
     from zsconf.cli.output import err_console
 
     err_console().print(

@@ -5,7 +5,7 @@ positional DIR where a command has always taken one (validate, plan, apply, dest
 status), `-C DIR` on every command (`--dir`; `--stack` kept as an alias), or else the stack that
 contains the working directory, found upward as git finds its repository. A resource is named the
 way the CLI prints it: `kind/tenant/name` (`tenant/name` for a tenant), with `kind/name` and a
-bare `name` accepted where they are unambiguous.
+bare `name` accepted where they are unambiguous (`schemas.stack.parse_reference`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import typer
 
 from zsconf.errors import ZsconfError
 
-__all__ = ["StackDir", "StackNotFoundError", "at_flag", "find_stack", "split_address", "stack_dir"]
+__all__ = ["StackDir", "StackNotFoundError", "at_flag", "find_stack", "stack_dir"]
 
 StackDir = Annotated[
     Path | None,
@@ -102,22 +102,3 @@ def _relative(path: Path) -> Path:
     except ValueError:
         return path.resolve()
     return rel if str(rel) != "" else Path(".")
-
-
-def split_address(text: str, kind: str) -> tuple[str | None, str]:
-    """(tenant or None, name) from `kind/tenant/name`, `kind/name`, `tenant/name` or `name`, for
-    a command that takes a resource of `kind`. Another kind's address is refused by name."""
-    parts = text.split("/")
-    if len(parts) == 3:
-        if parts[0] != kind:
-            raise ZsconfError(f"{text!r} is a {parts[0]}, not a {kind}")
-        tenant, name = parts[1], parts[2]
-    elif len(parts) == 2:
-        tenant, name = (None, parts[1]) if parts[0] == kind else (parts[0], parts[1])
-    elif len(parts) == 1:
-        tenant, name = None, parts[0]
-    else:
-        raise ZsconfError(f"{text!r} is not an address: expected {kind}/TENANT/NAME")
-    if not name or tenant == "":
-        raise ZsconfError(f"{text!r} is not an address: expected {kind}/TENANT/NAME")
-    return tenant, name

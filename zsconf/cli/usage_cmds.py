@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from zsconf.cli.stackdir import StackDir, split_address, stack_dir
+from zsconf.cli.stackdir import StackDir, stack_dir
 
 __all__ = ["register"]
 
@@ -67,14 +67,17 @@ def usage(
         seconds = parse_duration(since)
     except ValueError as exc:
         raise ZsconfError(f"--since {since!r}: {exc}") from None
+    from schemas.stack import parse_reference
+
     tenant = None
-    if group:
-        tenant, group = split_address(group, "service_group")
-    if model:
-        model_tenant, model = split_address(model, "deployment")
-        tenant = tenant or model_tenant
-    if csv_path is not None and not csv_path.parent.is_dir():
-        raise ZsconfError(f"--csv {csv_path}: directory {csv_path.parent} does not exist")
+    try:
+        if group:
+            tenant, group = parse_reference(group, "service_group")
+        if model:
+            model_tenant, model = parse_reference(model, "deployment")
+            tenant = tenant or model_tenant
+    except ValueError as exc:
+        raise ZsconfError(str(exc)) from None
     store = open_store(stack_dir=stack_dir(stack, state_only=True), create=False)
     try:
         records = query_usage(store, seconds, group=group, model=model, tenant=tenant)
@@ -82,10 +85,7 @@ def usage(
         store.close()
     summary = summarize(records)
     if csv_path is not None:
-        try:
-            n = write_csv(records, csv_path)
-        except OSError as exc:
-            raise ZsconfError(f"--csv {csv_path}: {exc.strerror or exc}") from None
+        n = write_csv(records, csv_path)
         if not as_json:
             console().print(f"wrote {n} records to {csv_path}", markup=False)
     if as_json:

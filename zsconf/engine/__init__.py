@@ -116,11 +116,11 @@ class Engine:
 
             raise StackError(stack_diagnostics(exc, self.catalog)) from None
         # Everything validate refuses, reported together: graph problems and every dataset's.
+        problems = check_datasets(loaded)[1]
         try:
             graph = build_graph(loaded, self.catalog)
         except StackError as exc:
-            raise StackError([*exc.diagnostics, *check_datasets(loaded)[1]]) from None
-        problems = check_datasets(loaded)[1]
+            raise StackError([*exc.diagnostics, *problems]) from None
         self._cache = (key, loaded, graph, problems)
         if problems and check_files:
             raise StackError(problems)
@@ -137,7 +137,7 @@ class Engine:
     ) -> Plan:
         loaded, graph = self.load(overrides, check_files=not destroy)
         # An empty in-memory state (a read-only look at a stack never applied) has nothing to observe.
-        executor = self.executor if self.store.url != "sqlite://" else None
+        executor = None if self.store.ephemeral else self.executor
         return make_plan(
             loaded, self.store, graph, catalog=self.catalog, targets=targets, replace=replace,
             destroy=destroy, refresh_only=refresh_only, overrides=overrides, executor=executor,
@@ -223,7 +223,7 @@ class Engine:
     def gateway_url(self) -> str | None:
         from zsconf.engine.gateway import gateway_url
 
-        return gateway_url(self.stack_dir, self.executor)
+        return gateway_url(self.executor)
 
     def refresh(self) -> Observed:
         """What the executor and the file system say now (drift, runs that ended); writes nothing."""

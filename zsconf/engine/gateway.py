@@ -214,7 +214,7 @@ def _sync(
     return GatewayInfo(url=f"{handle.url}/v1", pid=handle.pid, changed=True, started=True)
 
 
-def gateway_url(stack_dir: Path, executor: Executor) -> str | None:
+def gateway_url(executor: Executor) -> str | None:
     """The running gateway's OpenAI base URL, or None."""
     for h in executor.list_instances():
         if h.deployment == GATEWAY and executor.instance_alive(h):

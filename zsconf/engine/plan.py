@@ -181,13 +181,6 @@ def make_plan(
     return plan
 
 
-def _host_cards() -> int | None:
-    """Accelerator cards of this host (None on a CPU-only host: cards are not counted there)."""
-    from zsconf.executors import host_cards
-
-    return host_cards()
-
-
 def _capacity(
     plan: Plan, rows: dict[str, Any], graph: Graph, catalog: Catalog | None, stack_tenants: dict[str, Any]
 ) -> None:
@@ -204,7 +197,9 @@ def _capacity(
         if row.kind in ("finetune", "compression", "evaluation") and row.status == "running":
             res = row.spec.get("resources", {})
             running.append((addr, row.tenant, cards_of(res.get("flavor", ""), res.get("nodes", 1))))
-    host = _host_cards()
+    from zsconf.executors import host_cards
+
+    host = host_cards()  # None on a CPU-only host: cards are not counted there
     for ch in plan.changes:
         if ch.kind not in ("finetune", "compression", "evaluation") or ch.action not in (
             Action.CREATE,

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zsconf.engine.gateway import GATEWAY
+from zsconf.engine.gateway import GATEWAY, gateway_url
 from zsconf.names import JOB_KINDS
 from zsconf.plans import Drift
 from zsconf.state import RunRow, Store
@@ -83,10 +83,6 @@ def _instances_drift(executor: Executor, row: Any, runs: list[RunRow]) -> str:
     return ""
 
 
-def _gateway_alive(executor: Executor) -> bool:
-    return any(h.deployment == GATEWAY and executor.instance_alive(h) for h in executor.list_instances())
-
-
 def refresh(store: Store, rows: dict[str, Any] | None = None, executor: Executor | None = None) -> Observed:
     """`rows`: the resource rows when the caller has read them already. Without an executor only
     the files are checked (processes are not observed)."""
@@ -105,7 +101,7 @@ def refresh(store: Store, rows: dict[str, Any] | None = None, executor: Executor
             obs.broken[owner] = msg
     if executor is None:
         return obs
-    if any(r.kind == "service_group" for r in rows.values()) and not _gateway_alive(executor):
+    if any(r.kind == "service_group" for r in rows.values()) and gateway_url(executor) is None:
         obs.drift.append(Drift(GATEWAY, "the gateway is not running; apply starts it", apply_fixes=True))
     watched = {
         a

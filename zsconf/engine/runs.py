@@ -20,6 +20,7 @@ from zsconf.engine import gates
 from zsconf.engine.context import crash_point
 from zsconf.engine.hashing import dir_digest
 from zsconf.engine.refresh import read_result, refresh
+from zsconf.names import VERSIONING_KINDS
 from zsconf.registry import runner, runner_argv
 from zsconf.state import ModelVersion, RunRow, Store
 
@@ -60,7 +61,7 @@ def job_request(
         run_id=run_id, address=address, spec_path=str(spec_path), workdir=str(workdir), argv=argv,
         module=r.module, kind=kind, cards=cards, nodes=nodes,
         device=device, priority=int(resources.get("priority") or 0), tenant=tenant,
-        max_cards_for_tenant=max_cards, deepspeed_stage=resources.get("deepspeed_stage"),
+        max_cards_for_tenant=max_cards, deepspeed_stage=stage,
     )  # fmt: skip
 
 
@@ -68,6 +69,9 @@ def next_version(store: Store, tenant: str, model: str) -> int:
     """The number the next version of a model gets."""
     have = store.model_versions(tenant, model)
     return (max(v.version for v in have) + 1) if have else 1
+
+
+FINISH_LOCK = threading.Lock()  # finishing runs and restarting jobs: one thread at a time
 
 
 def finish_runs(store: Store, executor: Executor) -> list[str]:
@@ -79,9 +83,6 @@ def finish_runs(store: Store, executor: Executor) -> list[str]:
             _finish_one(store, run, obs)
             done.append(run.run_id)
     return done
-
-
-FINISH_LOCK = threading.Lock()  # finishing runs and restarting jobs: one thread at a time
 
 
 def _gate_status(res: dict[str, Any]) -> str | None:
@@ -100,15 +101,14 @@ def _finish_one(store: Store, run: RunRow, obs: Any) -> None:
         status = "cancelled"
     if status == "failed" and not res.get("error"):
         res["error"] = obs.message or f"exit code {obs.exit_code}"
-    if status == "succeeded" and row is not None and row.kind in ("finetune", "compression"):
+    if status == "succeeded" and row is not None and row.kind in VERSIONING_KINDS:
         out = row.spec.get("output", {})
         model_dir = (res.get("outputs") or {}).get("model_dir") or run.output_dir
         existing = [
             v for v in store.model_versions(row.tenant, out.get("model")) if v.source_run == run.run_id
         ]
         if not existing:
-            have = store.model_versions(row.tenant, out.get("model"))
-            version = (max(v.version for v in have) + 1) if have else 1
+            version = next_version(store, row.tenant or "", out.get("model"))
             quant = row.spec.get("strategy") if row.kind == "compression" else None
             store.add_model_version(
                 ModelVersion(tenant=row.tenant or "", model=out.get("model"), version=version,

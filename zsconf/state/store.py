@@ -174,6 +174,12 @@ class Store:
                 s.commit()
 
     @property
+    def ephemeral(self) -> bool:
+        """An empty state held in memory (`open_store(create=False)` on a stack never applied):
+        nothing was ever applied from it, so nothing runs to observe or finish."""
+        return self.url == "sqlite://"
+
+    @property
     def display_url(self) -> str:
         """The URL with any password hidden."""
         try:

@@ -11,7 +11,6 @@ from zsconf.plans import Action, Change
 __all__ = ["apply_dataset", "apply_tenant"]
 
 
-# -- per kind ----------------------------------------------------------------------------------
 def apply_tenant(ctx: ApplyContext, ch: Change) -> str:
     if ch.action is Action.DELETE:
         ctx.store.remove_resource(ch.address)

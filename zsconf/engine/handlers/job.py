@@ -21,6 +21,7 @@ from zsconf.engine.context import (
     resolved_spec,
     split_address,
 )
+from zsconf.engine.jobs import supervise_jobs
 from zsconf.engine.refresh import read_result
 from zsconf.engine.runs import FINISH_LOCK, finish_runs, job_request, new_run_id, next_version
 from zsconf.errors import ExecutorError, PermanentError
@@ -133,8 +134,6 @@ def _job_inputs(ctx: ApplyContext, spec: Any, tenant: str, kind: str) -> dict[st
 def wait_run(ctx: ApplyContext, run_id: str, poll: float = 0.2) -> str:
     """Wait for a job to end, following its restarts: auto_restart (applied by `supervise_jobs`,
     as the daemon does) starts a new run of the same address that resumes from a checkpoint."""
-    from zsconf.engine.jobs import supervise_jobs
-
     first = ctx.store.run(run_id)
     if first is None:
         raise ExecutorError(f"run {run_id} vanished from state")

@@ -75,8 +75,7 @@ def _validate(ctx: ApplyContext, ch: Change, src: Path) -> None:
 def _build_debug_base(ctx: ApplyContext, base: str, path: Path) -> None:
     from zsconf.catalog import load_catalog
 
-    entry = (ctx.catalog or load_catalog()).model(base)
-    entry_dict = entry.model_dump(mode="json") if hasattr(entry, "model_dump") else dict(entry)
+    entry_dict = (ctx.catalog or load_catalog()).model(base).model_dump(mode="json")
     path.parent.mkdir(parents=True, exist_ok=True)
     spec_path = path.parent / f"{path.name}.spec.json"
     spec_path.write_text(json.dumps({"entry": {"name": base, **entry_dict}, "output_dir": str(path)}))

@@ -22,10 +22,9 @@ def apply_service_group(ctx: ApplyContext, ch: Change) -> str:
         ctx.store.revoke_api_keys(tenant, name)
     spec = desired_spec(ctx, ch.address)
     active = [k for k in ctx.store.api_keys(tenant, name) if k.revoked_at is None]
-    new = 0
-    for _ in range(spec.keys - len(active)):
+    new = max(0, spec.keys - len(active))
+    for _ in range(new):
         create_key(ctx.store, tenant, name, ctx.stack_dir)  # kept until shown: never lost by a crash
-        new += 1
     if len(active) > spec.keys:
         from zsconf.state.models import utcnow
 
