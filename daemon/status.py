@@ -241,6 +241,11 @@ def _deployment_health(
         return "Suspended", "state: stopped"
     if addr in broken:
         return "Degraded", broken[addr]
+    host = (row.outputs or {}).get("adapter_on")
+    if host:  # served by the host's instances: healthy as they are
+        if host in broken:
+            return "Degraded", f"adapter on {host}: {broken[host]}"
+        return "Healthy", f"adapter on {host}"
     want = int((desired or row.spec or {}).get("instances", 1) or 0)
     routed = set(routed_ids(row))
     serving = [r for r in runs if r.status == "running" and r.run_id in routed]

@@ -75,6 +75,9 @@ class ModelEntry(_Strict):
     )
     checkpoint_format: Literal["huggingface", "megatron"] | None = None
     debug: DebugDims | None = None
+    tool_parser: str | None = Field(
+        default=None, description="vLLM tool-call parser of the family's format (001 §12); null = none"
+    )
 
     @model_validator(mode="after")
     def _ranges(self) -> ModelEntry:

@@ -29,13 +29,15 @@ class Deployment(Resource):
             "auto_stop",
             "state",
             "notify",
+            "adapter_on",
         }
     )
 
     description: Description(256)  # type: ignore[valid-type]
     model: ModelRef = Field(description="NAME@N or NAME@latest (follows new versions, rolling)")
     engine: Literal["auto", "vllm", "embedded"] = Field(
-        default="auto", description="auto = vLLM on GPU/NPU flavors, the embedded engine on CPU"
+        default="auto",
+        description="auto = vLLM wherever its engine environment is or can be installed, else embedded",
     )
     flavor: str = "cpu.small"
     instances: int = Field(default=1, ge=1, le=128)
@@ -46,3 +48,11 @@ class Deployment(Resource):
     state: Literal["running", "stopped"] = "running"
     engine_args: dict[str, Any] = Field(default_factory=dict, description="extra engine flags, e.g. vLLM's")
     notify: Notify = Field(default_factory=Notify)
+    adapter_on: str | None = Field(
+        default=None,
+        description=(
+            "serve this LoRA fine-tune's output as an adapter on the servers of the named deployment "
+            "(same tenant, vLLM, serving the fine-tune's base model) instead of merged weights on "
+            "servers of its own; instances, flavor and engine then follow that deployment"
+        ),
+    )

@@ -34,6 +34,16 @@ class ServeSpec(BaseModel):
     api_key: str | None = Field(default=None, description="internal key the gateway sends as a Bearer token")
     engine_args: dict[str, Any] = Field(default_factory=dict)
     workdir: str | None = Field(default=None, description="run directory (events.jsonl goes here when set)")
+    # vLLM only. The interpreter of the engine environment vLLM is installed in (zsconf.envs); None =
+    # this interpreter, when vLLM is importable here.
+    python: str | None = Field(default=None, description="the engine environment's python (vLLM)")
+    tool_parser: str | None = Field(default=None, description="vLLM tool-call parser for the model family")
+    # LoRA adapters served beside the base weights: served name -> adapter folder (peft format).
+    lora_modules: dict[str, str] = Field(default_factory=dict)
+    max_lora_rank: int | None = Field(default=None, ge=1, le=512)
+    # vLLM on CPU reserves 90 % of the host's memory unless told a KV-cache size: the plan gives one
+    # from the flavor, so servers (and jobs) can share a machine.
+    kv_cache_memory_bytes: int | None = Field(default=None, ge=1)
 
 
 def _visible_cards(env: Mapping[str, str]) -> int:
@@ -51,12 +61,14 @@ def serve_spec_from_envelope(data: Mapping[str, Any], env: Mapping[str, str]) ->
     name is `inputs.served_model_name`, else the deployment's name (what clients send as `model`).
     The port comes from `ZSCONF_PORT` (set by the executor), the internal key from
     `ZSCONF_SERVE_API_KEY` (secrets stay out of spec files), cards from the visible-devices
-    variable the executor set. engine `auto` = vLLM on cuda/npu, embedded otherwise."""
+    variable the executor set. The engine is the one the plan chose (`inputs.engine`, with the
+    environment's interpreter in `inputs.engine_python`); an envelope without it falls back to
+    vLLM on cuda/npu and the embedded engine otherwise."""
     spec = dict(data.get("spec") or {})
     inputs = dict(data.get("inputs") or {})
     address = str(data.get("address", ""))
     device = str(data.get("device") or "auto")
-    engine = spec.get("engine", "auto")
+    engine = inputs.get("engine") or spec.get("engine", "auto")
     if engine == "auto":
         engine = "vllm" if device in ("cuda", "npu") else "embedded"
     return ServeSpec.model_validate(
@@ -73,5 +85,10 @@ def serve_spec_from_envelope(data: Mapping[str, Any], env: Mapping[str, str]) ->
             "api_key": env.get("ZSCONF_SERVE_API_KEY") or inputs.get("api_key"),
             "engine_args": spec.get("engine_args") or {},
             "workdir": data.get("workdir"),
+            "python": inputs.get("engine_python"),
+            "tool_parser": inputs.get("tool_parser"),
+            "lora_modules": inputs.get("lora_modules") or {},
+            "max_lora_rank": inputs.get("max_lora_rank"),
+            "kv_cache_memory_bytes": inputs.get("kv_cache_memory_bytes"),
         }
     )

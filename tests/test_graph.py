@@ -373,11 +373,19 @@ def test_ten_thousand_resources_build(tmp_path: Path, catalog) -> None:
     assert len(order) == len(graph.nodes) > 9000
 
 
-def test_vllm_needs_an_accelerator_flavor(tmp_path: Path, catalog) -> None:
-    diags = graph_errors(
-        tmp_path, HEAD + "deployments:\n  chat: {model: base@1, engine: vllm, flavor: cpu.small}\n", catalog
+def test_a_model_the_chosen_engine_cannot_serve_is_refused(tmp_path: Path, catalog) -> None:
+    """vLLM's CPU build serves W8A8 int8 but not FP8: engine auto on a CPU flavor is vLLM there
+    (an empty environments folder: installable), so the FP8 deployment is refused at its model."""
+    stack = HEAD + (
+        "compressions:\n  fp8:\n    model: base@1\n    strategy: fp8-dynamic\n    output: {model: base-fp8}\n"
+        "  int8:\n    model: base@1\n    strategy: smoothquant-w8a8\n    calibration: {dataset: chats}\n"
+        "    output: {model: base-int8}\n"
+        "deployments:\n  a: {model: base-fp8@latest}\n  b: {model: base-int8@latest}\n"
+        "  c: {model: base-fp8@latest, engine: embedded}\n"
     )
-    assert [d.path for d in diags] == ["deployments.chat.engine"]
+    diags = graph_errors(tmp_path, stack, catalog)
+    assert [d.path for d in diags] == ["deployments.a.model"]
+    assert diags[0].message.startswith("base-fp8@latest: vLLM on cpu does not serve fp8-dynamic models")
 
 
 def test_at_most_ten_versions(tmp_path: Path, catalog) -> None:

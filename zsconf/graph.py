@@ -296,7 +296,11 @@ def resolve_references(b: _Builder) -> None:
         _resolve_model(b, addr, f"{key}.{name}.model", spec.model, spec.tenant)
         _resolve(b, addr, f"{key}.{name}.dataset", "datasets", spec.dataset, spec.tenant)
     for key, name, spec, addr in b.items("deployments"):
-        _resolve_model(b, addr, f"{key}.{name}.model", spec.model, spec.tenant)
+        creator = _resolve_model(b, addr, f"{key}.{name}.model", spec.model, spec.tenant)
+        if spec.adapter_on is not None and spec.adapter_on != name:  # itself: check_adapters says so
+            host = _resolve(b, addr, f"{key}.{name}.adapter_on", "deployments", spec.adapter_on, spec.tenant)
+            if host is not None and creator is not None:
+                b.edge(host, creator)  # the host's servers load the adapter this job makes
     for key, name, spec, addr in b.items("service_groups"):
         for index, service in enumerate(spec.services):
             _resolve(b, addr, f"{key}.{name}.services.{index}", "deployments", service, spec.tenant)
@@ -348,6 +352,82 @@ def _is_quantized(b: _Builder, tenant: str | None, ref: str) -> bool:
     return kind == "compressions" or (kind == "models" and spec.quantization != "none")
 
 
+def _quantization_strategy(b: _Builder, tenant: str | None, ref: str) -> str | None:
+    """The compression strategy behind model `ref` (None: not quantized, or not known here)."""
+    name, _ = parse_model_ref(ref)
+    creator = b.graph.model_creators.get((tenant, name))  # type: ignore[arg-type]
+    if creator is None:
+        return None
+    spec = b.graph.nodes[creator]
+    if b.graph.kinds[creator] == "compressions":
+        return str(spec.strategy)
+    return None
+
+
+def _check_serving(b: _Builder, key: str, name: str, spec: Any, flavor_device: str) -> None:
+    """The engine the deployment gets can be had here and serves its model on the device."""
+    from zsconf.serving import choose, unsupported_quantization
+
+    serving = choose(spec.engine, flavor_device)
+    if isinstance(serving, str):
+        b.error(f"{key}.{name}.engine", serving)
+        return
+    refused = unsupported_quantization(serving, _quantization_strategy(b, spec.tenant, spec.model))
+    if refused:
+        b.error(f"{key}.{name}.model", f"{spec.model}: {refused}")
+
+
+# LoRA target modules vLLM serves adapters for (it refuses lm_head and embedding adapters at load).
+VLLM_LORA_TARGETS = frozenset({"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"})
+
+
+def check_adapters(b: _Builder) -> None:
+    """`adapter_on`: the model is a LoRA fine-tune's output whose targets vLLM can serve, and the
+    host is a vLLM deployment of that fine-tune's input model that is not an adapter itself."""
+    from zsconf.serving import choose
+
+    for key, name, spec, addr in b.items("deployments"):
+        if spec.adapter_on is None:
+            continue
+        path = f"{key}.{name}.adapter_on"
+        host_addr = b.by_name.get(("deployments", spec.adapter_on))
+        if host_addr is None or b.graph.nodes[host_addr].tenant != spec.tenant:
+            continue  # resolve_references reported it
+        host = b.graph.nodes[host_addr]
+        if host_addr == addr or host.adapter_on is not None:
+            b.error(
+                path,
+                f"{spec.adapter_on!r} must serve a base model; it is {'this deployment' if host_addr == addr else 'an adapter deployment itself'}",
+            )
+            continue
+        model_name, _ = parse_model_ref(spec.model)
+        creator = b.graph.model_creators.get((spec.tenant, model_name))  # type: ignore[arg-type]
+        job = b.graph.nodes.get(creator) if creator else None
+        if creator is None or b.graph.kinds[creator] != "finetunes" or job.method != "lora":
+            b.error(
+                path,
+                f"{spec.model} is not the output of a LoRA fine-tune: only LoRA adapters are served on another deployment's servers",
+            )
+            continue
+        job_name = creator.rsplit("/", 1)[-1]
+        wrong = sorted(set(job.hyperparameters.lora_targets) - VLLM_LORA_TARGETS)
+        if wrong:
+            b.error(
+                f"finetunes.{job_name}.hyperparameters.lora_targets",
+                f"vLLM serves adapters on {', '.join(sorted(VLLM_LORA_TARGETS))} only; {', '.join(wrong)} "
+                f"cannot be served as an adapter (deployments.{name}.adapter_on): serve merged weights "
+                "(remove adapter_on) or train without them",
+            )
+        if parse_model_ref(host.model)[0] != parse_model_ref(job.model)[0]:
+            b.error(path, f"{spec.adapter_on!r} serves {host.model}; the adapter was trained on {job.model}")
+        flavor = b.catalog.flavors.get(host.flavor) if b.catalog is not None else None
+        serving = choose(host.engine, flavor.device) if flavor is not None else None
+        if serving is not None and not isinstance(serving, str) and serving.engine != "vllm":
+            b.error(
+                path, f"{spec.adapter_on!r} runs the {serving.engine} engine; adapters are served by vLLM"
+            )
+
+
 def compute_bases(b: _Builder) -> None:
     """The catalog base model behind every model, job, evaluation and deployment."""
     for _, _, _, addr in b.items("models", *_JOB_KINDS, "evaluations", "deployments"):
@@ -365,12 +445,8 @@ def check_catalog(b: _Builder) -> None:
         _catalog_lookup(b, "flavor", spec.resources.flavor, f"{key}.{name}.resources.flavor")
     for key, name, spec, _addr in b.items("deployments"):
         flavor = _catalog_lookup(b, "flavor", spec.flavor, f"{key}.{name}.flavor")
-        if flavor is not None and spec.engine == "vllm" and flavor.device == "cpu":
-            b.error(
-                f"{key}.{name}.engine",
-                f"engine vllm needs a GPU or NPU flavor; {spec.flavor} is a CPU flavor "
-                "(use engine: embedded or auto)",
-            )
+        if flavor is not None:
+            _check_serving(b, key, name, spec, flavor.device)
 
     known = set(b.catalog.models) if hasattr(b.catalog, "models") else None
     for key, name, spec, addr in b.items(*_JOB_KINDS):
@@ -570,6 +646,7 @@ STEPS: tuple[Callable[[_Builder], None], ...] = (
     resolve_references,
     compute_bases,
     check_catalog,
+    check_adapters,
     check_dataset_formats,
     check_quotas,
     check_cycles,

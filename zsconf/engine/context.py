@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -63,9 +64,19 @@ class ApplyContext:
         storage = loaded.stack.platform.storage if loaded is not None else ".zsconf/artifacts"
         self.artifacts = (self.stack_dir / storage).resolve()
         self.lock = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+        # Progress of a long step inside a handler, as (address, phase, message): the CLI's live
+        # table or its lines (set by the walk).
+        self.emit: Callable[[str, str, str], None] = lambda address, phase, message: None
         # Jobs that another change of this plan depends on are followed to completion: their
         # model version is the dependent's input.
         self.needed = {d for c in plan.actionable() if c.action is not Action.DELETE for d in c.dependencies}
+
+    def lock_for(self, address: str) -> threading.Lock:
+        """One lock per resource, for handlers that act on a resource other than their own (an
+        adapter deployment reloading its host's servers)."""
+        with self.lock:
+            return self._locks.setdefault(address, threading.Lock())
 
 
 def crash_point(name: str) -> None:

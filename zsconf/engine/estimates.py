@@ -58,7 +58,15 @@ def estimate(
         return out
     if kind == "deployment":
         flavor = _flavor(cat, spec.flavor)
+        if spec.adapter_on is not None:  # no servers of its own: the host's cost covers it
+            return {"engine": f"vllm: LoRA adapter on the servers of deployment {spec.adapter_on!r}"}
         out = {"flavor": spec.flavor, "instances": spec.instances}
+        if flavor is not None:
+            from zsconf.serving import choose
+
+            serving = choose(spec.engine, flavor.device)
+            if not isinstance(serving, str):  # refusals are the graph's errors
+                out["engine"] = serving.describe()
         price = _get(flavor, "price_per_hour")
         if price is not None:
             out["cost_per_hour"] = round(price * spec.instances, 2)

@@ -76,9 +76,18 @@ def build_config(rows: dict[str, Any], key: str) -> dict[str, Any]:
         spec = row.spec or {}
         if row.kind == "deployment":
             serving = row.status == "running" and spec.get("state", "running") == "running"
+            # An adapter deployment is served by its host's instances, under its own name.
+            host = rows.get((row.outputs or {}).get("adapter_on") or "")
+            routed = row if host is None else host
+            if host is not None:
+                serving = (
+                    serving
+                    and host.status == "running"
+                    and row.name in (host.outputs or {}).get("adapters", [])
+                )
             instances = [
                 {"id": f"{row.name}-{i}", "url": inst["endpoint"].rstrip("/") + "/v1"}
-                for i, inst in enumerate(row.outputs.get("instances") or [])
+                for i, inst in enumerate((routed.outputs or {}).get("instances") or [])
                 if serving and inst.get("endpoint")
             ]
             deployments.append(

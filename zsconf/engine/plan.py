@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from schemas.common import parse_model_ref
 from schemas.stack import KINDS
 from zsconf.datasets import sample_count
 from zsconf.engine import gates
@@ -369,6 +370,13 @@ def _estimates(plan: Plan, graph: Graph, samples: dict, catalog: Catalog | None)
             base = _deployment_base(graph, ch.address)
         tenant_samples = {name: n for (t, name), n in samples.items() if t == spec.tenant}
         est = estimate(ch.kind, spec, base, tenant_samples, catalog)
+        if (
+            ch.kind == "deployment"
+            and spec.adapter_on is None
+            and "engine" in est
+            and _lora_output(graph, spec)
+        ):
+            est["engine"] += "; merged weights of a LoRA fine-tune (adapter_on serves the adapter instead)"
         ch.estimate = est
         if "warning" in est:
             plan.warnings.append(f"{ch.address}: {est['warning']}")
@@ -387,6 +395,14 @@ def _estimates(plan: Plan, graph: Graph, samples: dict, catalog: Catalog | None)
         "job_cost_complete": known,
         "currency": catalog.estimates.currency if catalog is not None else "CNY",
     }
+
+
+def _lora_output(graph: Graph, spec: Any) -> bool:
+    """Whether a deployment's model is made by a LoRA fine-tune."""
+    creator = graph.model_creators.get((spec.tenant, parse_model_ref(spec.model)[0]))
+    return (
+        creator is not None and graph.kinds[creator] == "finetunes" and graph.nodes[creator].method == "lora"
+    )
 
 
 def _deployment_base(graph: Graph, addr: str) -> str | None:

@@ -80,6 +80,8 @@ def _estimate_lines(est: dict[str, Any], currency: str) -> list[str]:
         lines.append(est["duration_note"])
     if "cost" in est:
         lines.append(f"cost: {est['cost'][0]:.2f} - {est['cost'][1]:.2f} {currency}")
+    if "engine" in est:
+        lines.append(f"engine: {est['engine']}")
     if "instances_needed" in est:
         lines.append(
             f"instances for the QPS target: {est['instances_needed']} (configured {est['instances']})"

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from schemas.stack import address
+from zsconf.engine import gates
 from zsconf.engine.context import (
     ApplyContext,
     crash_point,
@@ -16,19 +19,18 @@ from zsconf.engine.context import (
     gate_hold,
     record,
     resolve_model,
-    resolved_spec,
     split_address,
     sync_stack_gateway,
 )
 from zsconf.engine.gateway import GATEWAY, upstream_key
 from zsconf.engine.refresh import instance_alive, routed_ids
 from zsconf.engine.runs import flavor_cards, new_run_id
-from zsconf.errors import ExecutorError
+from zsconf.errors import ExecutorError, PermanentError
 from zsconf.names import ACTIVE_RUN
 from zsconf.plans import Action, Change
 from zsconf.privfile import write_private
 from zsconf.registry import runner, runner_argv
-from zsconf.state import RunRow
+from zsconf.state import ModelVersion, RunRow
 
 __all__ = ["apply_deployment"]
 
@@ -57,32 +59,148 @@ def _route(ctx: ApplyContext, address: str, runs: list[RunRow], **outputs: Any) 
 
 
 def apply_deployment(ctx: ApplyContext, ch: Change) -> str:
-    _, tenant, name = split_address(ch.address)
+    _, tenant, _ = split_address(ch.address)
     assert tenant is not None
-    ex = ctx.executor
-    runs = ctx.store.runs(ch.address)
-    current = [r for r in runs if r.status in ACTIVE_RUN]
+    current = [r for r in ctx.store.runs(ch.address) if r.status in ACTIVE_RUN]
+    prev = ctx.store.resource(ch.address)
+    host_before = (prev.outputs or {}).get("adapter_on") if prev is not None else None
     if ch.action is Action.DELETE or (ch.after and ch.after.get("state") == "stopped"):
-        if ctx.store.resource(ch.address) is not None:
+        if prev is not None:
             _route(ctx, ch.address, [])
         for r in current:
             _stop_instance(ctx, r)
         if ch.action is Action.DELETE:
             ctx.store.remove_resource(ch.address)
-            return "destroyed"
-        record(ctx, ch, status="stopped", outputs={"instances": []})
-        return "stopped"
+        else:
+            record(ctx, ch, status="stopped", outputs={"instances": []})
+        if host_before:
+            _reload_host(ctx, host_before)  # its servers drop the adapter
+        return "destroyed" if ch.action is Action.DELETE else "stopped"
     spec = desired_spec(ctx, ch.address)
+    if spec.adapter_on is not None:
+        return _apply_adapter(ctx, ch, tenant, spec, current, host_before)
+    rolled = _roll(ctx, ch.address, ch.after or {})
+    mv = rolled.model_version
+    record(ctx, ch, status="running", outputs={"model_version": mv.version})
+    _switch(ctx, ch.address, rolled)
+    held = gate_hold(ctx, tenant, spec.model, mv)
+    if held:
+        ctx.store.add_event("gate_held", held, ch.address)
+    return f"{len(rolled.serving)} instance(s) of {spec.model} (v{mv.version})" + (
+        f"; {held}" if held else ""
+    )
+
+
+def _apply_adapter(
+    ctx: ApplyContext, ch: Change, tenant: str, spec: Any, current: list[RunRow], host_before: str | None
+) -> str:
+    """A LoRA fine-tune served as an adapter: no servers of its own; the host deployment's servers
+    load it (a rolling restart of the host when its set of adapters changed), and the gateway
+    routes this deployment's name to the host's instances."""
+    host = address("deployment", tenant, spec.adapter_on)
+    mv = resolve_model(ctx, tenant, spec.model)
+    if not (Path(mv.path) / "adapter" / "adapter_config.json").is_file():
+        raise PermanentError(
+            f"{tenant}/{spec.model} v{mv.version} has no LoRA adapter folder ({mv.path}/adapter)"
+        )
+    for r in current:  # it had servers of its own before it became an adapter
+        _stop_instance(ctx, r)
+    _reload_host(ctx, host)
+    if host_before and host_before != host:
+        _reload_host(ctx, host_before)
+    record(
+        ctx, ch, status="running", outputs={"model_version": mv.version, "adapter_on": host, "instances": []}
+    )
+    sync_stack_gateway(ctx, wait_reload=True)
+    return f"adapter {spec.model} (v{mv.version}) on {host}"
+
+
+def _reload_host(ctx: ApplyContext, host: str) -> None:
+    """Make the running host serve exactly the adapters the files attach to it (rolling: its
+    instances are replaced when the set changed, kept when it did not)."""
+    with ctx.lock_for(host):
+        row = ctx.store.resource(host)
+        if row is None or row.status != "running" or host not in ctx.graph.nodes:
+            return  # not started yet: it loads its adapters when it starts
+        _switch(ctx, host, _roll(ctx, host, row.spec or {}))
+
+
+def _adapters(ctx: ApplyContext, host: str) -> dict[str, str]:
+    """Served name -> adapter folder of every running deployment the files attach to `host` whose
+    model has a usable version (one still training is added when it finishes)."""
+    _, tenant, host_name = split_address(host)
+    out: dict[str, str] = {}
+    for addr, spec in ctx.graph.nodes.items():
+        if ctx.graph.kinds[addr] != "deployments" or spec.adapter_on != host_name or spec.tenant != tenant:
+            continue
+        if spec.state != "running":
+            continue
+        chosen, _ = gates.resolve(ctx.store, tenant, spec.model)
+        if chosen is not None and (Path(chosen.path) / "adapter").is_dir():
+            out[addr.rsplit("/", 1)[-1]] = str(Path(chosen.path) / "adapter")
+    return out
+
+
+def _max_lora_rank(ctx: ApplyContext, adapters: dict[str, str]) -> int | None:
+    """The largest rank among the adapters, rounded up to one vLLM accepts."""
+    ranks = []
+    for folder in adapters.values():
+        try:
+            ranks.append(int(json.loads((Path(folder) / "adapter_config.json").read_text()).get("r", 8)))
+        except (OSError, ValueError):
+            continue
+    if not ranks:
+        return None
+    return next((r for r in _VLLM_LORA_RANKS if r >= max(ranks)), max(ranks))
+
+
+# The --max-lora-rank values vLLM accepts.
+_VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+@dataclass
+class _Rolled:
+    model_version: ModelVersion
+    serving: list[RunRow]  # healthy, to be routed
+    retired: list[RunRow]  # to stop once the gateway routes to `serving`
+    adapters: list[str]
+
+
+def _switch(ctx: ApplyContext, addr: str, rolled: _Rolled) -> None:
+    """Route the gateway to the new instances, then stop the ones they replace: no call dropped."""
+    _route(ctx, addr, rolled.serving, model_version=rolled.model_version.version, adapters=rolled.adapters)
+    for r in rolled.retired:
+        _stop_instance(ctx, r)
+
+
+def _roll(ctx: ApplyContext, addr: str, after: dict[str, Any]) -> _Rolled:
+    """Start the instances `addr` should run and wait until they are healthy; the caller routes to
+    them and stops the rest (`_switch`)."""
+    _, tenant, name = split_address(addr)
+    assert tenant is not None
+    ex = ctx.executor
+    current = [r for r in ctx.store.runs(addr) if r.status in ACTIVE_RUN]
+    spec = desired_spec(ctx, addr)
     mv = resolve_model(ctx, tenant, spec.model)
     # Instances of another content hash (replace) or another model version (upgrade) are stopped
     # after the new ones start.
-    # What an instance runs: the fields that force a new server, and the model version's files.
-    # Anything else (qps, moderation, an upstream job rerun that left the version alone) changes
-    # routing only, so running instances are kept.
+    # What an instance runs: the fields that force a new server, the engine environment, the
+    # adapters it loads and the model version's files. Anything else (qps, moderation, an upstream
+    # job rerun that left the version alone) changes routing only, so running instances are kept.
     from schemas.deployments import Deployment
     from zsconf.engine.hashing import json_hash
 
-    runs_what = {k: (ch.after or {}).get(k) for k in sorted(Deployment.REPLACE)}
+    cards, device = flavor_cards(ctx.catalog, spec.flavor)
+    inputs = _serving(ctx, addr, spec.engine, device)
+    adapters = _adapters(ctx, addr)
+    if adapters:
+        if inputs["engine"] != "vllm":
+            raise PermanentError(f"{addr} runs the {inputs['engine']} engine; adapters are served by vLLM")
+        inputs["lora_modules"] = adapters
+        inputs["max_lora_rank"] = _max_lora_rank(ctx, adapters)
+    runs_what = {k: after.get(k) for k in sorted(Deployment.REPLACE)}
+    runs_what["environment"] = inputs.get("engine_python")
+    runs_what["adapters"] = adapters
     gen_key = f"{json_hash([runs_what, mv.path, mv.content_hash])[:16]}|v{mv.version}"
     keep = [r for r in current if r.content_hash == gen_key]
     old = [r for r in current if r.content_hash != gen_key]
@@ -90,9 +208,7 @@ def apply_deployment(ctx: ApplyContext, ch: Change) -> str:
     for r in keep:
         if r.status == "intent":  # started before a crash? the executor's records know
             found = [
-                h
-                for h in ex.list_instances()
-                if h.deployment == ch.address and h.index == r.handle.get("index")
+                h for h in ex.list_instances() if h.deployment == addr and h.index == r.handle.get("index")
             ]
             if found:
                 r = ctx.store.update_run(r.run_id, status="running", pid=found[0].pid,
@@ -102,30 +218,29 @@ def apply_deployment(ctx: ApplyContext, ch: Change) -> str:
         elif r.status != "intent":
             ctx.store.update_run(r.run_id, status="failed", error="instance not running")
     intents = [r for r in keep if r.status == "intent" and r not in alive]
-    cards, device = flavor_cards(ctx.catalog, spec.flavor)
     started: list[RunRow] = []
     while len(alive) + len(started) < spec.instances:
         if intents:
             run = intents.pop(0)
         else:
             # Intent first, with the instance index the executor will file it under.
-            index = len(ctx.store.runs(ch.address))
-            run_id = new_run_id(ch.address, gen_key, f"i{index}")
+            index = len(ctx.store.runs(addr))
+            run_id = new_run_id(addr, gen_key, f"i{index}")
             workdir = ctx.artifacts / "runs" / tenant / "deployment" / name / run_id
-            run = ctx.store.add_run(RunRow(address=ch.address, run_id=run_id, content_hash=gen_key,
+            run = ctx.store.add_run(RunRow(address=addr, run_id=run_id, content_hash=gen_key,
                                            workdir=str(workdir), handle={"index": index}))  # fmt: skip
         workdir = Path(run.workdir)
-        envelope = {"run_id": run.run_id, "address": ch.address, "workdir": str(workdir), "output_dir": None,
-                    "device": ctx.loaded.stack.platform.device, "spec": resolved_spec(ctx, ch),
+        envelope = {"run_id": run.run_id, "address": addr, "workdir": str(workdir), "output_dir": None,
+                    "device": ctx.loaded.stack.platform.device, "spec": spec.model_dump(mode="json"),
                     "inputs": {"model_dir": mv.path, "model_version": mv.version,
-                               "served_model_name": name},
+                               "served_model_name": name, **inputs},
                     "resume": False}  # fmt: skip
         workdir.mkdir(parents=True, exist_ok=True)
         write_private(workdir / "spec.json", json.dumps(envelope, indent=1))
         from zsconf.executors import InstanceRequest
 
         handle = ex.start_instance(
-            InstanceRequest(deployment=ch.address, index=int(run.handle["index"]), workdir=str(workdir),
+            InstanceRequest(deployment=addr, index=int(run.handle["index"]), workdir=str(workdir),
                             spec_path=str(workdir / "spec.json"), module=runner("deployment").module,
                             argv=runner_argv(runner("deployment"), str(workdir / "spec.json")),
                             cards=cards, device=device,
@@ -140,27 +255,54 @@ def apply_deployment(ctx: ApplyContext, ch: Change) -> str:
     # New instances take traffic only once healthy; until then the old ones keep serving. So do
     # running ones the gateway does not route to yet (started by an apply that crashed before
     # routing them).
-    row = ctx.store.resource(ch.address)
+    row = ctx.store.resource(addr)
     routed = set(routed_ids(row)) if row is not None else set()
     unproven = [r for r in alive if r.run_id not in routed]
     for r in [*unproven, *started]:
         if not _wait_instance(ctx, r):
             ctx.store.update_run(r.run_id, status="failed", error="did not become healthy")
             raise ExecutorError(
-                f"instance {r.run_id} of {ch.address} did not become healthy: {_log_tail(r.workdir)}"
+                f"instance {r.run_id} of {addr} did not become healthy: {_log_tail(r.workdir)}"
             )
     alive.extend(started)
-    serving = alive[: spec.instances]
-    record(ctx, ch, status="running", outputs={"model_version": mv.version})
-    _route(ctx, ch.address, serving, model_version=mv.version)
-    for r in alive[spec.instances :]:
-        _stop_instance(ctx, r)
-    for r in old:
-        _stop_instance(ctx, r)
-    held = gate_hold(ctx, tenant, spec.model, mv)
-    if held:
-        ctx.store.add_event("gate_held", held, ch.address)
-    return f"{len(serving)} instance(s) of {spec.model} (v{mv.version})" + (f"; {held}" if held else "")
+    return _Rolled(mv, alive[: spec.instances], [*alive[spec.instances :], *old], sorted(adapters))
+
+
+def _serving(ctx: ApplyContext, address: str, engine: str, flavor_device: str) -> dict[str, Any]:
+    """The engine the plan chose (zsconf.serving), its environment installed first when missing,
+    as the envelope's inputs: `engine`, `engine_python`, `tool_parser`."""
+    from zsconf import envs
+    from zsconf.serving import choose
+
+    serving = choose(engine, flavor_device)
+    if isinstance(serving, str):  # the graph refuses it; an environment lost since then lands here
+        raise PermanentError(serving)
+    out: dict[str, Any] = {"engine": serving.engine}
+    if serving.engine != "vllm":
+        return out
+    assert serving.environment is not None
+    env_spec = envs.ENVIRONMENTS[serving.environment]
+    installed = envs.installed(env_spec)
+    if installed is None:
+        what = (
+            f"engine environment {env_spec.name} (once per user, about {envs.estimate_seconds(env_spec)} s)"
+        )
+        ctx.store.add_event("installing", what, address)
+        ctx.emit(address, "installing", what)
+        installed = envs.install(
+            env_spec, quiet=True, progress=lambda line: ctx.emit(address, "installing", line)
+        )
+        ctx.store.add_event("installed", f"engine environment {env_spec.name} in {installed.path}", address)
+    out["engine_python"] = str(installed.python)
+    flavor = ctx.catalog.flavors.get(desired_spec(ctx, address).flavor) if ctx.catalog is not None else None
+    if serving.device == "cpu" and flavor is not None:
+        # An eighth of the flavor's memory, at least 1 GiB: vLLM's CPU default takes 90 % of the host.
+        out["kv_cache_memory_bytes"] = max(1, int(flavor.memory_gb) // 8) * 2**30
+    base = ctx.graph.bases.get(address) if ctx.graph is not None else None
+    entry = ctx.catalog.models.get(base) if ctx.catalog is not None and base else None
+    if entry is not None and entry.tool_parser:
+        out["tool_parser"] = entry.tool_parser
+    return out
 
 
 _READY_TIMEOUT_S = float(os.environ.get("ZSCONF_INSTANCE_READY_TIMEOUT", "600"))
