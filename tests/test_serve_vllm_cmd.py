@@ -122,6 +122,14 @@ def test_npu_same_command_and_plugin_env() -> None:
     assert env["VLLM_WORKER_MULTIPROC_METHOD"] == "spawn"
     assert "VLLM_PLUGINS" not in env  # set, it would filter out vllm-ascend's auto-registered plugin
     assert "VLLM_WORKER_MULTIPROC_METHOD" not in vllm_env(cuda, {})
+    # On CPU the compile cache vLLM can load (0.32.0 fails to load its AOT artifacts).
+    cpu = vllm_env(_spec(device="cpu", cards=0), {})
+    assert cpu["VLLM_USE_AOT_COMPILE"] == "0" and cpu["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"
+    assert (
+        vllm_env(_spec(device="cpu"), {"VLLM_CPU_OMP_THREADS_BIND": "0-3"})["VLLM_CPU_OMP_THREADS_BIND"]
+        == "0-3"
+    )
+    assert "VLLM_USE_AOT_COMPILE" not in vllm_env(cuda, {})
 
 
 def _run(tmp_path: Path, body: Any) -> subprocess.CompletedProcess[str]:
