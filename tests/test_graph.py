@@ -373,19 +373,29 @@ def test_ten_thousand_resources_build(tmp_path: Path, catalog) -> None:
     assert len(order) == len(graph.nodes) > 9000
 
 
-def test_a_model_the_chosen_engine_cannot_serve_is_refused(tmp_path: Path, catalog) -> None:
-    """vLLM's CPU build serves W8A8 int8 but not FP8: engine auto on a CPU flavor is vLLM there
-    (an empty environments folder: installable), so the FP8 deployment is refused at its model."""
+@pytest.mark.parametrize("avx512", [False, True])
+def test_a_model_the_chosen_engine_cannot_serve_is_refused(
+    tmp_path: Path, catalog, avx512: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """vLLM's CPU build serves W8A8 int8 and FP8 weights on any x86 CPU, 4-bit weights only with
+    AVX-512: engine auto on a CPU flavor is vLLM here, so the W4A16 deployment is refused at its
+    model on a CPU without AVX-512; the embedded engine (transformers) takes it."""
+    monkeypatch.setattr("zsconf.serving._cpu_has_avx512", lambda: avx512)
     stack = HEAD + (
         "compressions:\n  fp8:\n    model: base@1\n    strategy: fp8-dynamic\n    output: {model: base-fp8}\n"
-        "  int8:\n    model: base@1\n    strategy: smoothquant-w8a8\n    calibration: {dataset: chats}\n"
-        "    output: {model: base-int8}\n"
-        "deployments:\n  a: {model: base-fp8@latest}\n  b: {model: base-int8@latest}\n"
-        "  c: {model: base-fp8@latest, engine: embedded}\n"
+        "  int4:\n    model: base@1\n    strategy: gptq-w4a16\n    calibration: {dataset: chats}\n"
+        "    output: {model: base-int4}\n"
+        "deployments:\n  a: {model: base-int4@latest}\n  b: {model: base-fp8@latest}\n"
+        "  c: {model: base-int4@latest, engine: embedded}\n"
     )
+    if avx512:
+        graph_of(tmp_path, stack, catalog)
+        return
     diags = graph_errors(tmp_path, stack, catalog)
     assert [d.path for d in diags] == ["deployments.a.model"]
-    assert diags[0].message.startswith("base-fp8@latest: vLLM on cpu does not serve fp8-dynamic models")
+    assert diags[0].message.startswith(
+        "base-int4@latest: vLLM's CPU build serves 4-bit weights (gptq-w4a16) only on CPUs with AVX-512"
+    )
 
 
 def test_at_most_ten_versions(tmp_path: Path, catalog) -> None:

@@ -41,6 +41,11 @@ def test_envelope_maps_to_serve_spec() -> None:
         "api_key": "k",
         "engine_args": {"enforce_eager": True},
         "workdir": "/runs/r-1",
+        "python": None,  # no engine environment in this envelope: vLLM importable here
+        "tool_parser": None,
+        "lora_modules": {},
+        "max_lora_rank": None,
+        "kv_cache_memory_bytes": None,
     }
 
 

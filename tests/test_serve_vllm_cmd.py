@@ -45,6 +45,8 @@ def test_command_from_spec() -> None:
         "--port", "8123",
         "--tensor-parallel-size", "4",
         "--max-model-len", "4096",
+        "--no-use-tqdm-on-load",
+        "--shutdown-timeout", "25",
     ]  # fmt: skip
 
 
@@ -65,6 +67,7 @@ def test_adapters_tool_parser_and_kv_cache_size() -> None:
     assert tail == [
         "--enable-lora", "--max-loras", "2", "--max-lora-rank", "16",
         "--lora-modules", "a=/m/a/adapter", "b=/m/b/adapter",
+        "--no-use-tqdm-on-load", "--shutdown-timeout", "25",
         "--kv-cache-memory-bytes", str(2**30),
         "--enable-auto-tool-choice", "--tool-call-parser", "hermes",
     ]  # fmt: skip
@@ -95,7 +98,7 @@ def test_engine_args_become_flags() -> None:
     )
     assert "--max-model-len" not in argv
     assert argv[argv.index("--tensor-parallel-size") + 1] == "1"  # at least one card
-    tail = argv[argv.index("--tensor-parallel-size") + 2 :]
+    tail = argv[argv.index("--shutdown-timeout") + 2 :]
     assert tail == [
         "--gpu-memory-utilization", "0.85",
         "--enforce-eager",

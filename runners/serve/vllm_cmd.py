@@ -30,6 +30,9 @@ MANAGED_FLAGS = frozenset(
 )  # fmt: skip
 
 
+DRAIN_S = 25  # seconds vLLM lets in-flight requests finish after SIGTERM
+
+
 def _flag(key: str) -> str:
     return key.strip().lstrip("-").replace("_", "-")
 
@@ -93,6 +96,12 @@ def build_vllm_command(spec: ServeSpec) -> list[str]:
         if spec.max_lora_rank is not None and "max_lora_rank" not in spec.engine_args:
             argv += ["--max-lora-rank", str(spec.max_lora_rank)]
         argv += ["--lora-modules", *(f"{name}={path}" for name, path in sorted(spec.lora_modules.items()))]
+    if "use_tqdm_on_load" not in spec.engine_args:
+        argv.append("--no-use-tqdm-on-load")  # a progress bar is noise in runner.log
+    if "shutdown_timeout" not in spec.engine_args:
+        # SIGTERM drains: in-flight requests finish (vLLM's default, 0, aborts them), within the
+        # executor's 30 s grace before SIGKILL.
+        argv += ["--shutdown-timeout", str(DRAIN_S)]
     sized = {"kv_cache_memory_bytes", "gpu_memory_utilization"} & set(spec.engine_args)
     if spec.kv_cache_memory_bytes is not None and not sized:
         argv += ["--kv-cache-memory-bytes", str(spec.kv_cache_memory_bytes)]
