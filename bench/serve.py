@@ -29,11 +29,11 @@ For each model and engine:
   column shows how many tokens each engine actually produced. aiohttp, not httpx: the gateway bench
   found httpx costs ~10x the CPU per request, and the client shares the cores with the server.
 
-Threads: the embedded server gets OMP_NUM_THREADS = max(1, cores // 4) unless the environment sets it,
-as zsconf's local executor gives CPU processes (zsconf/executors/local.py `_spawn`). vLLM is left to
-choose its own (OMP_NUM_THREADS is removed from its environment): its CPU backend binds the
-worker's OpenMP threads itself (VLLM_CPU_OMP_THREADS_BIND=auto, one core kept for the scheduler);
-the binding it logged is printed.
+Threads: both servers get OMP_NUM_THREADS = max(1, cores // 4) unless the environment sets it, as
+zsconf's local executor gives CPU processes (zsconf/executors/local.py `_spawn`), and vLLM the
+environment zsconf gives it (runners/serve/vllm_cmd.py `vllm_env`: unbound OpenMP threads on CPU).
+`VLLM_CPU_OMP_THREADS_BIND=auto python bench/serve.py ...` measures vLLM's own binding instead (one
+core for the worker, one kept for the scheduler); the binding vLLM logged is printed.
 
 Adapters (vLLM only, debug model, skipped with --skip-adapters): one server with four LoRA adapters
 (peft, r=16 on every attention and MLP projection, random B so they differ) against four servers
@@ -196,14 +196,11 @@ def vllm_python() -> str:
     return _vllm_python
 
 
-def server_env(engine: str) -> dict[str, str]:
+def server_env() -> dict[str, str]:
     env = dict(os.environ)
-    if engine == "embedded":
-        # What zsconf's local executor gives a CPU process: torch's one thread per core oversubscribes
-        # a host shared by several processes.
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // 4)))
-    else:
-        env.pop("OMP_NUM_THREADS", None)  # vLLM binds its worker's threads itself
+    # What zsconf's local executor gives a CPU process, either engine: torch's one thread per core
+    # oversubscribes a host shared by several processes.
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // 4)))
     return env
 
 
@@ -243,7 +240,7 @@ class Server:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "runners.serve", str(spec_path)],
                 cwd=REPO,
-                env=server_env(engine),
+                env=server_env(),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
