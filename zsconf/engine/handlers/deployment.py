@@ -141,7 +141,7 @@ def _adapters(ctx: ApplyContext, host: str) -> dict[str, str]:
     return out
 
 
-def _max_lora_rank(ctx: ApplyContext, adapters: dict[str, str]) -> int | None:
+def _max_lora_rank(adapters: dict[str, str]) -> int | None:
     """The largest rank among the adapters, rounded up to one vLLM accepts."""
     ranks = []
     for folder in adapters.values():
@@ -197,7 +197,7 @@ def _roll(ctx: ApplyContext, addr: str, after: dict[str, Any]) -> _Rolled:
         if inputs["engine"] != "vllm":
             raise PermanentError(f"{addr} runs the {inputs['engine']} engine; adapters are served by vLLM")
         inputs["lora_modules"] = adapters
-        inputs["max_lora_rank"] = _max_lora_rank(ctx, adapters)
+        inputs["max_lora_rank"] = _max_lora_rank(adapters)
     runs_what = {k: after.get(k) for k in sorted(Deployment.REPLACE)}
     runs_what["environment"] = inputs.get("engine_python")
     runs_what["adapters"] = adapters
