@@ -40,7 +40,6 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
-import hmac
 import json
 import logging
 import os
@@ -256,12 +255,18 @@ def read_log(workdir: str, offset: int) -> tuple[str, int, int]:
     return text, start + len(chunk) - pending, size
 
 
-def create_app(view: DaemonView, stopping: threading.Event | None = None) -> Litestar:
-    """The Litestar app, without auth: `AdminServer` serves it behind `_with_auth` (the token
-    check runs before routing, so unknown paths need the token too). `stopping` set = waits end."""
+def create_app(
+    view: DaemonView, stopping: threading.Event | None = None, token: str = "", port: int = 0
+) -> Litestar:
+    """The Litestar app (the API and the web console), without auth: `AdminServer` serves it
+    behind `daemon.console.gate.guard` (the check runs before routing, so unknown paths need the
+    token too). `stopping` set = waits end. `token` and `port` sign the console's sessions."""
     import anyio
-    from litestar import Litestar, get, post
+    from litestar import Litestar, Request, get, post
     from litestar.params import FromPath, FromQuery
+    from litestar.static_files import create_static_files_router
+
+    from daemon.console import pages
 
     stop = stopping or threading.Event()
     store = view.store
@@ -348,35 +353,19 @@ def create_app(view: DaemonView, stopping: threading.Event | None = None) -> Lit
         await off_thread(view.trigger_sync, reason)
         return {"ok": True}
 
+    from daemon.console.session import cookie_name
+
+    console = pages.handlers(view, stop, token, cookie_name(port))
+    static = create_static_files_router(path="/console/static", directories=[pages.STATIC_DIR],
+                                        include_in_schema=False)  # fmt: skip
     return Litestar(
-        route_handlers=[health, status, resources, events, runs, run_log, plan, sync],
+        route_handlers=[health, status, resources, events, runs, run_log, plan, sync, *console, static],
         # The handlers' annotations are strings (PEP 563) naming these lazily imported types.
-        signature_namespace={"FromPath": FromPath, "FromQuery": FromQuery, "Any": Any},
+        signature_namespace={"FromPath": FromPath, "FromQuery": FromQuery, "Any": Any, "Request": Request},
         openapi_config=None,
         logging_config=None,  # the daemon owns logging; Litestar's default would reconfigure it
         debug=False,
     )
-
-
-def _with_auth(app: Any, token: str) -> Any:
-    """ASGI wrapper in front of the whole app: every HTTP request (unknown paths included) needs
-    the bearer token; compared in constant time. The token never appears in a log line."""
-    expected = f"Bearer {token}".encode()
-    body = json.dumps({"error": "missing or wrong admin token (Authorization: Bearer <.zsconf/admin.token>)"})
-    denied = body.encode()
-
-    async def wrapped(scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            got = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
-            if not hmac.compare_digest(got, expected):
-                await send({"type": "http.response.start", "status": 401, "headers": [
-                    (b"content-type", b"application/json"), (b"content-length", str(len(denied)).encode()),
-                    (b"www-authenticate", b"Bearer")]})  # fmt: skip
-                await send({"type": "http.response.body", "body": denied})
-                return
-        await app(scope, receive, send)
-
-    return wrapped
 
 
 class AdminServer:
@@ -402,11 +391,16 @@ class AdminServer:
     def start(self, timeout: float = 10.0) -> AdminServer:
         import uvicorn
 
-        app = _with_auth(create_app(self.view, self._stopping), self._token)
+        from daemon.console.gate import guard
+        from daemon.console.pages import login_html
+
         sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, self.port))
         self.port = sock.getsockname()[1]
+        token = self._token
+        app = guard(create_app(self.view, self._stopping, token, self.port), token, self.port,
+                    lambda scope: login_html(scope, token))  # fmt: skip
         config = uvicorn.Config(
             app, lifespan="on", access_log=False, log_level="warning", timeout_graceful_shutdown=5
         )  # fmt: skip

@@ -119,6 +119,19 @@ class DaemonState:
     def is_leader(self) -> bool:
         return bool(self._lease.held)
 
+    # What the console adds to the admin API's view (daemon.console reads these when present).
+    def last_pass(self) -> Any:
+        """The reconciler's last PassResult and when it ended (epoch seconds), or None."""
+        done = self._reconciler.last_pass
+        return None if done is None else (done, self._reconciler.last_pass_at)
+
+    def gateway_url(self) -> str | None:
+        return self._reconciler.engine.gateway_url()
+
+    @property
+    def executor(self) -> Any:
+        return self._reconciler.engine.executor
+
 
 @functools.cache
 def _stderr() -> Any:

