@@ -285,7 +285,7 @@ def test_events_follow_survives_the_daemon_stopping(stack: Path, daemon: View) -
     import queue
     import signal
 
-    from daemon.admin import newest_event_id
+    from daemon.records import newest_event_id
 
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     since = str(newest_event_id(daemon.store))

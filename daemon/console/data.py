@@ -168,7 +168,7 @@ def run_groups(store: Store, address: str) -> list[dict[str, Any]]:
 
 
 def resource_page(store: Store, address: str, loaded: LoadedStack | None) -> dict[str, Any] | None:
-    from daemon.admin import read_log
+    from daemon.records import read_log
     from daemon.status import read_statuses
 
     row = store.resources().get(address)

@@ -428,7 +428,7 @@ def handlers(view: Any, stopping: threading.Event, token: str, cookie: str) -> l
     # -- events ------------------------------------------------------------------------------
     @get("/console/events")
     async def events(request: Request) -> Any:
-        from daemon.admin import query_events
+        from daemon.records import query_events
 
         address = request.query_params.get("address", "")
         recent = await off(lambda: query_events(store, 0, address or None, None, 100))
@@ -441,7 +441,7 @@ def handlers(view: Any, stopping: threading.Event, token: str, cookie: str) -> l
         with Last-Event-ID), polled from the store: other processes write events too."""
         from litestar.response import ServerSentEventMessage
 
-        from daemon.admin import newest_event_id, query_events
+        from daemon.records import newest_event_id, query_events
 
         address = request.query_params.get("address") or None
         since = request.headers.get("last-event-id") or request.query_params.get("since")

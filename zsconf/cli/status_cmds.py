@@ -76,7 +76,7 @@ def _note(text: str) -> None:
 def _recent_failures(store: Store) -> dict[str, str]:
     """address -> message of its last failed apply action, unless something succeeded since (what
     the daemon passes from its own applies; without one, read back from the events)."""
-    from daemon.admin import query_events
+    from daemon.records import query_events
 
     out: dict[str, str] = {}
     for ev in query_events(store, tail=2000, limit=2000):
@@ -276,7 +276,7 @@ def events(
                 if last is None:
                     raise
                 _note(f"(the daemon stopped answering: {exc}; following the state store)")
-        from daemon.admin import newest_event_id, query_events
+        from daemon.records import newest_event_id, query_events
 
         store = _store(directory)
         if last is None:
@@ -323,7 +323,7 @@ class _Source:
     def read(self, run: dict[str, Any], offset: int, wait: float) -> dict[str, Any]:
         if self.client is not None and not run.get("local"):
             return self.client.log(run["run_id"], offset, wait)
-        from daemon.admin import read_log
+        from daemon.records import read_log
 
         text, nxt, size = read_log(run["workdir"], offset)
         st = run["status"] if run.get("local") else self.run_status(run["run_id"])

@@ -60,6 +60,8 @@ def _banner(info: dict[str, Any], new_keys: list[Any], eng: Any, directory: Path
         lines.append(
             f"Admin API:  {info['admin_url']}  (`zsconf status{at}`, `zsconf events{at} -f`, `zsconf logs{at} {logs}`)"
         )
+        token = directory / ".zsconf" / "admin.token"
+        lines.append(f"Console:    {info['admin_url']}/console/  (sign in with the token in {token})")
     if not url:
         lines.append("No gateway: the stack has no service group, so there is nothing to call yet.")
         return "\n".join(lines)
