@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
@@ -109,8 +110,90 @@ def banner_commands(text: str) -> list[str]:
     return re.findall(r"`([^`]+)`", line)
 
 
+CONSOLE_PAGES = ("overview", "resources/finetune/demo/faq-lora", "training", "models", "usage", "deployments",
+                 "playground", "events", "keys")  # fmt: skip
+
+
+def walk_console(browser: Any, text: str, cwd: Path, key: str, gateway: str, trained: str, out: Path) -> None:
+    """What a person sees in the console `up` names, checked against the stack and the state:
+    every resource with the daemon's status, the spec's line, the training curve's points, usage
+    that follows calls, the playground's streamed answer, a key created once that works. Each
+    page is saved as a screenshot at 1280 and 390 pixels under `out`."""
+    m = re.search(r"^Console:    (\S+)  \(sign in with the token in (\S+)\)$", text, re.M)
+    assert m, text[-2000:]
+    console, token = m.group(1).rstrip("/"), (cwd / m.group(2)).read_text().strip()
+    base = console.removesuffix("/console")
+    stack = cwd / "quickstart"
+    page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+    page.goto(f"{console}/overview")
+    page.fill("input[name=token]", token)
+    page.click("button[type=submit]")
+    page.wait_for_selector("table.resources")
+    # Every resource of the quickstart, with the status the daemon recorded (its admin API says).
+    statuses = {
+        s["address"]: (s["sync"], s["health"])
+        for s in page.request.get(f"{base}/api/status").json()["statuses"]
+    }
+    rows = {r.get_attribute("data-address"): tuple(b.inner_text() for b in r.query_selector_all(".badge"))
+            for r in page.query_selector_all("table.resources tbody tr")}  # fmt: skip
+    assert set(rows) == set(statuses) and len(rows) == 9 and rows == statuses, rows
+    assert rows["deployment/demo/faq-chat"] == ("Synced", "Healthy")
+    # The spec names the line of the file to change.
+    page.goto(f"{console}/resources/finetune/demo/faq-lora")
+    line = next(
+        i for i, x in enumerate((stack / "stack.yaml").read_text().splitlines(), 1) if x == "    model: base"
+    )
+    assert page.inner_text("table.spec tr:has(code:text-is('model')) td.where") == f"stack.yaml:{line}"
+    # The loss curve has a point per step the run logged.
+    metrics = next(
+        (stack / ".zsconf" / "artifacts" / "runs" / "demo" / "finetune" / "faq-lora").glob("*/metrics.jsonl")
+    )
+    steps = {json.loads(x)["step"] for x in metrics.read_text().splitlines() if '"step"' in x}
+    page.goto(f"{console}/training")
+    chart = page.wait_for_selector("#loss-chart[data-points]")
+    assert chart.get_attribute("data-points") == str(len(steps)) and len(steps) >= 100
+    # The usage page follows calls made through the gateway.
+    page.goto(f"{console}/usage")
+    page.wait_for_selector("#usage-live[data-calls]")
+    before = int(page.get_attribute("#usage-live", "data-calls") or 0)
+    assert before >= 5
+    time.sleep(1.1)  # the deployment's qps 5 window
+    client = openai.OpenAI(base_url=gateway, api_key=key, max_retries=0, timeout=60)
+    client.chat.completions.create(model="faq-chat", messages=[{"role": "user", "content": "What is zsconf?"}],
+                                   max_tokens=8)  # fmt: skip
+    deadline = time.monotonic() + 30  # the gateway writes usage in batches
+    while int(page.get_attribute("#usage-live", "data-calls") or 0) <= before:
+        assert time.monotonic() < deadline, "the usage page did not count the call"
+        page.wait_for_timeout(300)
+    # The playground streams the trained answer through the gateway, with its usage.
+    page.goto(f"{console}/playground")
+    page.select_option("select[name=model]", "faq-chat")
+    page.fill("input[name=key]", key)
+    page.fill("textarea[name=prompt]", "What is zsconf?")
+    page.fill("input[name=max_tokens]", "32")
+    page.click("form#playground button[type=submit]")
+    page.wait_for_selector("#answer[data-done=yes]", timeout=60_000)
+    assert page.inner_text("#answer").strip() == trained and "completion" in page.inner_text("#answer-usage")
+    # A key created in the console is shown once and works against the gateway.
+    page.goto(f"{console}/keys")
+    page.click("section[data-group='demo/faq-app'] button:has-text('Create key')")
+    secret = page.wait_for_selector("#new-secret").inner_text().strip()
+    fresh = openai.OpenAI(base_url=gateway, api_key=secret, max_retries=0, timeout=60)
+    assert [x.id for x in fresh.models.list()] == ["faq-chat"]
+    page.goto(f"{console}/keys")
+    assert secret not in page.content()
+    out.mkdir(parents=True, exist_ok=True)
+    for width in (1280, 390):
+        page.set_viewport_size({"width": width, "height": 900})
+        for name in CONSOLE_PAGES:
+            page.goto(f"{console}/{name}")
+            page.wait_for_load_state("networkidle")
+            page.screenshot(path=str(out / f"{name.replace('/', '_')}-{width}.png"), full_page=True)
+    page.context.close()
+
+
 @pytest.mark.slow
-def test_zsconf_up_quickstart_answers_with_the_trained_answers(tmp_path: Path) -> None:
+def test_zsconf_up_quickstart_answers_with_the_trained_answers(tmp_path: Path, browser: Any) -> None:
     """The newcomer's path, as a person walks it: `zsconf up`, paste each printed call, run each
     command the banner names, Ctrl-C; then `zsconf up` again (the key is not shown twice) and
     paste what it prints then."""
@@ -163,6 +246,8 @@ def test_zsconf_up_quickstart_answers_with_the_trained_answers(tmp_path: Path) -
         # A server's log shows its requests (vLLM's line: `"POST /v1/chat/completions HTTP/1.1" 200`).
         assert re.search(r"POST /v1/chat/completions( HTTP/1.1\")? 200", logs.stdout), logs.stdout[-2000:]
         assert "it/s]" not in logs.stdout and "\r" not in logs.stdout  # and no progress bars
+        # The web console the banner names, in a real browser.
+        walk_console(browser, text, tmp_path, key, url, trained, tmp_path / "console")
     finally:
         text = up.stop()
     assert up.proc.returncode == 0, text[-3000:]

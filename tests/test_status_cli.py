@@ -293,8 +293,11 @@ def test_events_follow_survives_the_daemon_stopping(stack: Path, daemon: View) -
                              "-C", str(stack)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)  # fmt: skip
     lines: queue.Queue[str] = queue.Queue()
+    errors: list[str] = []  # read as it comes: a full stderr pipe would block the process
     reader = threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True)  # type: ignore[union-attr]
     reader.start()
+    err_reader = threading.Thread(target=lambda: errors.extend(proc.stderr), daemon=True)  # type: ignore[arg-type]
+    err_reader.start()
     try:
         daemon.store.add_event("created", "through the daemon", "dataset/acme/faq")
         first = json.loads(lines.get(timeout=20))
@@ -305,9 +308,13 @@ def test_events_follow_survives_the_daemon_stopping(stack: Path, daemon: View) -
         second = json.loads(lines.get(timeout=20))
         assert second["message"] == "after the daemon stopped" and second["id"] == first["id"] + 1
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=20) == 0
+        try:
+            assert proc.wait(timeout=20) == 0
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"no exit 20 s after SIGINT; stderr: {''.join(errors)[-3000:]}")
+        err_reader.join(5)
         assert lines.empty()
-        assert "following the state store" in proc.stderr.read()  # type: ignore[union-attr]
+        assert "following the state store" in "".join(errors)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -9,9 +9,13 @@ helpers are imported inside the commands.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -66,6 +70,23 @@ def _connect(directory: Path) -> AdminClient | None:
     from zsconf.cli.admin_client import connect
 
     return connect(directory)
+
+
+@contextlib.contextmanager
+def _ctrl_c_sets() -> Iterator[threading.Event]:
+    """Ctrl-C sets the event instead of raising KeyboardInterrupt wherever a polling loop is: raised
+    inside SQLAlchemy's connection pool it can leave the pool's lock held, and the exit then hangs
+    on it. A SIGINT ignored by whoever started us stays ignored."""
+    stop = threading.Event()
+    main = threading.current_thread() is threading.main_thread()
+    if not main or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        yield stop
+        return
+    old = signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 def _note(text: str) -> None:
@@ -278,19 +299,19 @@ def events(
                 _note(f"(the daemon stopped answering: {exc}; following the state store)")
         from daemon.records import newest_event_id, query_events
 
-        store = _store(directory)
-        if last is None:
-            newest = newest_event_id(store)
-            found = [_event_dict(e) for e in query_events(store, since_id, address, since_ts, n)]
-            emit(found)
-            last = found[-1]["id"] if found else max(since_id, newest)
-        while follow:
-            time.sleep(0.5)
-            newest = newest_event_id(store)
-            found = [_event_dict(e) for e in query_events(store, last, address)]
-            emit(found)
-            last = found[-1]["id"] if found else max(last, newest)
-    except KeyboardInterrupt:
+        with _ctrl_c_sets() as stopped:
+            store = _store(directory)
+            if last is None:
+                newest = newest_event_id(store)
+                found = [_event_dict(e) for e in query_events(store, since_id, address, since_ts, n)]
+                emit(found)
+                last = found[-1]["id"] if found else max(since_id, newest)
+            while follow and not stopped.wait(0.5):
+                newest = newest_event_id(store)
+                found = [_event_dict(e) for e in query_events(store, last, address)]
+                emit(found)
+                last = found[-1]["id"] if found else max(last, newest)
+    except KeyboardInterrupt:  # Ctrl-C while the daemon answered (its long poll is plain blocking I/O)
         return
 
 
