@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -62,10 +63,15 @@ def guard(app: Any, token: str, port: int, login_page: Callable[[dict[str, Any]]
         authed = nonce is not None or hmac.compare_digest(got, bearer)
         scope["zsconf"] = {"nonce": nonce, "authed": authed}
 
+        started = time.perf_counter()
+
         async def send_secured(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 have = {k for k, _ in message.get("headers", [])}
-                message["headers"] = [*message.get("headers", []), *(h for h in _HEADERS if h[0] not in have)]
+                # Server-Timing: the server's own time for the page (browsers' devtools show it).
+                took = f"app;dur={(time.perf_counter() - started) * 1000:.1f}".encode()
+                message["headers"] = [*message.get("headers", []), *(h for h in _HEADERS if h[0] not in have),
+                                      (b"server-timing", took)]  # fmt: skip
             await send(message)
 
         out = send_secured if console else send

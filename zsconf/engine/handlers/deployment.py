@@ -164,11 +164,13 @@ class _Rolled:
     serving: list[RunRow]  # healthy, to be routed
     retired: list[RunRow]  # to stop once the gateway routes to `serving`
     adapters: list[str]
+    engine: str  # what serves it: "vllm" or "embedded" (the spec may say "auto")
 
 
 def _switch(ctx: ApplyContext, addr: str, rolled: _Rolled) -> None:
     """Route the gateway to the new instances, then stop the ones they replace: no call dropped."""
-    _route(ctx, addr, rolled.serving, model_version=rolled.model_version.version, adapters=rolled.adapters)
+    _route(ctx, addr, rolled.serving, model_version=rolled.model_version.version, adapters=rolled.adapters,
+           engine=rolled.engine)  # fmt: skip
     for r in rolled.retired:
         _stop_instance(ctx, r)
 
@@ -265,7 +267,8 @@ def _roll(ctx: ApplyContext, addr: str, after: dict[str, Any]) -> _Rolled:
                 f"instance {r.run_id} of {addr} did not become healthy: {_log_tail(r.workdir)}"
             )
     alive.extend(started)
-    return _Rolled(mv, alive[: spec.instances], [*alive[spec.instances :], *old], sorted(adapters))
+    return _Rolled(mv, alive[: spec.instances], [*alive[spec.instances :], *old], sorted(adapters),
+                   inputs["engine"])  # fmt: skip
 
 
 def _serving(ctx: ApplyContext, address: str, engine: str, flavor_device: str) -> dict[str, Any]:
