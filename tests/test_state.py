@@ -13,6 +13,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -171,3 +172,79 @@ def test_a_version_1_database_is_migrated_in_place(state_url: str) -> None:
     assert row is not None and row.spec == {"x": 1} and row.secrets_digest == ""
     store.release_lock(store.acquire_lock("apply"))
     assert open_store(state_url).serial() == store.serial()  # a second open migrates nothing
+
+
+def _usage(ts: float, **kw: Any) -> Any:
+    from zsconf.state import UsageRecord
+
+    base = {"tenant": "acme", "group": "g1", "key_id": "ak-1", "model": "chat", "deployment": "chat",
+            "prompt_tokens": 10, "completion_tokens": 5, "latency_ms": 10.0}  # fmt: skip
+    return UsageRecord(ts=ts, **{**base, **kw})
+
+
+def test_usage_rollup_matches_the_records(state_url: str) -> None:
+    """The console's day and week views read the hourly rollup: the same counts as the records,
+    and percentiles within the histogram's resolution (a bin is √2 wide)."""
+    import math
+    import time
+
+    from daemon.console.data import usage
+    from zsconf.state import open_store
+    from zsconf.usage import percentile
+
+    store = open_store(state_url)
+    now = (time.time() // 3600) * 3600 + 1800  # the middle of an hour
+    lat = [float(x) for x in range(5, 405, 2)]  # 200 calls, 5 ... 403 ms
+    store.add_usage(
+        [_usage(now - 3 * 3600, latency_ms=ms, group="g1" if i % 4 else "g2") for i, ms in enumerate(lat)]
+    )
+    # A second batch into the same hour adds to the rows the first made.
+    store.add_usage([_usage(now - 3 * 3600 + 60, latency_ms=ms) for ms in lat[:50]])
+    store.add_usage([_usage(now - 60, status=429, error_code="700004", latency_ms=1.0) for _ in range(3)])
+    store.add_usage([_usage(now - 30, status=502, latency_ms=2.0)])
+    store.add_usage([_usage(now - 8 * 86400)])  # outside the week
+
+    u = usage(store, "24h", now=now)
+    assert not u["exact"] and len(u["series"]["t"]) == 24
+    assert u["totals"] == {"calls": 254, "failed": 4, "tokens_in": 2540, "tokens_out": 1270}
+    hour = u["series"]["calls"].index(250)
+    exact = sorted(lat + lat[:50])
+    for q in (50, 99):
+        got, want = u["series"][f"p{q}"][hour], percentile(exact, q)
+        assert abs(math.log2(got / want)) <= 0.5, (q, got, want)
+    assert {(c["code"], c["n"]) for c in u["codes"]} == {("700004", 3), ("502", 1)}
+    assert [(g["k"], g["calls"]) for g in u["by_group"]] == [("acme/g1", 204), ("acme/g2", 50)]
+    assert usage(store, "7d", now=now)["totals"]["calls"] == 254
+    assert usage(store, "24h", group="acme/g2", now=now)["totals"]["calls"] == 50
+    # The hour view reads the records themselves: exact.
+    one = usage(store, "1h", now=now)
+    assert one["exact"] and one["totals"]["calls"] == 4 and one["totals"]["failed"] == 4
+    store.close()
+
+
+def test_upgrade_builds_the_usage_rollup_once(state_url: str) -> None:
+    """A store from before the rollup (schema 2) gets it built from its records when opened."""
+    import time
+
+    from sqlalchemy import insert, text
+
+    from daemon.console.data import usage
+    from zsconf.state import SCHEMA_VERSION, UsageRecord, open_store
+
+    store = open_store(state_url)
+    now = time.time()
+    rows = [_usage(now - i * 600).model_dump(exclude={"id"}) for i in range(100)]  # over 16 hours
+    with store.engine.begin() as conn:  # as an older zsconf wrote them: records only
+        conn.execute(insert(UsageRecord.__table__), rows)  # type: ignore[attr-defined]
+        conn.execute(text("DELETE FROM usage_hours"))
+        conn.execute(text("UPDATE meta SET value = '2' WHERE key = 'schema_version'"))
+    store.close()
+
+    again = open_store(state_url)
+    assert usage(again, "24h", now=now)["totals"]["calls"] == 100
+    with again.engine.connect() as conn:
+        assert conn.execute(text("SELECT value FROM meta WHERE key = 'schema_version'")).scalar() == str(
+            SCHEMA_VERSION
+        )
+    again.close()
+    assert usage(open_store(state_url), "24h", now=now)["totals"]["calls"] == 100  # not built twice

@@ -376,82 +376,135 @@ def keys(store: Store) -> list[dict[str, Any]]:
 
 
 # -- usage --------------------------------------------------------------------------------------
-RANGES = {"1h": (3600, 60), "24h": (86400, 900), "7d": (7 * 86400, 3600)}  # range: (seconds, bucket)
+# range: (seconds, bucket). The hour reads the calls themselves (exact percentiles); a day and a
+# week read the hourly rollup (zsconf.state.rollup), a few hundred rows instead of a million.
+RANGES = {"1h": (3600, 60), "24h": (86400, 3600), "7d": (7 * 86400, 3600)}
+
+
+def _filters(group: str, deployment: str, key: str) -> tuple[list[str], dict[str, Any]]:
+    where: list[str] = []
+    params: dict[str, Any] = {}
+    if group:
+        tenant, _, name = group.rpartition("/")
+        if tenant:
+            where.append("tenant = :tenant")
+            params["tenant"] = tenant
+        where.append('"group" = :group')
+        params["group"] = name
+    if deployment:
+        where.append("deployment = :deployment")
+        params["deployment"] = deployment
+    if key:
+        where.append("key_id = :key")
+        params["key"] = key
+    return where, params
+
+
+_DIMS = (("by_group", "tenant || '/' || \"group\""), ("by_deployment", "deployment"), ("by_key", "key_id"))
+
+
+def _raw(conn: Any, cond: str, params: dict[str, Any]) -> tuple[dict[int, dict[str, Any]], dict[str, Any]]:
+    """Per-minute series and the breakdowns from the calls themselves (exact percentiles: each
+    call's rank within its minute, by a window function, so no row leaves the database)."""
+    from sqlalchemy import text
+
+    failed = "(error_code IS NOT NULL OR status <> 200)"
+    b = "CAST((ts - :start) / :bucket AS INTEGER)"
+    series = {r.b: dict(r._mapping) for r in conn.execute(text(f"""
+        SELECT {b} AS b, COUNT(*) AS calls, SUM(CASE WHEN {failed} THEN 1 ELSE 0 END) AS failed,
+               SUM(prompt_tokens) AS tin, SUM(completion_tokens) AS tout
+        FROM usage_records WHERE {cond} GROUP BY b"""), params)}  # fmt: skip
+    for r in conn.execute(text(f"""
+        SELECT b, MIN(CASE WHEN rn >= 0.5 * n THEN latency_ms END) AS p50,
+                  MIN(CASE WHEN rn >= 0.99 * n THEN latency_ms END) AS p99
+        FROM (SELECT {b} AS b, latency_ms, ROW_NUMBER() OVER (PARTITION BY {b} ORDER BY latency_ms) AS rn,
+                     COUNT(*) OVER (PARTITION BY {b}) AS n
+              FROM usage_records WHERE {cond} AND NOT {failed}) AS ranked
+        GROUP BY b"""), params):  # fmt: skip
+        series[r.b].update(p50=r.p50, p99=r.p99)
+    dims = {name: [dict(r._mapping) for r in conn.execute(text(f"""
+        SELECT {dim} AS k, COUNT(*) AS calls, SUM(CASE WHEN {failed} THEN 1 ELSE 0 END) AS failed,
+               SUM(prompt_tokens) AS tin, SUM(completion_tokens) AS tout,
+               AVG(CASE WHEN {failed} THEN NULL ELSE latency_ms END) AS avg_ms
+        FROM usage_records WHERE {cond} GROUP BY {dim} ORDER BY calls DESC LIMIT 50"""), params)]
+            for name, dim in _DIMS}  # fmt: skip
+    dims["codes"] = [dict(r._mapping) for r in conn.execute(text(f"""
+        SELECT COALESCE(error_code, CAST(status AS TEXT)) AS code, COUNT(*) AS n
+        FROM usage_records WHERE {cond} AND {failed} GROUP BY code ORDER BY n DESC"""), params)]  # fmt: skip
+    return series, dims
+
+
+def _hourly(conn: Any, cond: str, params: dict[str, Any]) -> tuple[dict[int, dict[str, Any]], dict[str, Any]]:
+    """The same from the hourly rollup: percentiles from its latency histogram (±19 %)."""
+    from sqlalchemy import text
+
+    from zsconf.state.rollup import BINS, percentile_of
+
+    bins = ", ".join(f"SUM(l{i:02d}) AS l{i:02d}" for i in range(BINS))
+    series: dict[int, dict[str, Any]] = {}
+    for r in conn.execute(text(f"""
+        SELECT hour - :h0 AS b, SUM(calls) AS calls, SUM(failed) AS failed, SUM(prompt_tokens) AS tin,
+               SUM(completion_tokens) AS tout, {bins}
+        FROM usage_hours WHERE {cond} GROUP BY hour"""), params):  # fmt: skip
+        m = r._mapping
+        hist = [int(m[f"l{i:02d}"]) for i in range(BINS)]
+        series[int(r.b)] = {"calls": m["calls"], "failed": m["failed"], "tin": m["tin"], "tout": m["tout"],
+                            "p50": percentile_of(hist, 50), "p99": percentile_of(hist, 99)}  # fmt: skip
+    dims = {name: [dict(r._mapping) for r in conn.execute(text(f"""
+        SELECT {dim} AS k, SUM(calls) AS calls, SUM(failed) AS failed, SUM(prompt_tokens) AS tin,
+               SUM(completion_tokens) AS tout, SUM(latency_ms_sum) / NULLIF(SUM(ok_calls), 0) AS avg_ms
+        FROM usage_hours WHERE {cond} GROUP BY {dim} ORDER BY calls DESC LIMIT 50"""), params)]
+            for name, dim in _DIMS}  # fmt: skip
+    dims["codes"] = [dict(r._mapping) for r in conn.execute(text(f"""
+        SELECT code, SUM(calls) AS n FROM usage_hours WHERE {cond} AND code <> ''
+        GROUP BY code ORDER BY n DESC"""), params)]  # fmt: skip
+    return series, dims
 
 
 def usage(store: Store, range_: str = "1h", group: str = "", deployment: str = "", key: str = "",
           now: float | None = None) -> dict[str, Any]:  # fmt: skip
-    """Calls, failures, tokens and latency over time and per service group, deployment and key,
-    aggregated in SQL over the indexed `ts` column. Latency percentiles per bucket come from a
-    window function (rank within the bucket), so no row leaves the database."""
-    from sqlalchemy import text
-
-    span, bucket = RANGES.get(range_, RANGES["1h"])
-    now = time.time() if now is None else now
-    start = now - span
-    where = ["ts >= :start", "ts < :end"]
-    params: dict[str, Any] = {"start": start, "end": now, "bucket": bucket}
-    for col, val in (('"group"', group), ("deployment", deployment), ("key_id", key)):
-        if val:
-            name = col.strip('"')
-            if col == '"group"' and "/" in val:
-                tenant, val = val.split("/", 1)
-                where.append("tenant = :tenant")
-                params["tenant"] = tenant
-            where.append(f"{col} = :{name}")
-            params[name] = val
-    cond = " AND ".join(where)
-    failed = "(error_code IS NOT NULL OR status <> 200)"
-    series_sql = f"""
-        SELECT CAST((ts - :start) / :bucket AS INTEGER) AS b, COUNT(*) AS calls,
-               SUM(CASE WHEN {failed} THEN 1 ELSE 0 END) AS failed,
-               SUM(prompt_tokens) AS tin, SUM(completion_tokens) AS tout
-        FROM usage_records WHERE {cond} GROUP BY b ORDER BY b"""
-    pct_sql = f"""
-        SELECT b, MIN(CASE WHEN rn >= 0.5 * n THEN latency_ms END) AS p50,
-                  MIN(CASE WHEN rn >= 0.99 * n THEN latency_ms END) AS p99
-        FROM (SELECT CAST((ts - :start) / :bucket AS INTEGER) AS b, latency_ms,
-                     ROW_NUMBER() OVER (PARTITION BY CAST((ts - :start) / :bucket AS INTEGER)
-                                        ORDER BY latency_ms) AS rn,
-                     COUNT(*) OVER (PARTITION BY CAST((ts - :start) / :bucket AS INTEGER)) AS n
-              FROM usage_records WHERE {cond} AND NOT {failed}) AS ranked
-        GROUP BY b"""
-
-    def per(dim: str) -> str:
-        return f"""
-        SELECT {dim} AS k, COUNT(*) AS calls, SUM(CASE WHEN {failed} THEN 1 ELSE 0 END) AS failed,
-               SUM(prompt_tokens) AS tin, SUM(completion_tokens) AS tout, AVG(latency_ms) AS avg_ms
-        FROM usage_records WHERE {cond} GROUP BY {dim} ORDER BY calls DESC LIMIT 50"""
-
-    codes_sql = f"""
-        SELECT COALESCE(error_code, CAST(status AS TEXT)) AS code, COUNT(*) AS n
-        FROM usage_records WHERE {cond} AND {failed} GROUP BY code ORDER BY n DESC"""
-    with store.engine.connect() as conn:
-        series = conn.execute(text(series_sql), params).all()
-        pct = {r.b: (r.p50, r.p99) for r in conn.execute(text(pct_sql), params).all()}
-        dims = {name: [dict(r._mapping) for r in conn.execute(text(per(dim)), params).all()]
-                for name, dim in (("by_group", "tenant || '/' || \"group\""), ("by_deployment", "deployment"),
-                                  ("by_key", "key_id"))}  # fmt: skip
-        codes = [dict(r._mapping) for r in conn.execute(text(codes_sql), params).all()]
-    n = int(span // bucket)
-    by_b = {r.b: r for r in series}
-    out: dict[str, list[Any]] = {
-        k: [] for k in ("t", "calls", "failed", "tokens_in", "tokens_out", "p50", "p99")
-    }
-    for b in range(n + 1):
-        r = by_b.get(b)
-        out["t"].append(start + b * bucket)
-        out["calls"].append(r.calls if r else 0)
-        out["failed"].append(int(r.failed or 0) if r else 0)
-        out["tokens_in"].append(int(r.tin or 0) if r else 0)
-        out["tokens_out"].append(int(r.tout or 0) if r else 0)
-        out["p50"].append(pct.get(b, (None, None))[0])
-        out["p99"].append(pct.get(b, (None, None))[1])
+    """Calls, failures, tokens and latency p50/p99 over time, and per service group, deployment,
+    key and error code, aggregated in SQL (indexed on the time column)."""
     from schemas.run_gateway import ERROR_CODES
 
-    for c in codes:
+    range_ = range_ if range_ in RANGES else "1h"
+    span, bucket = RANGES[range_]
+    now = time.time() if now is None else now
+    where, params = _filters(group, deployment, key)
+    with store.engine.connect() as conn:
+        if bucket < 3600:
+            start = now - span
+            params |= {"start": start, "end": now, "bucket": bucket}
+            series, dims = _raw(conn, " AND ".join(["ts >= :start", "ts < :end", *where]), params)
+        else:  # whole hours, the current one included
+            h0 = int(now // 3600) - int(span // 3600) + 1
+            start = h0 * 3600.0
+            params["h0"] = h0
+            series, dims = _hourly(conn, " AND ".join(["hour >= :h0", *where]), params)
+    n = int(span // bucket) + (1 if bucket < 3600 else 0)
+    cols = {"t": [], "calls": [], "failed": [], "tokens_in": [], "tokens_out": [], "p50": [], "p99": []}
+    for b in range(n):
+        r = series.get(b) or {}
+        cols["t"].append(start + b * bucket)
+        cols["calls"].append(int(r.get("calls") or 0))
+        cols["failed"].append(int(r.get("failed") or 0))
+        cols["tokens_in"].append(int(r.get("tin") or 0))
+        cols["tokens_out"].append(int(r.get("tout") or 0))
+        cols["p50"].append(r.get("p50"))
+        cols["p99"].append(r.get("p99"))
+    for c in dims["codes"]:
+        c["n"] = int(c["n"])
         c["type"] = ERROR_CODES.get(c["code"], ("", 0, ""))[0]
-    totals = {"calls": sum(out["calls"]), "failed": sum(out["failed"]), "tokens_in": sum(out["tokens_in"]),
-              "tokens_out": sum(out["tokens_out"])}  # fmt: skip
-    return {"range": range_ if range_ in RANGES else "1h", "bucket": bucket, "series": out, "totals": totals,
-            "codes": codes, **dims}  # fmt: skip
+    for name, _ in _DIMS:  # PostgreSQL's SUM is numeric: plain numbers for the page and its JSON
+        for row in dims[name]:
+            row.update({k: int(row[k] or 0) for k in ("calls", "failed", "tin", "tout")})
+            row["avg_ms"] = float(row["avg_ms"]) if row["avg_ms"] is not None else None
+    totals = {k: sum(cols[k]) for k in ("calls", "failed", "tokens_in", "tokens_out")}
+    return {
+        "range": range_,
+        "bucket": bucket,
+        "exact": bucket < 3600,
+        "series": cols,
+        "totals": totals,
+        **dims,
+    }

@@ -22,12 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event as sa_event
+from sqlalchemy import insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlmodel import Session, SQLModel, create_engine, delete, select
 
 from zsconf.errors import StateError, StateLockedError
 from zsconf.names import ACTIVE_RUN
+from zsconf.state import rollup
 from zsconf.state.models import (
     ApiKey,
     Event,
@@ -42,7 +44,7 @@ from zsconf.state.models import (
 
 __all__ = ["SCHEMA_VERSION", "LockInfo", "ResourceView", "Store", "default_url", "open_store"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 STATE_URL_ENV = "ZSCONF_STATE_URL"
 
 log = logging.getLogger("zsconf.state")
@@ -143,9 +145,9 @@ class Store:
                 self._migrate(int(row.value))
 
     def _migrate(self, version: int) -> None:
-        """Bring an older database up to SCHEMA_VERSION. Every change so far added columns with a
-        default (v2: `lock.start_time`, `resources.secrets_digest`), so this adds what the
-        tables lack; two processes migrating at once both succeed."""
+        """Bring an older database up to SCHEMA_VERSION: add what the tables lack (v2:
+        `lock.start_time`, `resources.secrets_digest`; v3: the `usage_hours` table, made by
+        create_all) and fill what needs filling; two processes migrating at once both succeed."""
         from sqlalchemy import inspect, text
 
         have = inspect(self.engine)
@@ -166,12 +168,17 @@ class Store:
                     now = {c["name"] for c in inspect(self.engine).get_columns(table.name)}
                     if col.name not in now:
                         raise
-        with self.session() as s:
-            row = s.get(Meta, "schema_version")
-            if row is not None and int(row.value) == version:
-                row.value = str(SCHEMA_VERSION)
-                s.add(row)
-                s.commit()
+        # The version moves with a compare-and-set, so of two processes migrating at once exactly
+        # one backfills (v3: the hourly usage rollup, from the records written before it existed).
+        with self.engine.begin() as conn:
+            moved = conn.execute(
+                text("UPDATE meta SET value = :new WHERE key = 'schema_version' AND value = :old"),
+                {"new": str(SCHEMA_VERSION), "old": str(version)},
+            ).rowcount
+            if moved == 1 and version < 3:
+                n = rollup.backfill(conn)
+                log.info("state schema %d -> %d: %d usage records added to the hourly rollup", version,
+                         SCHEMA_VERSION, n)  # fmt: skip
 
     @property
     def ephemeral(self) -> bool:
@@ -413,9 +420,11 @@ class Store:
             return len(rows)
 
     def add_usage(self, records: list[UsageRecord]) -> None:
-        with self.session() as s:
-            s.add_all(records)
-            s.commit()
+        """Usage records and their hourly rollup, in one transaction."""
+        rows = [r.model_dump(exclude={"id"}) for r in records]
+        with self.engine.begin() as conn:
+            conn.execute(insert(UsageRecord.__table__), rows)  # type: ignore[attr-defined]
+            rollup.add_usage_rows(conn, rows)
 
     # -- events ------------------------------------------------------------------------------
     def add_event(self, event: str, message: str = "", address: str | None = None, **data: Any) -> Event:
