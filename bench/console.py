@@ -71,10 +71,12 @@ def build(store: object, root: Path, n_resources: int, n_usage: int) -> None:
     for i in range(500):
         store.add_event("created", f"event {i}", f"finetune/t0/job{i % 10}")  # type: ignore[attr-defined]
 
-    # Usage: spread over the last 7 days, inserted in batches as the gateway writes them.
+    # Usage: evenly over the last 7 days, oldest first, in batches with their hourly rollup, as the
+    # gateway writes them (in time order: the rows of an hour sit together in the table).
     from sqlalchemy import insert
 
     from zsconf.state import UsageRecord
+    from zsconf.state.rollup import add_usage_rows
 
     now, rng = time.time(), random.Random(0)
     table = UsageRecord.__table__  # type: ignore[attr-defined]
@@ -82,13 +84,16 @@ def build(store: object, root: Path, n_resources: int, n_usage: int) -> None:
     t0 = time.perf_counter()
     with store.engine.begin() as conn:  # type: ignore[attr-defined]
         for start in range(0, n_usage, batch):
-            rows = [{"ts": now - rng.random() * 7 * 86400, "tenant": f"t{j % 10}", "group": f"g{j % 20}",
-                     "key_id": f"ak-{j % 200:012d}", "model": f"m{j % 30}", "deployment": f"d{j % 30}",
+            # 200 keys in 20 service groups of 10 tenants; each group calls its own 2 deployments.
+            rows = [{"ts": now - 7 * 86400 * (1 - j / n_usage), "tenant": f"t{j % 200 % 20 % 10}",
+                     "group": f"g{j % 200 % 20}", "key_id": f"ak-{j % 200:012d}",
+                     "model": f"d{j % 200 % 20 * 2 + j // 200 % 2}", "deployment": f"d{j % 200 % 20 * 2 + j // 200 % 2}",
                      "instance": None, "prompt_tokens": 20, "completion_tokens": 40,
                      "latency_ms": rng.lognormvariate(4, 0.6), "ttft_ms": None,
                      "status": 200 if j % 97 else 429, "error_code": None if j % 97 else "700004", "stream": False}
                     for j in range(start, min(n_usage, start + batch))]  # fmt: skip
             conn.execute(insert(table), rows)
+            add_usage_rows(conn, rows)  # as the gateway's meter writes them
     print(f"inserted {n_usage:,} usage rows in {time.perf_counter() - t0:.1f} s", flush=True)
 
 

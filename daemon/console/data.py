@@ -147,10 +147,11 @@ def lineage(store: Store, address: str) -> dict[str, Any]:
     return {"nodes": nodes, "edges": edges, "width": width, "height": height}
 
 
-def run_groups(store: Store, address: str) -> list[dict[str, Any]]:
-    """Runs of a resource, newest first, each with its attempts (oldest first) and durations."""
+def run_groups(store: Store, address: str, runs: list[Any] | None = None) -> list[dict[str, Any]]:
+    """Runs of a resource, newest first, each with its attempts (oldest first) and durations
+    (`runs`: the resource's rows when the caller has read them already)."""
     groups: dict[str, list[Any]] = {}
-    for r in store.runs(address):
+    for r in store.runs(address) if runs is None else runs:
         groups.setdefault(r.run_id, []).append(r)
     out = []
     now = time.time()
@@ -232,20 +233,45 @@ def training(store: Store) -> list[dict[str, Any]]:
     estimate (recorded with the run's resource when it was applied)."""
     out = []
     rows = store.resources()
+    runs = _runs_by_address(store)
     for addr, row in sorted(rows.items()):
         if row.kind != "finetune":
             continue
-        for g in run_groups(store, addr):
-            s = metrics_series(g["workdir"])
-            tps = [v for v in s["tokens_per_s_per_card"] if v is not None]
-            loss = [v for v in s["loss"] if v is not None]
+        for g in run_groups(store, addr, runs.get(addr, [])):
+            last = _last_metrics(g["workdir"])
             seconds = sum(a["seconds"] or 0 for a in g["attempts"])
             hours = ((row.outputs or {}).get("estimate") or {}).get("duration_hours")
             out.append({"address": addr, "run_id": g["run_id"], "status": g["status"], "active": g["active"],
-                        "steps": len(s["step"]), "loss": loss[-1] if loss else None,
-                        "tokens_per_s": sum(tps) / len(tps) if tps else None, "seconds": seconds,
+                        "steps": last.get("step") or 0, "loss": last.get("loss"),
+                        "tokens_per_s": last.get("tokens_per_s_per_card"), "seconds": seconds,
                         "estimate_s": [h * 3600 for h in hours] if hours else None, "attempts": len(g["attempts"])})  # fmt: skip
     return out
+
+
+def _runs_by_address(store: Store) -> dict[str, list[Any]]:
+    """Every run row in one query (a page listing many resources asks once, not once each)."""
+    out: dict[str, list[Any]] = {}
+    for r in store.runs():
+        out.setdefault(r.address, []).append(r)
+    return out
+
+
+def _last_metrics(workdir: str) -> dict[str, Any]:
+    """The last step's record of a run's metrics.jsonl, read from the end of the file."""
+    try:
+        with open(Path(workdir) / "metrics.jsonl", "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 16384))
+            tail = f.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return {}
+    for line in reversed(tail):
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue  # a line still being written, or cut by the seek
+        if isinstance(rec, dict) and isinstance(rec.get("step"), int):
+            return rec
+    return {}
 
 
 # -- models -------------------------------------------------------------------------------------
@@ -302,11 +328,12 @@ def deployments(store: Store, metrics: bool = True) -> list[dict[str, Any]]:
 
     rows = store.resources()
     axes = read_statuses(store)
+    all_runs = _runs_by_address(store)
     out = []
     for addr, r in sorted(rows.items()):
         if r.kind != "deployment":
             continue
-        runs = store.runs(addr)
+        runs = all_runs.get(addr, [])
         restarts = sum(1 for x in runs if x.attempt > 1)
         instances = []
         for x in runs:
@@ -435,7 +462,7 @@ def _raw(conn: Any, cond: str, params: dict[str, Any]) -> tuple[dict[int, dict[s
 
 
 def _hourly(conn: Any, cond: str, params: dict[str, Any]) -> tuple[dict[int, dict[str, Any]], dict[str, Any]]:
-    """The same from the hourly rollup: percentiles from its latency histogram (±19 %)."""
+    """The same from the hourly rollups: percentiles from the latency histogram (±19 %)."""
     from sqlalchemy import text
 
     from zsconf.state.rollup import BINS, percentile_of
@@ -450,11 +477,14 @@ def _hourly(conn: Any, cond: str, params: dict[str, Any]) -> tuple[dict[int, dic
         hist = [int(m[f"l{i:02d}"]) for i in range(BINS)]
         series[int(r.b)] = {"calls": m["calls"], "failed": m["failed"], "tin": m["tin"], "tout": m["tout"],
                             "p50": percentile_of(hist, 50), "p99": percentile_of(hist, 99)}  # fmt: skip
-    dims = {name: [dict(r._mapping) for r in conn.execute(text(f"""
-        SELECT {dim} AS k, SUM(calls) AS calls, SUM(failed) AS failed, SUM(prompt_tokens) AS tin,
-               SUM(completion_tokens) AS tout, SUM(latency_ms_sum) / NULLIF(SUM(ok_calls), 0) AS avg_ms
-        FROM usage_hours WHERE {cond} GROUP BY {dim} ORDER BY calls DESC LIMIT 50"""), params)]
-            for name, dim in _DIMS}  # fmt: skip
+
+    def per(dim: str, table: str) -> list[dict[str, Any]]:
+        return [dict(r._mapping) for r in conn.execute(text(f"""
+            SELECT {dim} AS k, SUM(calls) AS calls, SUM(failed) AS failed, SUM(prompt_tokens) AS tin,
+                   SUM(completion_tokens) AS tout, SUM(latency_ms_sum) / NULLIF(SUM(ok_calls), 0) AS avg_ms
+            FROM {table} WHERE {cond} GROUP BY {dim} ORDER BY calls DESC LIMIT 50"""), params)]  # fmt: skip
+
+    dims = {name: per(dim, "usage_key_hours" if name == "by_key" else "usage_hours") for name, dim in _DIMS}
     dims["codes"] = [dict(r._mapping) for r in conn.execute(text(f"""
         SELECT code, SUM(calls) AS n FROM usage_hours WHERE {cond} AND code <> ''
         GROUP BY code ORDER BY n DESC"""), params)]  # fmt: skip
@@ -472,7 +502,7 @@ def usage(store: Store, range_: str = "1h", group: str = "", deployment: str = "
     now = time.time() if now is None else now
     where, params = _filters(group, deployment, key)
     with store.engine.connect() as conn:
-        if bucket < 3600:
+        if bucket < 3600 or key:  # one key's calls are few: read them, exactly
             start = now - span
             params |= {"start": start, "end": now, "bucket": bucket}
             series, dims = _raw(conn, " AND ".join(["ts >= :start", "ts < :end", *where]), params)
@@ -481,7 +511,8 @@ def usage(store: Store, range_: str = "1h", group: str = "", deployment: str = "
             start = h0 * 3600.0
             params["h0"] = h0
             series, dims = _hourly(conn, " AND ".join(["hour >= :h0", *where]), params)
-    n = int(span // bucket) + (1 if bucket < 3600 else 0)
+    raw = "start" in params
+    n = int(span // bucket) + (1 if raw else 0)
     cols = {"t": [], "calls": [], "failed": [], "tokens_in": [], "tokens_out": [], "p50": [], "p99": []}
     for b in range(n):
         r = series.get(b) or {}
