@@ -92,7 +92,7 @@ EN: dict[str, str] = {
     "resource.log": "Log (live)",
     "resource.stop": "Stop job",
     "resource.resume": "Resume job",
-    "training.title": "Training (训练任务)",
+    "training.title": "Training",
     "training.none": "No fine-tune has run yet.",
     "training.chart": "Loss and validation loss by step",
     "training.checkpoints": "checkpoints",
