@@ -91,10 +91,12 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> object:
-    """A headless playwright.sync_api.Browser on Debian's Chromium, one per session (contexts are cheap,
-    browsers are not). Missing Chromium fails rather than skips: the console's browser tests must run in CI."""
+    """A headless playwright.sync_api.Browser on Debian's Chromium, one per test module (contexts are
+    cheap, browsers are not). Not per session: while Playwright's sync API runs, its event loop is
+    the thread's running loop, and every later test's asyncio.run() would refuse to start. Missing
+    Chromium fails rather than skips: the console's browser tests must run in CI."""
     if not os.path.exists(CHROMIUM):
         pytest.fail(
             f"{CHROMIUM} is missing: the browser tests use Debian's Chromium, which .ci/run installs with "

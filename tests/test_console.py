@@ -17,18 +17,10 @@ from typing import Any
 import httpx
 import pytest
 from test_plan import make_stack
+from test_status_cli import SMALL
 
 from zsconf.state import ResourceRow, RunRow, UsageRecord
 
-SMALL = """\
-platform: {device: cpu, default_tenant: acme}
-tenants:
-  acme: {}
-datasets:
-  faq: {path: data/faq.jsonl, format: alpaca}
-models:
-  base: {base: debug/tiny-qwen2, path: base-model, validate_weights: false}
-"""
 EVIL = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">'
 PAGES = ("overview", "resources/finetune/acme/tune", "training", "models", "usage", "deployments", "playground",
          "events", "keys")  # fmt: skip

@@ -156,21 +156,25 @@ def handlers(view: Any, stopping: threading.Event, token: str, cookie: str) -> l
         return await anyio.to_thread.run_sync(fn, *args)
 
     def loaded_stack() -> Any:
-        """The stack as the files say now, loaded again only when a file under it changed."""
+        """The stack as the files say now, loaded again only when a file it read changed (a new
+        file is named in stack.yaml, whose change is seen)."""
         from zsconf.loading import load_stack
 
         root = Path(view.stack_dir)
-        try:
-            sig = tuple(sorted((str(p), p.stat().st_mtime_ns) for p in root.rglob("*.yaml")
-                               if ".zsconf" not in p.parts))  # fmt: skip
-        except OSError:
-            sig = None
-        if sig != loaded_cache["sig"]:
+
+        def signature(loaded: Any) -> Any:
+            files = [*(loaded.sources if loaded is not None else []), root / "stack.yaml"]
+            try:
+                return tuple((str(p), p.stat().st_mtime_ns) for p in files)
+            except OSError:
+                return None
+
+        if loaded_cache["sig"] is None or signature(loaded_cache["loaded"]) != loaded_cache["sig"]:
             try:
                 loaded_cache["loaded"] = load_stack(root)
             except Exception:  # a stack that does not load shows no spec, not an error page
                 loaded_cache["loaded"] = None
-            loaded_cache["sig"] = sig
+            loaded_cache["sig"] = signature(loaded_cache["loaded"])
         return loaded_cache["loaded"]
 
     def page(request: Request, template: str, **ctx: Any) -> Any:
@@ -258,13 +262,11 @@ def handlers(view: Any, stopping: threading.Event, token: str, cookie: str) -> l
             return page(request, "flash.html", message=str(exc), error=True)
         return page(request, "flash.html", message=message)
 
-    @post("/console/jobs/stop")
-    async def job_stop(request: Request) -> Any:
-        return await job_action(request, "stop")
-
-    @post("/console/jobs/resume")
-    async def job_resume(request: Request) -> Any:
-        return await job_action(request, "resume")
+    @post("/console/jobs/{action:str}")
+    async def job(request: Request, action: FromPath[str]) -> Any:
+        if action not in ("stop", "resume"):
+            return Response({"error": f"no job action {action!r} (stop, resume)"}, status_code=404)
+        return await job_action(request, action)
 
     # -- training ----------------------------------------------------------------------------
     @get("/console/training")
@@ -327,17 +329,11 @@ def handlers(view: Any, stopping: threading.Event, token: str, cookie: str) -> l
             await off(forget_keys, stack, [NewKey("", new_id, "")])
         return resp
 
-    @post("/console/keys/create")
-    async def key_create(request: Request) -> Any:
-        return await key_action(request, "create")
-
-    @post("/console/keys/revoke")
-    async def key_revoke(request: Request) -> Any:
-        return await key_action(request, "revoke")
-
-    @post("/console/keys/rotate")
-    async def key_rotate(request: Request) -> Any:
-        return await key_action(request, "rotate")
+    @post("/console/keys/{action:str}")
+    async def key(request: Request, action: FromPath[str]) -> Any:
+        if action not in ("create", "revoke", "rotate"):
+            return Response({"error": f"no key action {action!r} (create, revoke, rotate)"}, status_code=404)
+        return await key_action(request, action)
 
     # -- usage -------------------------------------------------------------------------------
     def usage_args(request: Request) -> dict[str, str]:
@@ -463,9 +459,8 @@ def handlers(view: Any, stopping: threading.Event, token: str, cookie: str) -> l
 
         return ServerSentEvent(feed())
 
-    return [login_form, login, logout, overview, sync, resource, job_stop, job_resume, training, metrics,
-            models, deployments, keys, key_create, key_revoke, key_rotate, usage, usage_data, usage_csv,
-            playground, playground_chat, events, events_stream]  # fmt: skip
+    return [login_form, login, logout, overview, sync, resource, job, training, metrics, models, deployments,
+            keys, key, usage, usage_data, usage_csv, playground, playground_chat, events, events_stream]  # fmt: skip
 
 
 def _event(e: Any) -> dict[str, Any]:
