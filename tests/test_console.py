@@ -151,6 +151,15 @@ def test_security_headers_and_escaping(console: dict[str, Any]) -> None:
     assert EVIL not in page.text and "&lt;script&gt;window.__pwned = 1&lt;/script&gt;" in page.text
     assert "<script>" not in page.text.split("</head>", 1)[1]  # no inline script anywhere in the body
     assert s.get("/console/resources/finetune/acme/nope").status_code == 404
+    # Hostile input gets a clear answer, never a server error.
+    csrf = {"x-csrf-token": _csrf(page.text)}
+    assert s.post("/console/playground/chat", content=b"not json", headers=csrf).status_code == 400
+    assert s.post("/console/playground/chat", json=[1, 2], headers=csrf).status_code == 400
+    assert s.post("/console/keys/bogus", headers=csrf).status_code == 404
+    bad = s.post("/console/keys/create", data={"group": "nope/nope"}, headers=csrf)
+    assert bad.status_code == 200 and "no service group nope/nope" in bad.text
+    assert s.get("/console/usage", params={"range": "bogus", "group": "';drop"}).status_code == 200
+    assert "&lt;x&gt;" in s.get("/console/events", params={"address": "<x>"}).text
 
 
 def test_usage_is_aggregated_in_sql(console: dict[str, Any]) -> None:

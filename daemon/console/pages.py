@@ -389,7 +389,12 @@ def handlers(view: Any, stopping: threading.Event, token: str, cookie: str) -> l
         the gateway sends it (status, headers' content type and bytes unchanged)."""
         import httpx
 
-        body = await request.json()
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            return Response({"error": {"message": "the body must be a JSON object"}}, status_code=400)
         gw = getattr(view, "gateway_url", None)
         base = await off(gw) if gw else None
         if not base:
