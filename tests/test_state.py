@@ -193,7 +193,9 @@ def test_usage_rollup_matches_the_records(state_url: str) -> None:
     from zsconf.usage import percentile
 
     store = open_store(state_url)
-    now = (time.time() // 3600) * 3600 + 1800  # the middle of an hour
+    # Half past midnight: the calls of three hours ago are in yesterday, so the keys' table adds
+    # the hours before the first whole day (hourly rollup) to the whole days (daily rollup).
+    now = (time.time() // 86400) * 86400 + 1800
     lat = [float(x) for x in range(5, 405, 2)]  # 200 calls, 5 ... 403 ms
     store.add_usage(
         [_usage(now - 3 * 3600, latency_ms=ms, group="g1" if i % 4 else "g2") for i, ms in enumerate(lat)]
@@ -214,7 +216,11 @@ def test_usage_rollup_matches_the_records(state_url: str) -> None:
         assert abs(math.log2(got / want)) <= 0.5, (q, got, want)
     assert {(c["code"], c["n"]) for c in u["codes"]} == {("700004", 3), ("502", 1)}
     assert [(g["k"], g["calls"]) for g in u["by_group"]] == [("acme/g1", 204), ("acme/g2", 50)]
-    assert usage(store, "7d", now=now)["totals"]["calls"] == 254
+    assert [(k["k"], k["calls"], k["failed"]) for k in u["by_key"]] == [("ak-1", 254, 4)]
+    week = usage(store, "7d", now=now)
+    assert week["totals"]["calls"] == 254 and [(k["k"], k["calls"]) for k in week["by_key"]] == [
+        ("ak-1", 254)
+    ]
     assert usage(store, "24h", group="acme/g2", now=now)["totals"]["calls"] == 50
     # The hour view reads the records themselves: exact.
     one = usage(store, "1h", now=now)

@@ -461,12 +461,16 @@ def _raw(conn: Any, cond: str, params: dict[str, Any]) -> tuple[dict[int, dict[s
     return series, dims
 
 
-def _hourly(conn: Any, cond: str, params: dict[str, Any]) -> tuple[dict[int, dict[str, Any]], dict[str, Any]]:
-    """The same from the hourly rollups: percentiles from the latency histogram (±19 %)."""
+def _hourly(
+    conn: Any, where: list[str], params: dict[str, Any]
+) -> tuple[dict[int, dict[str, Any]], dict[str, Any]]:
+    """The same from the hourly rollups, from hour `h0` on: percentiles from the latency histogram
+    (±19 %)."""
     from sqlalchemy import text
 
     from zsconf.state.rollup import BINS, percentile_of
 
+    cond = " AND ".join(["hour >= :h0", *where])
     bins = ", ".join(f"SUM(l{i:02d}) AS l{i:02d}" for i in range(BINS))
     series: dict[int, dict[str, Any]] = {}
     for r in conn.execute(text(f"""
@@ -484,7 +488,20 @@ def _hourly(conn: Any, cond: str, params: dict[str, Any]) -> tuple[dict[int, dic
                    SUM(completion_tokens) AS tout, SUM(latency_ms_sum) / NULLIF(SUM(ok_calls), 0) AS avg_ms
             FROM {table} WHERE {cond} GROUP BY {dim} ORDER BY calls DESC LIMIT 50"""), params)]  # fmt: skip
 
-    dims = {name: per(dim, "usage_key_hours" if name == "by_key" else "usage_hours") for name, dim in _DIMS}
+    dims = {name: per(dim, "usage_hours") for name, dim in _DIMS if name != "by_key"}
+    # Keys: whole days from the daily rollup, the hours before the first whole day from the hourly.
+    day0 = -(-params["h0"] // 24)
+    hours_cond = " AND ".join(["hour >= :h0", "hour < :day0 * 24", *where])
+    days_cond = " AND ".join(["day >= :day0", *where])
+    dims["by_key"] = [dict(r._mapping) for r in conn.execute(text(f"""
+        SELECT key_id AS k, SUM(calls) AS calls, SUM(failed) AS failed, SUM(prompt_tokens) AS tin,
+               SUM(completion_tokens) AS tout, SUM(latency_ms_sum) / NULLIF(SUM(ok_calls), 0) AS avg_ms
+        FROM (SELECT key_id, calls, failed, prompt_tokens, completion_tokens, latency_ms_sum, ok_calls
+              FROM usage_key_hours WHERE {hours_cond}
+              UNION ALL
+              SELECT key_id, calls, failed, prompt_tokens, completion_tokens, latency_ms_sum, ok_calls
+              FROM usage_key_days WHERE {days_cond}) AS k
+        GROUP BY key_id ORDER BY calls DESC LIMIT 50"""), {**params, "day0": day0})]  # fmt: skip
     dims["codes"] = [dict(r._mapping) for r in conn.execute(text(f"""
         SELECT code, SUM(calls) AS n FROM usage_hours WHERE {cond} AND code <> ''
         GROUP BY code ORDER BY n DESC"""), params)]  # fmt: skip
@@ -510,7 +527,7 @@ def usage(store: Store, range_: str = "1h", group: str = "", deployment: str = "
             h0 = int(now // 3600) - int(span // 3600) + 1
             start = h0 * 3600.0
             params["h0"] = h0
-            series, dims = _hourly(conn, " AND ".join(["hour >= :h0", *where]), params)
+            series, dims = _hourly(conn, where, params)
     raw = "start" in params
     n = int(span // bucket) + (1 if raw else 0)
     cols = {"t": [], "calls": [], "failed": [], "tokens_in": [], "tokens_out": [], "p50": [], "p99": []}

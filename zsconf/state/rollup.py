@@ -4,7 +4,8 @@ A week of calls at a million rows cannot be scanned in the 50 ms a page may spen
 of usage records also adds them to two rollups: `usage_hours`, one row per hour, service group,
 deployment and error code (empty for a success) with calls, tokens, the latency sum and a
 latency histogram of successful calls in 40 bins, each √2 wider than the one before (1 ms ...
-17 min); and `usage_key_hours`, the same counts per hour, deployment and key, without the histogram. Percentiles read from it are within half a bin (±19 %) of the exact ones; the
+17 min); `usage_key_hours` and `usage_key_days`, the same counts per hour (and day), deployment and key,
+without the histogram. Percentiles read from it are within half a bin (±19 %) of the exact ones; the
 1 h view reads the calls themselves and is exact.
 
 Written by `add_usage_rows` in the same transaction as the records (the gateway's meter and
@@ -21,35 +22,52 @@ from typing import Any
 from sqlalchemy import BigInteger, Column, Float, Index, Integer, String, Table, UniqueConstraint
 from sqlmodel import SQLModel
 
-__all__ = ["BINS", "USAGE_HOURS", "USAGE_KEY_HOURS", "add_usage_rows", "backfill", "bin_of", "percentile_of"]
+__all__ = [
+    "BINS",
+    "USAGE_HOURS",
+    "USAGE_KEY_DAYS",
+    "USAGE_KEY_HOURS",
+    "add_usage_rows",
+    "backfill",
+    "bin_of",
+    "percentile_of",
+]
 
 BINS = 40
 _SUMS = ("calls", "failed", "prompt_tokens", "completion_tokens", "ok_calls")
 _BIN_COLS = tuple(f"l{i:02d}" for i in range(BINS))
 # Per deployment (the time series, groups, deployments, error codes) and per key (the keys'
-# table): a week is hours x deployments and hours x keys rows, not hours x deployments x keys.
+# table): a week is hours x deployments and days x keys rows, not hours x deployments x keys. The
+# keys' table of a range reads the whole days from usage_key_days and the hours before the first
+# whole day from usage_key_hours.
 _DEP_KEY = ("hour", "tenant", "group", "deployment", "code")
 _KEY_KEY = ("hour", "tenant", "group", "deployment", "key_id")
+_KEY_DAY_KEY = ("day", "tenant", "group", "deployment", "key_id")
 
 
 def _table(name: str, key: tuple[str, ...], histogram: bool) -> Table:
+    period = key[0]  # "hour" (epoch seconds // 3600) or "day" (// 86400)
     return Table(
         name,
         SQLModel.metadata,
         Column("id", Integer, primary_key=True),
-        Column("hour", BigInteger, nullable=False),  # epoch seconds // 3600
+        Column(period, BigInteger, nullable=False),
         *(Column(k, String, nullable=False) for k in key[1:]),
         *(Column(c, BigInteger, nullable=False, default=0) for c in _SUMS),
         Column("latency_ms_sum", Float, nullable=False, default=0.0),
         *((Column(c, BigInteger, nullable=False, default=0) for c in _BIN_COLS) if histogram else ()),
         UniqueConstraint(*key, name=f"uq_{name}_key"),
-        Index(f"ix_{name}_hour", "hour"),
+        Index(f"ix_{name}_{period}", period),
     )
 
 
 # `code`: the error code, or the HTTP status of a failure without one; "" for a success.
 USAGE_HOURS = _table("usage_hours", _DEP_KEY, histogram=True)
 USAGE_KEY_HOURS = _table("usage_key_hours", _KEY_KEY, histogram=False)
+USAGE_KEY_DAYS = _table("usage_key_days", _KEY_DAY_KEY, histogram=False)
+
+
+_TABLES = ((USAGE_HOURS, _DEP_KEY), (USAGE_KEY_HOURS, _KEY_KEY), (USAGE_KEY_DAYS, _KEY_DAY_KEY))
 
 
 def bin_of(latency_ms: float) -> int:
@@ -74,17 +92,21 @@ def percentile_of(counts: Sequence[int], q: float) -> float | None:
     return 2 ** (BINS / 2)
 
 
-def _aggregate(rows: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _aggregate(rows: Iterable[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The rows each rollup table gets, in _TABLES order."""
     deps: dict[tuple[Any, ...], dict[str, Any]] = {}
     keys: dict[tuple[Any, ...], dict[str, Any]] = {}
+    days: dict[tuple[Any, ...], dict[str, Any]] = {}
     for r in rows:
         failed = r.get("error_code") is not None or (r.get("status") or 200) != 200
         code = (r.get("error_code") or str(r.get("status") or "")) if failed else ""
         hour = int(r["ts"] // 3600)
         ms = float(r.get("latency_ms") or 0.0)
+        who = (r["tenant"], r["group"], r["deployment"])
         for out, names, key, hist in (
-            (deps, _DEP_KEY, (hour, r["tenant"], r["group"], r["deployment"], code), True),
-            (keys, _KEY_KEY, (hour, r["tenant"], r["group"], r["deployment"], r["key_id"]), False),
+            (deps, _DEP_KEY, (hour, *who, code), True),
+            (keys, _KEY_KEY, (hour, *who, r["key_id"]), False),
+            (days, _KEY_DAY_KEY, (hour // 24, *who, r["key_id"]), False),
         ):
             acc = out.get(key)
             if acc is None:
@@ -102,7 +124,7 @@ def _aggregate(rows: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]], li
                 acc["latency_ms_sum"] += ms
                 if hist:
                     acc[_BIN_COLS[bin_of(ms)]] += 1
-    return list(deps.values()), list(keys.values())
+    return [list(deps.values()), list(keys.values()), list(days.values())]
 
 
 def add_usage_rows(conn: Any, rows: Sequence[dict[str, Any]]) -> None:
@@ -117,8 +139,7 @@ def add_usage_rows(conn: Any, rows: Sequence[dict[str, Any]]) -> None:
         from sqlalchemy.dialects.sqlite import insert
     else:
         raise RuntimeError(f"usage rollups need SQLite or PostgreSQL, not {name}")
-    deps, keys = _aggregate(rows)
-    for table, key, agg in ((USAGE_HOURS, _DEP_KEY, deps), (USAGE_KEY_HOURS, _KEY_KEY, keys)):
+    for (table, key), agg in zip(_TABLES, _aggregate(rows), strict=True):
         stmt = insert(table)
         cols = [c.name for c in table.columns if c.name not in key and c.name != "id"]
         added = {c: table.c[c] + stmt.excluded[c] for c in cols}
