@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import test_state
 from gateway_harness import GatewayEnv, start_stub
 
 USER = [{"role": "user", "content": "hello"}]
@@ -31,6 +32,9 @@ def stubs():
     yield procs
     for p in procs:
         p.stop()
+
+
+state_url = test_state.state_url  # fixture: SQLite and a fresh PostgreSQL database
 
 
 def _env(tmp_path: Path, stubs, state_url: str | None = None, **spec) -> GatewayEnv:
@@ -138,14 +142,10 @@ def test_config_reload_on_change_and_sighup(tmp_path: Path, stubs) -> None:
         env.close()
 
 
-@pytest.mark.parametrize("db", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def test_graceful_shutdown_loses_no_usage_record(tmp_path: Path, stubs, db: str) -> None:
-    url = None
-    if db == "postgres":
-        url = os.environ.get("ZSCONF_TEST_PG_URL")
-        if not url:
-            pytest.skip("ZSCONF_TEST_PG_URL is not set")
-    env = _env(tmp_path, stubs, url, usage_flush_s=60)  # only the shutdown flush writes records
+def test_graceful_shutdown_loses_no_usage_record(tmp_path: Path, stubs, state_url: str) -> None:
+    # state_url: SQLite, and a fresh PostgreSQL database (not the server's shared one, which keeps
+    # whatever tables earlier runs left there).
+    env = _env(tmp_path, stubs, state_url, usage_flush_s=60)  # only the shutdown flush writes records
     try:
         with httpx.Client() as c:
             for _ in range(5):
