@@ -6,7 +6,9 @@ then `write_discovery(stack, {...,"admin_url": server.url})`; on shutdown `serve
 `events`, `logs`), which finds the daemon through `<stack>/.zsconf/daemon.json`.
 
 Every route needs `Authorization: Bearer <token>` (the token in `<stack>/.zsconf/admin.token`,
-mode 0600, created once): this API is for the operator, separate from the gateway's `/v1` keys.
+mode 0600, created once) or a web-console session signed with it (`daemon.console.gate`): this
+API is for the operator, separate from the gateway's `/v1` keys. The same server serves the
+console's pages under `/console/` (`daemon.console.pages`).
 Routes (JSON):
 
     GET  /api/health                          {"ok": true, "pid", "leader", "stack_dir"}
@@ -49,7 +51,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from daemon.records import newest_event_id, query_events, read_log
+from daemon.records import event_dict, newest_event_id, query_events, read_log
 from zsconf.names import FINISHED_RUN
 
 if TYPE_CHECKING:
@@ -161,11 +163,6 @@ def _error(status: int, message: str) -> Any:
     return Response({"error": message}, status_code=status)
 
 
-def _event_dict(ev: Any) -> dict[str, Any]:
-    return {"id": ev.id, "ts": ev.ts, "address": ev.address, "event": ev.event, "message": ev.message,
-            "data": ev.data}  # fmt: skip
-
-
 def _wait_s(value: float | None) -> float:
     return max(0.0, min(float(value or 0.0), MAX_WAIT_S))
 
@@ -257,7 +254,7 @@ def create_app(
             if found or not await sleep_or_stop(deadline):
                 break
         last = found[-1].id if found else max(since, newest)
-        return {"events": [_event_dict(e) for e in found], "last_id": last}
+        return {"events": [event_dict(e) for e in found], "last_id": last}
 
     @get("/api/runs")
     async def runs(address: FromQuery[str | None] = None) -> dict[str, Any]:

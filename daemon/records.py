@@ -14,10 +14,16 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from zsconf.state import Store
 
-__all__ = ["LOG_NAME", "MAX_LOG_CHUNK", "newest_event_id", "query_events", "read_log"]
+__all__ = ["LOG_NAME", "MAX_LOG_CHUNK", "event_dict", "newest_event_id", "query_events", "read_log"]
 
 MAX_LOG_CHUNK = 1 << 20
 LOG_NAME = "runner.log"
+
+
+def event_dict(ev: Any) -> dict[str, Any]:
+    """An event as the API, `zsconf events --json` and the console show it."""
+    return {"id": ev.id, "ts": ev.ts, "address": ev.address, "event": ev.event, "message": ev.message,
+            "data": ev.data}  # fmt: skip
 
 
 def query_events(

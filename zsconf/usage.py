@@ -6,10 +6,11 @@ Called by `zsconf usage` (zsconf/cli/usage_cmds.py) and usable by the daemon's s
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from schemas.run_gateway import ERROR_CODES
 
@@ -102,10 +103,13 @@ def summarize(records: list[Any]) -> dict[str, Any]:
     }
 
 
-def write_csv(records: list[Any], path: str | Path) -> int:
+def write_csv(records: list[Any], out: str | Path | TextIO) -> int:
+    """Usage records as CSV (USAGE_COLUMNS), to a file path or an open text stream."""
     from zsconf.state import USAGE_COLUMNS
 
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    with contextlib.ExitStack() as stack:
+        f = out if not isinstance(out, str | Path) else stack.enter_context(
+            open(out, "w", newline="", encoding="utf-8"))  # fmt: skip
         w = csv.writer(f)
         w.writerow(USAGE_COLUMNS)
         for r in records:

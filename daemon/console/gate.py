@@ -59,8 +59,9 @@ def guard(app: Any, token: str, port: int, login_page: Callable[[dict[str, Any]]
         console = path == "/console" or path.startswith("/console/")
         headers = scope["headers"]
         got = next((v for k, v in headers if k == b"authorization"), b"")
-        nonce = None if hmac.compare_digest(got, bearer) else verify(token, read_cookies(headers).get(cookie))
-        authed = nonce is not None or hmac.compare_digest(got, bearer)
+        by_bearer = hmac.compare_digest(got, bearer)
+        nonce = None if by_bearer else verify(token, read_cookies(headers).get(cookie))
+        authed = by_bearer or nonce is not None
         scope["zsconf"] = {"nonce": nonce, "authed": authed}
 
         started = time.perf_counter()

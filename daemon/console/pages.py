@@ -353,11 +353,9 @@ def handlers(view: Any, stopping: threading.Event, token: str, cookie: str) -> l
 
     @get("/console/usage.csv")
     async def usage_csv(request: Request) -> Any:
-        import csv
         import io
 
-        from zsconf.state import USAGE_COLUMNS
-        from zsconf.usage import query_usage
+        from zsconf.usage import query_usage, write_csv
 
         args = usage_args(request)
         span = data.RANGES.get(args["range_"], data.RANGES["1h"])[0]
@@ -365,13 +363,8 @@ def handlers(view: Any, stopping: threading.Event, token: str, cookie: str) -> l
         rows = await off(lambda: query_usage(store, span, group=group[-1] or None,
                                              tenant=group[0] if len(group) == 2 else None))  # fmt: skip
         buf = io.StringIO()
-        w = csv.writer(buf)
-        w.writerow(USAGE_COLUMNS)
-        for r in rows:
-            if (not args["deployment"] or r.deployment == args["deployment"]) and (
-                not args["key"] or r.key_id == args["key"]
-            ):
-                w.writerow([getattr(r, c) for c in USAGE_COLUMNS])
+        write_csv([r for r in rows if (not args["deployment"] or r.deployment == args["deployment"])
+                   and (not args["key"] or r.key_id == args["key"])], buf)  # fmt: skip
         return Response(buf.getvalue(), media_type="text/csv",
                         headers={"content-disposition": f'attachment; filename="usage-{args["range_"]}.csv"'})  # fmt: skip
 
@@ -469,5 +462,6 @@ def handlers(view: Any, stopping: threading.Event, token: str, cookie: str) -> l
 
 
 def _event(e: Any) -> dict[str, Any]:
-    return {"id": e.id, "ts": e.ts, "when": _when(e.ts), "address": e.address or "", "event": e.event,
-            "message": e.message}  # fmt: skip
+    from daemon.records import event_dict
+
+    return {**event_dict(e), "address": e.address or "", "when": _when(e.ts)}

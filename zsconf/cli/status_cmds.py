@@ -239,11 +239,6 @@ def _event_line(ev: dict[str, Any]) -> str:
     return f"{when}  #{ev['id']:<5} {ev['address'] or '-':<34} {ev['event']:<16} {ev['message']}"
 
 
-def _event_dict(ev: Any) -> dict[str, Any]:
-    return {"id": ev.id, "ts": ev.ts, "address": ev.address, "event": ev.event, "message": ev.message,
-            "data": ev.data}  # fmt: skip
-
-
 def events(
     address: Annotated[
         str | None, typer.Argument(help="only this address, e.g. deployment/acme/chat")
@@ -297,18 +292,18 @@ def events(
                 if last is None:
                     raise
                 _note(f"(the daemon stopped answering: {exc}; following the state store)")
-        from daemon.records import newest_event_id, query_events
+        from daemon.records import event_dict, newest_event_id, query_events
 
         with _ctrl_c_sets() as stopped:
             store = _store(directory)
             if last is None:
                 newest = newest_event_id(store)
-                found = [_event_dict(e) for e in query_events(store, since_id, address, since_ts, n)]
+                found = [event_dict(e) for e in query_events(store, since_id, address, since_ts, n)]
                 emit(found)
                 last = found[-1]["id"] if found else max(since_id, newest)
             while follow and not stopped.wait(0.5):
                 newest = newest_event_id(store)
-                found = [_event_dict(e) for e in query_events(store, last, address)]
+                found = [event_dict(e) for e in query_events(store, last, address)]
                 emit(found)
                 last = found[-1]["id"] if found else max(last, newest)
     except KeyboardInterrupt:  # Ctrl-C while the daemon answered (its long poll is plain blocking I/O)
