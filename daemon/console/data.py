@@ -482,13 +482,13 @@ def _hourly(
         series[int(r.b)] = {"calls": m["calls"], "failed": m["failed"], "tin": m["tin"], "tout": m["tout"],
                             "p50": percentile_of(hist, 50), "p99": percentile_of(hist, 99)}  # fmt: skip
 
-    def per(dim: str, table: str) -> list[dict[str, Any]]:
+    def per(dim: str) -> list[dict[str, Any]]:
         return [dict(r._mapping) for r in conn.execute(text(f"""
             SELECT {dim} AS k, SUM(calls) AS calls, SUM(failed) AS failed, SUM(prompt_tokens) AS tin,
                    SUM(completion_tokens) AS tout, SUM(latency_ms_sum) / NULLIF(SUM(ok_calls), 0) AS avg_ms
-            FROM {table} WHERE {cond} GROUP BY {dim} ORDER BY calls DESC LIMIT 50"""), params)]  # fmt: skip
+            FROM usage_hours WHERE {cond} GROUP BY {dim} ORDER BY calls DESC LIMIT 50"""), params)]  # fmt: skip
 
-    dims = {name: per(dim, "usage_hours") for name, dim in _DIMS if name != "by_key"}
+    dims = {name: per(dim) for name, dim in _DIMS if name != "by_key"}
     # Keys: whole days from the daily rollup, the hours before the first whole day from the hourly.
     day0 = -(-params["h0"] // 24)
     hours_cond = " AND ".join(["hour >= :h0", "hour < :day0 * 24", *where])

@@ -242,11 +242,14 @@ def handlers(view: Any, stopping: threading.Event, token: str, cookie: str) -> l
             )
         return page(request, "resource.html", r=found)
 
-    async def job_action(request: Request, action: str) -> Any:
+    @post("/console/jobs/{action:str}")
+    async def job(request: Request, action: FromPath[str]) -> Any:
         from zsconf.engine.jobs import resume_job, stop_job
         from zsconf.errors import ZsconfError
         from zsconf.executors import default_executor
 
+        if action not in ("stop", "resume"):
+            return Response({"error": f"no job action {action!r} (stop, resume)"}, status_code=404)
         address = str((await request.form()).get("address") or "")
         executor = getattr(view, "executor", None) or default_executor(Path(view.stack_dir).resolve())
         fn = stop_job if action == "stop" else resume_job
@@ -261,12 +264,6 @@ def handlers(view: Any, stopping: threading.Event, token: str, cookie: str) -> l
         except ZsconfError as exc:
             return page(request, "flash.html", message=str(exc), error=True)
         return page(request, "flash.html", message=message)
-
-    @post("/console/jobs/{action:str}")
-    async def job(request: Request, action: FromPath[str]) -> Any:
-        if action not in ("stop", "resume"):
-            return Response({"error": f"no job action {action!r} (stop, resume)"}, status_code=404)
-        return await job_action(request, action)
 
     # -- training ----------------------------------------------------------------------------
     @get("/console/training")
@@ -299,10 +296,13 @@ def handlers(view: Any, stopping: threading.Event, token: str, cookie: str) -> l
     async def keys(request: Request) -> Any:
         return page(request, "keys.html", groups=await off(data.keys, store))
 
-    async def key_action(request: Request, action: str) -> Any:
+    @post("/console/keys/{action:str}")
+    async def key(request: Request, action: FromPath[str]) -> Any:
         from zsconf.errors import ZsconfError
         from zsconf.keys import NewKey, create_key, forget_keys, resolve_group, revoke_keys, rotate_key
 
+        if action not in ("create", "revoke", "rotate"):
+            return Response({"error": f"no key action {action!r} (create, revoke, rotate)"}, status_code=404)
         form = await request.form()
         ref, key_id = str(form.get("group") or ""), str(form.get("key") or "") or None
         stack = Path(view.stack_dir).resolve()
@@ -328,12 +328,6 @@ def handlers(view: Any, stopping: threading.Event, token: str, cookie: str) -> l
         if secret is not None:  # shown now (in this response): the kept copy goes
             await off(forget_keys, stack, [NewKey("", new_id, "")])
         return resp
-
-    @post("/console/keys/{action:str}")
-    async def key(request: Request, action: FromPath[str]) -> Any:
-        if action not in ("create", "revoke", "rotate"):
-            return Response({"error": f"no key action {action!r} (create, revoke, rotate)"}, status_code=404)
-        return await key_action(request, action)
 
     # -- usage -------------------------------------------------------------------------------
     def usage_args(request: Request) -> dict[str, str]:

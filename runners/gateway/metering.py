@@ -39,17 +39,10 @@ class Meter:
         ))  # fmt: skip
 
     def _write(self, batch: list[tuple]) -> None:
-        """One Core INSERT of many rows (ORM objects cost ~10x more CPU per record), and the hourly
-        rollup the console reads (zsconf.state.rollup)."""
-        from sqlalchemy import insert
+        """The batch and its rollups (what the console reads), in one transaction."""
+        from zsconf.state import USAGE_COLUMNS
 
-        from zsconf.state import USAGE_COLUMNS, UsageRecord
-        from zsconf.state.rollup import add_usage_rows
-
-        rows = [dict(zip(USAGE_COLUMNS, f, strict=True)) for f in batch]
-        with self._store.engine.begin() as conn:  # the records and their hourly rollup, or neither
-            conn.execute(insert(UsageRecord.__table__), rows)  # type: ignore[attr-defined]
-            add_usage_rows(conn, rows)
+        self._store.add_usage_rows([dict(zip(USAGE_COLUMNS, f, strict=True)) for f in batch])
 
     async def flush(self) -> None:
         async with self._lock:
