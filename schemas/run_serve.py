@@ -59,7 +59,7 @@ def serve_spec_from_envelope(data: Mapping[str, Any], env: Mapping[str, str]) ->
 
     `spec` is the Deployment's model_dump, `inputs.model_dir` the model version's folder. The served
     name is `inputs.served_model_name`, else the deployment's name (what clients send as `model`).
-    The port comes from `ZSCONF_PORT` (set by the executor), the internal key from
+    The address and port come from `ZSCONF_HOST` and `ZSCONF_PORT` (set by the executor), the internal key from
     `ZSCONF_SERVE_API_KEY` (secrets stay out of spec files), cards from the visible-devices
     variable the executor set. The engine is the one the plan chose (`inputs.engine`, with the
     environment's interpreter in `inputs.engine_python`); an envelope without it falls back to
@@ -77,6 +77,7 @@ def serve_spec_from_envelope(data: Mapping[str, Any], env: Mapping[str, str]) ->
             "address": address,
             "model_dir": inputs.get("model_dir"),
             "served_model_name": inputs.get("served_model_name") or address.rsplit("/", 1)[-1],
+            "host": env.get("ZSCONF_HOST") or "127.0.0.1",
             "port": int(env.get("ZSCONF_PORT") or 0),
             "engine": engine,
             "device": device,

@@ -118,3 +118,54 @@ def browser() -> object:
     finally:
         chromium.close()
         playwright.stop()
+
+
+class RayCluster:
+    """A real multi-node Ray cluster on this machine (`ray.cluster_utils.Cluster`: one raylet per
+    simulated node), as Ray tests itself. The head takes no work; each worker node offers
+    `NODE_CPUS` CPUs, `NODE_MEMORY_GB` of memory and a resource naming it (`node0`, `node1`, ...)."""
+
+    NODE_CPUS = 8
+    NODE_MEMORY_GB = 48
+
+    def __init__(self, nodes: int) -> None:
+        from ray.cluster_utils import Cluster
+
+        small = {"object_store_memory": 80 * 2**20}
+        self.cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, **small})
+        self.nodes: list[object] = []
+        for i in range(nodes):
+            self.add_node(f"node{i}")
+
+    @property
+    def address(self) -> str:
+        return str(self.cluster.address)
+
+    def add_node(self, label: str) -> object:
+        node = self.cluster.add_node(
+            num_cpus=self.NODE_CPUS, memory=self.NODE_MEMORY_GB * 2**30, resources={label: 1},
+            object_store_memory=80 * 2**20,
+        )  # fmt: skip
+        self.cluster.wait_for_nodes()
+        self.nodes.append(node)
+        return node
+
+    def remove_node(self, node: object) -> None:
+        self.cluster.remove_node(node, allow_graceful=False)
+        self.nodes.remove(node)
+
+    def shutdown(self) -> None:
+        import ray
+
+        ray.shutdown()  # this process's driver connection, before the cluster goes
+        self.cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> object:
+    """A 3-node Ray cluster (head + 2 worker nodes) for one test module."""
+    cluster = RayCluster(2)
+    try:
+        yield cluster
+    finally:
+        cluster.shutdown()

@@ -13,7 +13,7 @@ import os
 import sys
 from dataclasses import dataclass, replace
 
-__all__ = ["REGISTRY", "Runner", "runner", "runner_argv", "torchrun_argv"]
+__all__ = ["REGISTRY", "Runner", "runner", "runner_argv", "torchrun_argv", "torchrun_node_argv"]
 
 
 @dataclass(frozen=True)
@@ -77,11 +77,20 @@ def runner_argv(
         return [_python(r), *target]
     if nodes == 1:
         return torchrun_argv(per_node, target, python=_python(r))
+    return torchrun_node_argv(
+        _python(r), per_node, nodes, node_rank if node_rank is not None else "$PET_NODE_RANK",
+        master_addr or "$PET_MASTER_ADDR", master_port or "$PET_MASTER_PORT", target,
+    )  # fmt: skip
+
+
+def torchrun_node_argv(
+    python: str, per_node: int, nodes: int, node_rank: int | str, master_addr: str, master_port: int | str,
+    target: list[str],
+) -> list[str]:  # fmt: skip
+    """torchrun for one node of a `nodes`-node process group (static rendezvous at the master)."""
     return [
-        _python(r), "-m", "torch.distributed.run", f"--nproc_per_node={per_node}", f"--nnodes={nodes}",
-        f"--node_rank={node_rank if node_rank is not None else '$PET_NODE_RANK'}",
-        f"--master_addr={master_addr or '$PET_MASTER_ADDR'}",
-        f"--master_port={master_port or '$PET_MASTER_PORT'}", *target,
+        python, "-m", "torch.distributed.run", f"--nproc_per_node={per_node}", f"--nnodes={nodes}",
+        f"--node_rank={node_rank}", f"--master_addr={master_addr}", f"--master_port={master_port}", *target,
     ]  # fmt: skip
 
 

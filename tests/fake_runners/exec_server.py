@@ -1,5 +1,5 @@
 """Fake model server for executor tests (named as such): answers GET /health with 200 on
-127.0.0.1:$ZSCONF_PORT; SIGTERM stops it after writing `WORKDIR/drained` (proves a graceful stop).
+$ZSCONF_HOST:$ZSCONF_PORT; SIGTERM stops it after writing `WORKDIR/drained` (proves a graceful stop).
 Usage: exec_server.py WORKDIR
 """
 
@@ -27,7 +27,7 @@ class Handler(BaseHTTPRequestHandler):
 
 def main() -> int:
     workdir = Path(sys.argv[1])
-    server = ThreadingHTTPServer(("127.0.0.1", int(os.environ["ZSCONF_PORT"])), Handler)
+    server = ThreadingHTTPServer((os.environ.get("ZSCONF_HOST", "127.0.0.1"), int(os.environ["ZSCONF_PORT"])), Handler)
 
     def stop(*_: object) -> None:
         (workdir / "drained").write_text("yes")

@@ -19,6 +19,7 @@ and the overrides, so the daemon re-planning an unchanged stack does not pay the
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -79,12 +80,17 @@ class Engine:
 
     @property
     def executor(self) -> Executor:
-        """The executor apply and refresh use (default: local, under <stack>/.zsconf/executor or
-        $ZSCONF_EXECUTOR_ROOT); created on first use."""
+        """The executor apply and refresh use: the one `platform.executor` names (local by
+        default), its records under <stack>/.zsconf/executor or $ZSCONF_EXECUTOR_ROOT; created on
+        first use."""
         if self._executor is None:
-            from zsconf.executors import default_executor
+            from zsconf.errors import ZsconfError
+            from zsconf.executors import executor_for
 
-            self._executor = default_executor(self.stack_dir)
+            if self._platform is None:
+                with contextlib.suppress(ZsconfError):  # a stack that does not load: local
+                    self.load(check_files=False)
+            self._executor = executor_for(self.stack_dir, self._platform)
         return self._executor
 
     @property
@@ -122,6 +128,7 @@ class Engine:
         except StackError as exc:
             raise StackError([*exc.diagnostics, *problems]) from None
         self._cache = (key, loaded, graph, problems)
+        self._platform = loaded.stack.platform
         if problems and check_files:
             raise StackError(problems)
         return loaded, graph

@@ -100,9 +100,9 @@ def apply_plan(
     if not plan.can_apply():
         raise PlanError("the plan has errors and cannot be applied:\n" + "\n".join(plan.errors))
     if executor is None:
-        from zsconf.executors import default_executor
+        from zsconf.executors import executor_for
 
-        executor = default_executor(plan.stack_dir)
+        executor = executor_for(plan.stack_dir, loaded.stack.platform)
     result = ApplyResult()
     ctx = ApplyContext(plan, loaded, graph, store, wait, catalog, executor)
     emit = on_event or (lambda a, p, m: None)

@@ -208,7 +208,7 @@ def _sync(
     handle = executor.start_instance(
         InstanceRequest(deployment=GATEWAY, index=0, workdir=str(run_dir), spec_path=str(gdir / "spec.json"),
                         module=runner("gateway").module, argv=runner_argv(runner("gateway"), str(gdir / "spec.json")),
-                        port=port)
+                        port=port, control_plane=True)
     )  # fmt: skip
     if not executor.wait_healthy(handle, timeout_s=60.0):
         executor.stop_instance(handle, grace_s=2.0)

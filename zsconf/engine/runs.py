@@ -28,7 +28,9 @@ if TYPE_CHECKING:
     from zsconf.catalog import Catalog
     from zsconf.executors import Executor, JobRequest
 
-__all__ = ["FINISH_LOCK", "finish_runs", "flavor_cards", "job_request", "new_run_id", "next_version"]
+__all__ = [
+    "FINISH_LOCK", "finish_runs", "flavor_cards", "flavor_host", "job_request", "new_run_id", "next_version",
+]  # fmt: skip
 
 
 def new_run_id(addr: str, content_hash: str, suffix: str = "") -> str:
@@ -43,6 +45,12 @@ def flavor_cards(catalog: Catalog, flavor: str) -> tuple[int, str]:
     return (found.cards, found.device) if found is not None else (0, "cpu")
 
 
+def flavor_host(catalog: Catalog, flavor: str) -> dict[str, Any]:
+    """The CPUs and memory per node a flavor asks of a cluster executor ({} when unknown)."""
+    found = catalog.flavors.get(flavor)
+    return {"cpus": found.cpu, "memory_gb": found.memory_gb} if found is not None else {}
+
+
 def job_request(
     catalog: Catalog, run_id: str, address: str, tenant: str, resources: dict[str, Any],
     spec_path: Path, workdir: Path, max_cards: int | None,
@@ -52,7 +60,8 @@ def job_request(
     from zsconf.executors import JobRequest
 
     kind = address.split("/", 1)[0]
-    cards, device = flavor_cards(catalog, resources.get("flavor") or "cpu.small")
+    flavor = resources.get("flavor") or "cpu.small"
+    cards, device = flavor_cards(catalog, flavor)
     nodes, stage = int(resources.get("nodes") or 1), resources.get("deepspeed_stage")
     r = runner(kind)
     # This host is the only node the local executor has: all processes run here, one per card.
@@ -60,7 +69,7 @@ def job_request(
     return JobRequest(
         run_id=run_id, address=address, spec_path=str(spec_path), workdir=str(workdir), argv=argv,
         module=r.module, kind=kind, cards=cards, nodes=nodes,
-        device=device, priority=int(resources.get("priority") or 0), tenant=tenant,
+        device=device, **flavor_host(catalog, flavor), priority=int(resources.get("priority") or 0), tenant=tenant,
         max_cards_for_tenant=max_cards, deepspeed_stage=stage,
     )  # fmt: skip
 

@@ -1,14 +1,15 @@
 """Executors: the boundary between the engine and processes (see `base.py` for the interface).
 
-Called by `zsconf.engine` and the daemon: `get_executor("local", root=...)` returns the executor
-whose bookkeeping lives under `root` (default `$ZSCONF_EXECUTOR_ROOT` or `~/.zsconf/executor`).
-Importing this package is cheap: no torch, no HTTP client.
+Called by `zsconf.engine` and the daemon: `default_executor(stack_dir, platform)` returns the one
+the stack's `platform.executor` names (local, or ray), its bookkeeping under
+`$ZSCONF_EXECUTOR_ROOT` or `<stack>/.zsconf/executor`. Importing this package is cheap: no torch,
+no HTTP client, no ray.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from zsconf.executors.base import (
     Capacity,
@@ -37,6 +38,7 @@ __all__ = [
     "default_executor",
     "enforce_auto_stop",
     "ensure_instances",
+    "executor_for",
     "get_executor",
     "host_cards",
     "should_restart",
@@ -44,23 +46,47 @@ __all__ = [
 
 
 def get_executor(name: str = "local", root: str | Path | None = None) -> LocalExecutor:
-    """The executor called `name`; only "local" exists today."""
+    """The local executor under `root` (the Ray one needs its platform: `default_executor`)."""
     if name != "local":
         from zsconf.errors import ExecutorError
 
-        raise ExecutorError(f"unknown executor {name!r} (known: local)")
+        raise ExecutorError(f"unknown executor {name!r} (known: local; ray comes from the stack's platform)")
     from zsconf.executors.local import LocalExecutor
 
     return LocalExecutor(root=root)
 
 
 def default_executor(stack_dir: str | Path) -> LocalExecutor:
-    """The stack's local executor, its bookkeeping under $ZSCONF_EXECUTOR_ROOT or
-    <stack>/.zsconf/executor (so the CLI and the daemon of one stack share one queue)."""
+    """The executor the stack's files name (local when they do not load): `executor_for`."""
+    return executor_for(stack_dir, _stack_platform(Path(stack_dir)))
+
+
+def executor_for(stack_dir: str | Path, platform: Any) -> LocalExecutor:
+    """The executor `platform.executor` names (local for None), its bookkeeping under
+    $ZSCONF_EXECUTOR_ROOT or <stack>/.zsconf/executor, so the CLI and the daemon of one stack
+    share one queue (and a stack moved to a cluster still sees the runs it started locally)."""
     import os
 
     root = os.environ.get("ZSCONF_EXECUTOR_ROOT") or Path(stack_dir) / ".zsconf" / "executor"
-    return get_executor("local", root=root)
+    spec = getattr(platform, "executor", None)
+    if spec is None or spec.kind == "local":
+        return get_executor("local", root=root)
+    from zsconf.executors.ray_cluster import RayExecutor
+
+    namespace = spec.namespace or "zsconf-" + "".join(
+        c if c.isalnum() or c in "-_." else "_" for c in Path(stack_dir).resolve().name
+    )
+    return RayExecutor(root, address=spec.address, namespace=namespace)
+
+
+def _stack_platform(stack_dir: Path) -> Any:
+    from zsconf.errors import ZsconfError
+    from zsconf.loading import load_stack
+
+    try:
+        return load_stack(stack_dir).stack.platform
+    except ZsconfError:
+        return None
 
 
 def host_cards() -> int | None:

@@ -2,7 +2,8 @@
 
 Called by `zsconf.engine` (apply submits and cancels, refresh observes and adopts) and by the
 daemon (supervision: restarts, auto-stop, deployment instances). Implemented by
-`zsconf.executors.local.LocalExecutor`; a cluster executor implements the same Protocol.
+`zsconf.executors.local.LocalExecutor` (this host) and `zsconf.executors.ray_cluster.RayExecutor`
+(a Ray cluster).
 
 Everything crossing this boundary is a plain value (dataclasses of str/int/float/list/dict), in the
 spirit of httpx's transport: the engine never sees a `Popen`, and the executor never sees the
@@ -34,7 +35,8 @@ JobState = Literal["queued", "running", "succeeded", "failed", "stopped", "lost"
 class JobRequest:
     """One attempt of one job: run `argv` (or `python -m module spec_path`) in `workdir`.
 
-    `cards` is per node; the job needs `cards * nodes` cards of `device` on this host. `argv` is
+    `cards`, `cpus` and `memory_gb` are per node (the flavor's); the job needs `cards * nodes`
+    cards of `device` (a cluster executor places one process group per node). `argv` is
     what to run, built by the engine from the runner registry (`zsconf.registry.runner_argv`:
     torchrun when a distributed runner needs more than one process); None means `python -m
     module spec_path`. `priority` (higher first) then `submitted_at` (older first) order the
@@ -52,6 +54,8 @@ class JobRequest:
     cards: int = 0
     nodes: int = 1
     device: str = "cpu"  # cpu | npu | cuda
+    cpus: int = 0  # 0 = not stated (a cluster executor asks for one)
+    memory_gb: float = 0.0
     priority: int = 0
     submitted_at: float = 0.0  # epoch seconds; 0 = now
     tenant: str | None = None
@@ -68,7 +72,10 @@ class JobRequest:
 
 @dataclass(frozen=True)
 class ProcessHandle:
-    """A started process: pid + start time (clock ticks since boot) identify it across pid reuse."""
+    """A started process: pid + start time (clock ticks since boot) identify it across pid reuse.
+
+    On a cluster, `host` is the node's address and `placement` what the cluster knows it by (the
+    Ray executor: namespace, actor names, node ids), so any later executor can find it again."""
 
     pid: int
     start_time: float
@@ -77,6 +84,7 @@ class ProcessHandle:
     workdir: str
     cards: list[int] = field(default_factory=list)
     started_at: float = 0.0  # epoch seconds
+    placement: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -123,13 +131,17 @@ class Capacity:
     device: str  # cpu | npu | cuda
     cards_total: int
     cards_free: int
+    nodes: int = 1
+    detail: str = ""  # one line for `plan` (a cluster's nodes and free resources)
 
 
 @dataclass(frozen=True)
 class InstanceRequest:
-    """One server instance of a deployment, listening on 127.0.0.1:`port` (0 = pick a free one).
+    """One server instance of a deployment, listening on `port` (0 = pick a free one).
 
-    The port is substituted for the literal `{port}` in `argv` and exported as `ZSCONF_PORT`.
+    The port is substituted for the literal `{port}` in `argv` and exported as `ZSCONF_PORT`; the
+    address to bind is exported as `ZSCONF_HOST` (127.0.0.1, or the node's on a cluster).
+    `control_plane` instances (the gateway) run beside the daemon, never on a cluster node.
     """
 
     deployment: str  # address, e.g. deployment/acme/chat
@@ -142,7 +154,10 @@ class InstanceRequest:
     env: dict[str, str] = field(default_factory=dict)
     cards: int = 0
     device: str = "cpu"
+    cpus: int = 0
+    memory_gb: float = 0.0
     health_path: str = "/health"
+    control_plane: bool = False
 
     @property
     def instance_id(self) -> str:
@@ -154,7 +169,7 @@ class InstanceHandle:
     deployment: str
     index: int
     port: int
-    url: str  # http://127.0.0.1:PORT
+    url: str  # http://HOST:PORT
     process: ProcessHandle
     health_path: str = "/health"
 

@@ -55,7 +55,7 @@ from zsconf.executors.base import (
 from zsconf.executors.cards import VISIBLE_ENV, detect_host_cards
 from zsconf.executors.procs import find_leader, is_alive, kill_group, pgid_of, process_start_time
 
-__all__ = ["RUN_ID_ENV", "LocalExecutor", "free_port", "read_exit_code"]
+__all__ = ["RUN_ID_ENV", "LocalExecutor", "free_port", "read_exit_code", "spawn_wrapped"]
 
 RUN_ID_ENV = "ZSCONF_RUN_ID"
 
@@ -92,6 +92,51 @@ def _atomic_json(path: Path, data: dict[str, Any]) -> None:
 
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def spawn_wrapped(
+    argv: list[str], workdir: Path, env: dict[str, str], run_id: str, status_dir: Path | None = None
+) -> tuple[subprocess.Popen[bytes], float]:
+    """Start `python -m zsconf.executors.wrap STATUS_DIR -- ARGV` in `workdir`, in its own session,
+    its output appended to STATUS_DIR/runner.log (STATUS_DIR defaults to `workdir`; a multi-node
+    run's other ranks keep theirs apart). Returns the wrapper and its start time."""
+    status = status_dir or workdir
+    status.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        (status / "exit_code").unlink()  # from an earlier attempt in the same workdir
+    full_env = dict(os.environ)
+    # A runner's output goes to runner.log: progress bars (tqdm, the hub's) are noise there.
+    full_env.setdefault("TQDM_DISABLE", "1")
+    full_env.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    full_env.update(env)
+    full_env[RUN_ID_ENV] = run_id
+    wrapped = [sys.executable, "-m", "zsconf.executors.wrap", str(status), "--", *argv]
+    # SIGTERM is blocked while forking, so the child starts with it blocked: a cancel that
+    # arrives before the wrapper has set SIGTERM to ignored stays pending instead of killing
+    # the wrapper (which would then leave no exit code). The wrapper unblocks it.
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    try:
+        with open(status / "runner.log", "ab") as log:
+            proc = subprocess.Popen(
+                wrapped,
+                cwd=str(workdir),
+                env=full_env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+    except OSError as e:
+        raise ExecutorError(f"cannot start {argv[0]} for {run_id}: {e}") from e
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+    st = None
+    for _ in range(200):
+        st = process_start_time(proc.pid)
+        if st is not None:
+            break
+        time.sleep(0.005)
+    return proc, st or 0.0
 
 
 class LocalExecutor:
@@ -161,55 +206,23 @@ class LocalExecutor:
     def _spawn(
         self, argv: list[str], workdir: Path, env: dict[str, str], run_id: str, cards: list[int]
     ) -> ProcessHandle:
-        workdir.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            (workdir / "exit_code").unlink()  # from an earlier attempt in the same workdir
-        full_env = dict(os.environ)
-        # A runner's output goes to runner.log: progress bars (tqdm, the hub's) are noise there.
-        full_env.setdefault("TQDM_DISABLE", "1")
-        full_env.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        full_env.update(env)
-        full_env[RUN_ID_ENV] = run_id
+        env = dict(env)
         device, _ = detect_host_cards()
         if device in VISIBLE_ENV:
-            full_env[VISIBLE_ENV[device]] = ",".join(str(c) for c in cards)
+            env[VISIBLE_ENV[device]] = ",".join(str(c) for c in cards)
         else:
             # CPU processes (jobs, servers, the gateway) share the host: torch's default of one
             # thread per core oversubscribes it. Measured on the quickstart (2 cores, training,
             # evaluation and servers at once): 321 s with the default, 100 s with one thread each.
-            full_env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // 4)))
-        wrapped = [sys.executable, "-m", "zsconf.executors.wrap", str(workdir), "--", *argv]
-        # SIGTERM is blocked while forking, so the child starts with it blocked: a cancel that
-        # arrives before the wrapper has set SIGTERM to ignored stays pending instead of killing
-        # the wrapper (which would then leave no exit code). The wrapper unblocks it.
-        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
-        try:
-            with open(workdir / "runner.log", "ab") as log:
-                proc = subprocess.Popen(
-                    wrapped,
-                    cwd=str(workdir),
-                    env=full_env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-        except OSError as e:
-            raise ExecutorError(f"cannot start {argv[0]} for {run_id}: {e}") from e
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-        st = None
-        for _ in range(200):
-            st = process_start_time(proc.pid)
-            if st is not None:
-                break
-            time.sleep(0.005)
+            if "OMP_NUM_THREADS" not in os.environ:
+                env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // 4)))
+        proc, st = spawn_wrapped(argv, workdir, env, run_id)
         # The wrapper records the exit code, so nobody needs wait()'s status; a thread reaps the
         # child while this process lives so it does not linger as a zombie.
         threading.Thread(target=proc.wait, daemon=True).start()
         return ProcessHandle(
             pid=proc.pid,
-            start_time=st or 0.0,
+            start_time=st,
             pgid=proc.pid,
             host=self.host,
             workdir=str(workdir),
@@ -229,7 +242,7 @@ class LocalExecutor:
         if rec["state"] != "running":
             return False
         h = rec["handle"]
-        if is_alive(h["pid"], h["start_time"]):
+        if self._handle_alive(h):
             return False
         workdir = h["workdir"]
         ec = read_exit_code(workdir)
@@ -248,17 +261,30 @@ class LocalExecutor:
             rec["state"] = "succeeded" if result.get("status") == "succeeded" else "failed"
         else:
             rec["state"] = "lost"
-            rec["message"] = "process is gone and left no exit code"
+            rec["message"] = self._lost_message(h)
+        self._release(h)
         return True
 
-    def _schedule(self) -> None:
-        """Start queued jobs that fit now. Caller holds the lock."""
-        recs = self._records()
-        for rec in recs:
-            if self._refresh(rec):
-                self._save(rec)
-        device, total = detect_host_cards()
-        running = [r for r in recs if r["state"] == "running"]
+    # ---- what differs on a cluster (zsconf.executors.ray_cluster overrides these) ---------------
+
+    def _handle_alive(self, h: dict[str, Any]) -> bool:
+        """The run's process (pid + start time) still runs."""
+        return is_alive(h["pid"], h["start_time"])
+
+    def _lost_message(self, h: dict[str, Any]) -> str:
+        return "process is gone and left no exit code"
+
+    def _release(self, h: dict[str, Any]) -> None:
+        """A run ended: give back what held its resources (nothing to do for a local process)."""
+
+    def _kill(self, h: dict[str, Any], grace_s: float) -> None:
+        """SIGTERM the run's process group, SIGKILL after `grace_s`."""
+        if is_alive(h["pid"], h["start_time"]):
+            kill_group(h["pgid"], grace_s)
+
+    def _pool(self, running: list[dict[str, Any]]) -> Any:
+        """What is free now, for `_fit`: the host's free card indexes."""
+        _, total = detect_host_cards()
         used = {c for r in running for c in r["handle"].get("cards", [])}
         used |= {
             c
@@ -266,7 +292,41 @@ class LocalExecutor:
             if self._instance_alive(r)
             for c in r["process"].get("cards", [])
         }
-        free = [c for c in range(total) if c not in used]
+        return [c for c in range(total) if c not in used]
+
+    def _fit(self, pool: Any, req: JobRequest) -> Any:
+        """Where `req` runs if it fits `pool` now (taking it from the pool), else None."""
+        need = self._cards_needed(req, detect_host_cards()[0])
+        if need > len(pool):
+            return None
+        cards = pool[:need]
+        del pool[:need]
+        return cards
+
+    def _short_of(self, pool: Any, req: JobRequest) -> str:
+        """Why `req` does not fit `pool` (the queued job's message)."""
+        device, total = detect_host_cards()
+        return f"needs {self._cards_needed(req, device)} {device} cards, {len(pool)} free of {total}"
+
+    def _find_started(self, req: JobRequest, placement: Any) -> ProcessHandle | None:
+        """The run's process when a pass that died before recording it had started it."""
+        found = find_leader(f"{RUN_ID_ENV}={req.run_id}")
+        if found is None:
+            return None
+        return ProcessHandle(found[0], found[1], found[0], self.host, req.workdir, placement, time.time())
+
+    def _start_job(self, req: JobRequest, placement: Any) -> ProcessHandle:
+        return self._spawn(self._job_argv(req), Path(req.workdir), req.env, req.run_id, placement)
+
+    def _schedule(self) -> None:
+        """Start queued jobs that fit now. Caller holds the lock."""
+        recs = self._records()
+        for rec in recs:
+            if self._refresh(rec):
+                self._save(rec)
+        device, _ = detect_host_cards()
+        running = [r for r in recs if r["state"] == "running"]
+        pool = self._pool(running)
         tenant_used: dict[str | None, int] = {}
         for r in running:
             tenant_used[r["request"]["tenant"]] = tenant_used.get(r["request"]["tenant"], 0) + len(
@@ -287,20 +347,17 @@ class LocalExecutor:
                     r["request"]["run_id"] for r in running if r["request"]["tenant"] == req.tenant
                 ]
                 rec["message"] = f"tenant {req.tenant} may use {quota} cards and this job needs {need}"
-            elif need and (blocked_by_host or need > len(free)):
+            elif (need and blocked_by_host) or (placement := self._fit(pool, req)) is None:
                 rec["waiting_behind"] = [r["request"]["run_id"] for r in running if r["handle"].get("cards")]
                 rec["waiting_behind"] += blocked_by_host
-                rec["message"] = f"needs {need} {device} cards, {len(free)} free of {total}"
-                blocked_by_host.append(req.run_id)
+                rec["message"] = self._short_of(pool, req)
+                if need:
+                    blocked_by_host.append(req.run_id)
             else:
-                cards, free = free[:need], free[need:]
-                found = find_leader(f"{RUN_ID_ENV}={req.run_id}") if rec.get("spawning") else None
+                found = self._find_started(req, placement) if rec.get("spawning") else None
                 if found is not None:
                     # Started by a pass that died before recording it: adopt, never start twice.
-                    h = ProcessHandle(
-                        found[0], found[1], found[0], self.host, req.workdir, cards, time.time()
-                    )
-                    rec.update(state="running", handle=h.as_dict(), waiting_behind=[], message="")
+                    rec.update(state="running", handle=found.as_dict(), waiting_behind=[], message="")
                     tenant_used[req.tenant] = tenant_used.get(req.tenant, 0) + need
                     running.append(rec)
                     rec["queue_position"] = None
@@ -309,7 +366,7 @@ class LocalExecutor:
                 rec["spawning"] = True
                 self._save(rec)
                 try:
-                    handle = self._spawn(self._job_argv(req), Path(req.workdir), req.env, req.run_id, cards)
+                    handle = self._start_job(req, placement)
                 except ExecutorError as e:
                     rec.update(state="failed", message=str(e), ended_at=time.time())
                     self._save(rec)
@@ -351,11 +408,16 @@ class LocalExecutor:
 
     # ---- the Executor protocol: jobs ----------------------------------------------------------
 
-    def submit(self, req: JobRequest) -> Submission:
+    def _never_fits(self, req: JobRequest) -> str | None:
+        """Why `req` can never run here (more than the host has), else None."""
         device, total = detect_host_cards()
         need = self._cards_needed(req, device)
-        if need > total:
-            raise ExecutorError(f"{req.address} needs {need} {device} cards; this host has {total}")
+        return f"{req.address} needs {need} {device} cards; this host has {total}" if need > total else None
+
+    def submit(self, req: JobRequest) -> Submission:
+        refused = self._never_fits(req)
+        if refused:
+            raise ExecutorError(refused)
         if not req.submitted_at:
             req = replace(req, submitted_at=time.time())
         with self._locked():
@@ -410,12 +472,11 @@ class LocalExecutor:
                 rec.update(cancelled=True, message=reason)
                 self._save(rec)
         if rec["state"] == "running":
-            h = rec["handle"]
-            if is_alive(h["pid"], h["start_time"]):
-                kill_group(h["pgid"], grace_s)
+            self._kill(rec["handle"], grace_s)
         return self.observe(run_id)
 
-    def adopt(self, run_id: str, handle: ProcessHandle) -> bool:
+    def _as_adopted(self, handle: ProcessHandle) -> tuple[bool, ProcessHandle]:
+        """(alive, the handle to keep) for a process handed to `adopt`."""
         alive = is_alive(handle.pid, handle.start_time)
         leader = pgid_of(handle.pid) if alive else None
         if leader is not None and leader != handle.pid:
@@ -426,6 +487,10 @@ class LocalExecutor:
                 handle = replace(handle, pid=leader, pgid=leader, start_time=lst)
             else:
                 handle = replace(handle, pgid=leader)
+        return alive, handle
+
+    def adopt(self, run_id: str, handle: ProcessHandle) -> bool:
+        alive, handle = self._as_adopted(handle)
         with self._locked():
             rec = self._load(run_id)
             if rec is None:
@@ -444,19 +509,14 @@ class LocalExecutor:
         device, total = detect_host_cards()
         with self._locked():
             self._schedule()
-            used = {
-                c for r in self._records() if r["state"] == "running" for c in r["handle"].get("cards", [])
-            }
-            used |= {
-                c for r in self._instance_records() if self._instance_alive(r) for c in r["process"]["cards"]
-            }
-        return Capacity(device=device, cards_total=total, cards_free=total - len(used))
+            free = self._pool([r for r in self._records() if r["state"] == "running"])
+        return Capacity(device=device, cards_total=total, cards_free=len(free))
 
     def list_adoptable(self) -> list[ProcessHandle]:
         out = []
         for rec in self._records():
             h = rec.get("handle")
-            if rec.get("state") == "running" and h and is_alive(h["pid"], h["start_time"]):
+            if rec.get("state") == "running" and h and self._handle_alive(h):
                 out.append(ProcessHandle.from_dict(h))
         return out
 
@@ -465,10 +525,8 @@ class LocalExecutor:
     def _inst_path(self, deployment: str, index: int) -> Path:
         return self.root / "instances" / f"{_safe(deployment)}#{index}.json"
 
-    @staticmethod
-    def _instance_alive(rec: dict[str, Any]) -> bool:
-        p = rec["process"]
-        return is_alive(p["pid"], p["start_time"])
+    def _instance_alive(self, rec: dict[str, Any]) -> bool:
+        return self._handle_alive(rec["process"])
 
     def start_instance(self, req: InstanceRequest) -> InstanceHandle:
         """Start one server process (no waiting for health: call `instance_healthy`/`wait_healthy`)."""
@@ -479,25 +537,14 @@ class LocalExecutor:
             argv = [sys.executable, "-m", req.module, req.spec_path]
         env = dict(req.env)
         env["ZSCONF_PORT"] = str(port)
+        env["ZSCONF_HOST"] = "127.0.0.1"
         device, total = detect_host_cards()
         need = 0 if device == "cpu" or req.device == "cpu" else req.cards
         with self._locked():
             cards: list[int] = []
             if need:
                 self._schedule()
-                used = {
-                    c
-                    for r in self._records()
-                    if r["state"] == "running"
-                    for c in r["handle"].get("cards", [])
-                }
-                used |= {
-                    c
-                    for r in self._instance_records()
-                    if self._instance_alive(r)
-                    for c in r["process"]["cards"]
-                }
-                free = [c for c in range(total) if c not in used]
+                free = self._pool([r for r in self._records() if r["state"] == "running"])
                 if len(free) < need:
                     raise ExecutorError(
                         f"{req.instance_id} needs {need} {device} cards, {len(free)} free of {total}"
@@ -514,8 +561,8 @@ class LocalExecutor:
     def stop_instance(self, handle: InstanceHandle, grace_s: float = 10.0) -> None:
         """SIGTERM the server's group (it drains in-flight requests), SIGKILL after `grace_s`."""
         p = handle.process
-        if is_alive(p.pid, p.start_time):
-            kill_group(p.pgid, grace_s)
+        self._kill(p.as_dict(), grace_s)
+        self._release(p.as_dict())
         with self._locked():
             path = self._inst_path(handle.deployment, handle.index)
             with contextlib.suppress(OSError, ValueError):
@@ -523,15 +570,17 @@ class LocalExecutor:
                     path.unlink()
 
     def instance_alive(self, handle: InstanceHandle) -> bool:
-        return is_alive(handle.process.pid, handle.process.start_time)
+        return self._handle_alive(handle.process.as_dict())
 
     def instance_healthy(self, handle: InstanceHandle, timeout_s: float = 2.0) -> bool:
         """Process alive and `GET health_path` answers 200 (stdlib client: cheap to import)."""
         if not self.instance_alive(handle):
             return False
         import http.client
+        from urllib.parse import urlsplit
 
-        conn = http.client.HTTPConnection("127.0.0.1", handle.port, timeout=timeout_s)
+        host = urlsplit(handle.url).hostname or "127.0.0.1"
+        conn = http.client.HTTPConnection(host, handle.port, timeout=timeout_s)
         try:
             conn.request("GET", handle.health_path)
             return conn.getresponse().status == 200

@@ -4,6 +4,9 @@ Started by `zsconf.executors.local` as the session leader of every runner. A run
 executor that started it, so its exit status cannot be collected with wait() by a later executor;
 this wrapper waits for it and writes `{"exit_code": N, "ended_at": T}` atomically (tmp + rename).
 N is negative (-signal) when the runner died from a signal, as in `subprocess`.
+With `ZSCONF_DIE_WITH=PID` (set by a Ray node actor, `zsconf.executors.ray_node`) the wrapper
+and its whole process group die, leaving no exit code, as soon as PID is no longer its parent:
+a process must not outlive the actor that holds its resources (a lost node, `ray.kill`).
 Kept tiny: standard library only.
 """
 
@@ -15,6 +18,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 __all__ = ["main"]
@@ -38,6 +42,9 @@ def main(args: list[str]) -> int:
     running: list[subprocess.Popen[bytes]] = []
     signal.signal(signal.SIGHUP, lambda *_: [p.send_signal(signal.SIGHUP) for p in running])
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    holder = os.environ.pop("ZSCONF_DIE_WITH", "")
+    if holder.isdigit():
+        threading.Thread(target=_die_with, args=(int(holder),), daemon=True).start()
     try:
         proc = subprocess.Popen(argv, restore_signals=True, preexec_fn=_default_signals)
         running.append(proc)
@@ -56,6 +63,12 @@ def main(args: list[str]) -> int:
     with contextlib.suppress(OSError):
         os.killpg(os.getpgid(0), signal.SIGTERM)
     return 0
+
+
+def _die_with(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.2)
+    os.killpg(os.getpgid(0), signal.SIGKILL)  # the runner, its workers and this wrapper
 
 
 def _default_signals() -> None:

@@ -24,7 +24,7 @@ from zsconf.engine.context import (
 )
 from zsconf.engine.gateway import GATEWAY, upstream_key
 from zsconf.engine.refresh import instance_alive, routed_ids
-from zsconf.engine.runs import flavor_cards, new_run_id
+from zsconf.engine.runs import flavor_cards, flavor_host, new_run_id
 from zsconf.errors import ExecutorError, PermanentError
 from zsconf.names import ACTIVE_RUN
 from zsconf.plans import Action, Change
@@ -245,7 +245,7 @@ def _roll(ctx: ApplyContext, addr: str, after: dict[str, Any]) -> _Rolled:
             InstanceRequest(deployment=addr, index=int(run.handle["index"]), workdir=str(workdir),
                             spec_path=str(workdir / "spec.json"), module=runner("deployment").module,
                             argv=runner_argv(runner("deployment"), str(workdir / "spec.json")),
-                            cards=cards, device=device,
+                            cards=cards, device=device, **flavor_host(ctx.catalog, spec.flavor),
                             env={"ZSCONF_SERVE_API_KEY": upstream_key(ctx.stack_dir)})
         )  # fmt: skip
         crash_point("after_instance_start")
