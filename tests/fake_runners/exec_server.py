@@ -27,7 +27,9 @@ class Handler(BaseHTTPRequestHandler):
 
 def main() -> int:
     workdir = Path(sys.argv[1])
-    server = ThreadingHTTPServer((os.environ.get("ZSCONF_HOST", "127.0.0.1"), int(os.environ["ZSCONF_PORT"])), Handler)
+    server = ThreadingHTTPServer(
+        (os.environ.get("ZSCONF_HOST", "127.0.0.1"), int(os.environ["ZSCONF_PORT"])), Handler
+    )
 
     def stop(*_: object) -> None:
         (workdir / "drained").write_text("yes")

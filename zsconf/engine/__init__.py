@@ -143,8 +143,10 @@ class Engine:
         refresh_only: bool = False,
     ) -> Plan:
         loaded, graph = self.load(overrides, check_files=not destroy)
-        # An empty in-memory state (a read-only look at a stack never applied) has nothing to observe.
-        executor = None if self.store.ephemeral else self.executor
+        # An empty in-memory state (a read-only look at a stack never applied) has nothing to observe,
+        # but a cluster's capacity is worth a look before the first apply.
+        local = loaded.stack.platform.executor.kind == "local"
+        executor = None if self.store.ephemeral and local else self.executor
         return make_plan(
             loaded, self.store, graph, catalog=self.catalog, targets=targets, replace=replace,
             destroy=destroy, refresh_only=refresh_only, overrides=overrides, executor=executor,

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from schemas.common import parse_duration
+from zsconf.engine.refresh import run_handle
 from zsconf.errors import StateError, ZsconfError
 from zsconf.executors.supervise import enforce_auto_stop, latest_checkpoint, should_restart
 from zsconf.names import ACTIVE_RUN, JOB_KINDS
@@ -232,10 +233,7 @@ def _submit(store: Store, executor: Executor, row: ResourceRow, run: RunRow, pre
         os.replace(old, workdir / f"result.{prev_run_id}.json")
     sub = executor.submit(_request(store, row, run.run_id, spec_path, workdir))
     obs = executor.observe(run.run_id)
-    handle: dict[str, Any] = {}
-    if obs.pid:
-        handle = {"pid": obs.pid, "start_time": obs.start_time, "pgid": obs.pid,
-                  "host": os.uname().nodename, "workdir": str(workdir)}  # fmt: skip
+    handle = run_handle(obs, workdir)
     status = "queued" if sub.state == "queued" and obs.state == "queued" else "running"
     run = store.update_run(run.run_id, status=status, pid=obs.pid, start_time=obs.start_time,
                            host=os.uname().nodename, handle=handle, started_at=_now_dt()) or run  # fmt: skip

@@ -178,15 +178,42 @@ def make_plan(
     _gate_holds(plan, store, state)
     _check_versions(plan, store, graph)
     _estimates(plan, graph, samples, catalog)
-    _capacity(plan, state, graph, catalog, stack_tenants=loaded.stack.tenants)
+    cluster = _cluster(plan, executor, loaded)
+    _capacity(plan, state, graph, catalog, stack_tenants=loaded.stack.tenants, cluster=cluster)
     return plan
 
 
+def _cluster(plan: Plan, executor: Any, loaded: LoadedStack) -> Any:
+    """A cluster executor's capacity (None on the local one): what the plan's waits are judged
+    against, shown as a line of the plan; a node that cannot see platform.storage is an error."""
+    if executor is None or getattr(executor, "name", "local") == "local":
+        return None
+    from zsconf.errors import ExecutorError
+
+    try:
+        cap = executor.capacity()
+        storage = (Path(loaded.stack_dir) / loaded.stack.platform.storage).resolve()  # as apply's
+        storage.mkdir(parents=True, exist_ok=True)
+        unseen = executor.unseen_storage(storage)
+    except ExecutorError as e:
+        plan.errors.append(str(e))
+        return None
+    plan.capacity.append(cap.detail)
+    if unseen:
+        plan.errors.append(
+            f"platform.storage {storage} is not visible on every node (mount it at the same path on "
+            f"each): {'; '.join(unseen)}"
+        )
+    return cap
+
+
 def _capacity(
-    plan: Plan, rows: dict[str, Any], graph: Graph, catalog: Catalog | None, stack_tenants: dict[str, Any]
-) -> None:
+    plan: Plan, rows: dict[str, Any], graph: Graph, catalog: Catalog | None, stack_tenants: dict[str, Any],
+    cluster: Any = None,
+) -> None:  # fmt: skip
     """Say which new jobs will queue, and behind what: a tenant's max_concurrent_jobs / max_cards,
-    or the host's cards. Jobs already running come first, then this plan's jobs in order."""
+    or the host's (or the cluster's) cards. Jobs already running come first, then this plan's
+    jobs in order."""
 
     def cards_of(flavor: str, nodes: int) -> int:
         # A row applied under an older catalog may name a flavor this one lacks: it takes none.
@@ -201,6 +228,8 @@ def _capacity(
     from zsconf.executors import host_cards
 
     host = host_cards()  # None on a CPU-only host: cards are not counted there
+    if cluster is not None:  # the cluster's cards of its accelerator kind, as free now plus running
+        host = cluster.cards_total or None
     for ch in plan.changes:
         if ch.kind not in ("finetune", "compression", "evaluation") or ch.action not in (
             Action.CREATE,
@@ -229,7 +258,7 @@ def _capacity(
         ):
             why = f"tenant {spec.tenant} may use {quotas.max_cards} cards and this job needs {need}"
         elif host is not None and need and sum(r[2] for r in running) + need > host:
-            why = f"the host has {host} cards and this job needs {need}"
+            why = f"the {'cluster' if cluster is not None else 'host'} has {host} cards and this job needs {need}"
             mine = [r for r in running if r[2] and r[0] not in upstream]
         if why:
             behind = ", ".join(r[0] for r in mine) or "nothing"

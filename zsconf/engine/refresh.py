@@ -8,6 +8,7 @@ that finished since: model versions, statuses). Findings are `Drift` entries, sh
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,6 +50,18 @@ def observe_run(executor: Executor, run: RunRow) -> Any:
         executor.adopt(run.run_id, ProcessHandle.from_dict(run.handle))
         obs = executor.observe(run.run_id)
     return obs
+
+
+def run_handle(obs: Any, workdir: str | Path) -> dict[str, Any]:
+    """What the runs table keeps of a started job run, for `observe_run` to adopt it again: the
+    process, and on a cluster the node and the cluster's identities for it."""
+    if not obs.pid:
+        return {}
+    handle = {"pid": obs.pid, "start_time": obs.start_time, "pgid": obs.pid,
+              "host": obs.host or os.uname().nodename, "workdir": str(workdir)}  # fmt: skip
+    if obs.placement:
+        handle["placement"] = obs.placement
+    return handle
 
 
 def instance_alive(executor: Executor, run: RunRow) -> bool:

@@ -120,6 +120,8 @@ class Observation:
     queue_position: int | None = None
     waiting_behind: list[str] = field(default_factory=list)
     message: str = ""
+    host: str | None = None  # where it runs (a cluster node's address)
+    placement: dict[str, Any] | None = None  # ProcessHandle.placement
 
     @property
     def finished(self) -> bool:

@@ -404,6 +404,8 @@ class LocalExecutor:
             queue_position=rec.get("queue_position"),
             waiting_behind=list(rec.get("waiting_behind") or []),
             message=rec.get("message", ""),
+            host=h.get("host"),
+            placement=h.get("placement"),
         )
 
     # ---- the Executor protocol: jobs ----------------------------------------------------------

@@ -45,6 +45,10 @@ _START_TIMEOUT_S = float(os.environ.get("ZSCONF_RAY_START_TIMEOUT", "120"))
 _CALL_TIMEOUT_S = 30.0
 _CARD_RESOURCE = {"cuda": "GPU", "gpu": "GPU", "npu": "NPU"}
 _connect_lock = threading.Lock()
+# What a node's process inherits from the control host's environment (the rest of its environment
+# is its node's): zsconf's own settings, the Hugging Face libraries' (caches, offline mode), and
+# PYTHONPATH.
+_FORWARDED = ("ZSCONF_", "HF_", "TRANSFORMERS_", "PYTHONPATH")
 
 
 def bundle(device: str, cards: int, cpus: int, memory_gb: float) -> dict[str, float]:
@@ -159,6 +163,7 @@ class RayExecutor(LocalExecutor):
         """One actor per node in `nodes`, each starting `argv_for(rank, wheres, actor0)` (ranks
         in order); (the handle, where each landed, rank 0's actor)."""
         self._kill_actors(names)  # left by a start a crash interrupted: nothing started twice
+        env.update({k: v for k, v in os.environ.items() if k.startswith(_FORWARDED) and k not in env})
         actors = [self._launch(n, node, need) for n, node in zip(names, nodes, strict=True)]
         try:
             wheres = self._get([a.where.remote() for a in actors], _START_TIMEOUT_S, f"placing {what}")
@@ -303,7 +308,7 @@ class RayExecutor(LocalExecutor):
 
         handle, _, _ = self._start_group(
             req.run_id, req.address, placement, bundle(req.device, req.cards, req.cpus, req.memory_gb),
-            argv_for, req.workdir, req.env, self._job_names(req.run_id, req.nodes),
+            argv_for, req.workdir, dict(req.env), self._job_names(req.run_id, req.nodes),
         )  # fmt: skip
         return handle
 

@@ -22,7 +22,7 @@ from zsconf.engine.context import (
     split_address,
 )
 from zsconf.engine.jobs import supervise_jobs
-from zsconf.engine.refresh import read_result
+from zsconf.engine.refresh import read_result, run_handle
 from zsconf.engine.runs import FINISH_LOCK, finish_runs, job_request, new_run_id, next_version
 from zsconf.errors import ExecutorError, PermanentError
 from zsconf.names import ACTIVE_RUN
@@ -96,10 +96,7 @@ def apply_job(ctx: ApplyContext, ch: Change) -> str:
         where = f"pid {sub.handle.pid}" if sub.handle else f"queued behind {', '.join(sub.waiting_behind)}"
         ctx.store.add_event("submitted", f"run {run_id} submitted ({where})", ch.address)
         obs = ex.observe(run_id)
-    handle = {}
-    if obs.pid:
-        handle = {"pid": obs.pid, "start_time": obs.start_time, "pgid": obs.pid,
-                  "host": os.uname().nodename, "workdir": str(workdir)}  # fmt: skip
+    handle = run_handle(obs, workdir)
     status = "queued" if obs.state == "queued" else "running"  # a finished one is recorded below
     ctx.store.update_run(run_id, status=status, pid=obs.pid, start_time=obs.start_time,
                          host=os.uname().nodename, handle=handle)  # fmt: skip
