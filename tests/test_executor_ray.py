@@ -211,3 +211,30 @@ def test_job_on_a_lost_node_is_lost(ex: RayExecutor, ray_cluster: object, tmp_pa
         assert not Path(f"/proc/{pid}").exists(), "the process outlived its node"
     finally:
         ray_cluster.add_node("node-extra2")
+
+
+BAD_STACK = """\
+platform:
+  device: cpu
+  default_tenant: a
+  executor: {kind: ray, address: "127.0.0.1:1"}
+tenants:
+  a: {}
+models:
+  base: {base: debug/tiny-qwen2}
+"""
+
+
+def test_a_cluster_nobody_runs_and_an_unknown_kind_are_clear_errors(tmp_path: Path) -> None:
+    zsconf = str(Path(sys.executable).parent / "zsconf")
+    (tmp_path / "stack.yaml").write_text(BAD_STACK)
+    plan = subprocess.run([zsconf, "plan"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert "Error: cannot reach the Ray cluster at 127.0.0.1:1 (platform.executor.address)" in plan.stdout
+    assert "Traceback" not in plan.stdout + plan.stderr
+    apply = subprocess.run([zsconf, "apply", "--auto-approve"], cwd=tmp_path, capture_output=True, text=True,
+                           timeout=60)  # fmt: skip
+    assert apply.returncode != 0 and "cannot reach the Ray cluster" in apply.stdout + apply.stderr
+    (tmp_path / "stack.yaml").write_text(BAD_STACK.replace("kind: ray", "kind: slurm"))
+    bad = subprocess.run([zsconf, "validate"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0
+    assert "stack.yaml:4: platform.executor.kind: Input should be 'local' or 'ray'" in bad.stdout + bad.stderr

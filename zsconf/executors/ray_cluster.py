@@ -89,10 +89,16 @@ class RayExecutor(LocalExecutor):
 
     def _ray(self) -> Any:
         """The `ray` module, connected to the cluster (once per process)."""
-        import ray
+        try:
+            import ray
+        except ImportError:
+            raise ExecutorError(
+                "platform.executor.kind is ray, but ray is not installed here: pip install 'zsconf[ray]'"
+            ) from None
 
         with _connect_lock:
             if not ray.is_initialized():
+                _check_reachable(self.address)
                 try:
                     ray.init(address=self.address, namespace=self.namespace, log_to_driver=False,
                              logging_level=logging.ERROR, configure_logging=False)  # fmt: skip
@@ -400,6 +406,21 @@ def _as_job(req: InstanceRequest) -> JobRequest:
     return JobRequest(run_id=req.instance_id, address=req.instance_id, spec_path=req.spec_path,
                       workdir=req.workdir, cards=req.cards, device=req.device, cpus=req.cpus,
                       memory_gb=req.memory_gb)  # fmt: skip
+
+
+def _check_reachable(address: str) -> None:
+    """Fail in seconds, not minutes, on a HOST:PORT nobody listens at (Ray retries for long)."""
+    import socket
+
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "://" in address:
+        return  # auto, local, ray://...: Ray's own checks answer fast enough
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as e:
+        raise ExecutorError(
+            f"cannot reach the Ray cluster at {address} (platform.executor.address): {e}"
+        ) from None
 
 
 def _python_and_target(argv: list[str]) -> tuple[str, list[str]]:
