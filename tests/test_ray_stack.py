@@ -70,7 +70,9 @@ def test_quickstart_on_a_ray_cluster(tmp_path: Path, ray_cluster: Any) -> None:
     stack = ray_quickstart(tmp_path, ray_cluster.address)
     plan = cli("plan", cwd=stack)
     assert plan.returncode == 0, plan.stdout + plan.stderr
-    assert f"Capacity: Ray cluster at {ray_cluster.address}: 3 node(s); 16 of 16 CPU free" in plan.stdout
+    assert f"Capacity: Ray cluster at {ray_cluster.address}: 2 node(s); 16 of 16 CPU free" in plan.stdout
+    wide = cli("plan", "finetunes.faq-lora.resources.nodes=3", cwd=stack)
+    assert "finetune/demo/faq-lora needs 3 nodes (resources.nodes); the cluster has 2" in wide.stdout
 
     applied = cli("apply", "--auto-approve", "--wait", cwd=stack, timeout=900)
     assert applied.returncode == 0, applied.stdout[-4000:] + applied.stderr[-4000:]

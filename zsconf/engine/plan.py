@@ -238,6 +238,10 @@ def _capacity(
             continue
         spec = graph.nodes[ch.address]
         need = cards_of(spec.resources.flavor, spec.resources.nodes)
+        if cluster is not None and spec.resources.nodes > cluster.nodes:
+            plan.errors.append(
+                f"{ch.address} needs {spec.resources.nodes} nodes (resources.nodes); the cluster has {cluster.nodes}"
+            )
         tenant = stack_tenants.get(spec.tenant)
         # What this job consumes has finished before it starts: it cannot queue behind those.
         upstream = graph.dependencies(ch.address)

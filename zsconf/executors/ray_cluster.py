@@ -326,7 +326,9 @@ class RayExecutor(LocalExecutor):
     # ---- capacity --------------------------------------------------------------------------------
 
     def capacity(self) -> Capacity:
-        nodes = self._nodes()
+        """The cluster's nodes that take work (a head started with no CPUs does not) and their
+        cards (of the accelerator kind it has) and CPUs, in all and free now."""
+        nodes = [n for n in self._nodes() if any(n["total"].get(k) for k in ("CPU", "GPU", "NPU"))]
         total: dict[str, float] = {}
         free: dict[str, float] = {}
         for n in nodes:
