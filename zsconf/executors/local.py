@@ -327,61 +327,65 @@ class LocalExecutor:
         device, _ = detect_host_cards()
         running = [r for r in recs if r["state"] == "running"]
         pool = self._pool(running)
-        tenant_used: dict[str | None, int] = {}
-        for r in running:
-            tenant_used[r["request"]["tenant"]] = tenant_used.get(r["request"]["tenant"], 0) + len(
-                r["handle"].get("cards", [])
-            )
+        # (run id, tenant, cards) of what runs, and of what this pass starts: who a job waits behind
+        holders = [
+            (r["request"]["run_id"], r["request"]["tenant"], len(r["handle"].get("cards", [])))
+            for r in running
+        ]
         queued = sorted(
             (r for r in recs if r["state"] == "queued"),
             key=lambda r: (-r["request"]["priority"], r["request"]["submitted_at"]),
         )
         blocked_by_host: list[str] = []
+        starting: list[tuple[dict[str, Any], JobRequest, Any]] = []
         waiting = 0  # queue positions count only the jobs that still wait
         for rec in queued:
             req = JobRequest.from_dict(rec["request"])
             need = self._cards_needed(req, device)
             quota = req.max_cards_for_tenant
-            if quota is not None and need and tenant_used.get(req.tenant, 0) + need > quota:
-                rec["waiting_behind"] = [
-                    r["request"]["run_id"] for r in running if r["request"]["tenant"] == req.tenant
-                ]
+            tenant_used = sum(c for _, t, c in holders if t == req.tenant)
+            if quota is not None and need and tenant_used + need > quota:
+                rec["waiting_behind"] = [r for r, t, _ in holders if t == req.tenant]
                 rec["message"] = f"tenant {req.tenant} may use {quota} cards and this job needs {need}"
             elif (need and blocked_by_host) or (placement := self._fit(pool, req)) is None:
-                rec["waiting_behind"] = [r["request"]["run_id"] for r in running if r["handle"].get("cards")]
-                rec["waiting_behind"] += blocked_by_host
+                rec["waiting_behind"] = [r for r, _, c in holders if c] + blocked_by_host
                 rec["message"] = self._short_of(pool, req)
                 if need:
                     blocked_by_host.append(req.run_id)
             else:
+                holders.append((req.run_id, req.tenant, need))
+                rec["queue_position"] = None
                 found = self._find_started(req, placement) if rec.get("spawning") else None
                 if found is not None:
                     # Started by a pass that died before recording it: adopt, never start twice.
                     rec.update(state="running", handle=found.as_dict(), waiting_behind=[], message="")
-                    tenant_used[req.tenant] = tenant_used.get(req.tenant, 0) + need
-                    running.append(rec)
-                    rec["queue_position"] = None
-                    self._save(rec)
-                    continue
-                rec["spawning"] = True
+                else:
+                    rec["spawning"] = True
+                    starting.append((rec, req, placement))
                 self._save(rec)
-                try:
-                    handle = self._start_job(req, placement)
-                except ExecutorError as e:
-                    rec.update(state="failed", message=str(e), ended_at=time.time())
-                    self._save(rec)
-                    continue
-                rec.update(
-                    state="running", handle=handle.as_dict(), waiting_behind=[], message="", spawning=False
-                )
-                tenant_used[req.tenant] = tenant_used.get(req.tenant, 0) + need
-                running.append(rec)
-            if rec["state"] == "queued":
-                waiting += 1
-                rec["queue_position"] = waiting
-            else:
-                rec["queue_position"] = None
+                continue
+            waiting += 1
+            rec["queue_position"] = waiting
             self._save(rec)
+        started = self._start_jobs([(req, placement) for _, req, placement in starting])
+        for (rec, _, _), outcome in zip(starting, started, strict=True):
+            if isinstance(outcome, ExecutorError):
+                rec.update(state="failed", message=str(outcome), ended_at=time.time())
+            else:
+                rec.update(
+                    state="running", handle=outcome.as_dict(), waiting_behind=[], message="", spawning=False
+                )
+            self._save(rec)
+
+    def _start_jobs(self, items: list[tuple[JobRequest, Any]]) -> list[ProcessHandle | ExecutorError]:
+        """Start each (request, placement) of one pass; a failure is returned, not raised."""
+        out: list[ProcessHandle | ExecutorError] = []
+        for req, placement in items:
+            try:
+                out.append(self._start_job(req, placement))
+            except ExecutorError as e:
+                out.append(e)
+        return out
 
     @staticmethod
     def _cards_needed(req: JobRequest, device: str) -> int:

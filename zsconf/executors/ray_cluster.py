@@ -162,15 +162,20 @@ class RayExecutor(LocalExecutor):
             if actor is not None:
                 ray.kill(actor, no_restart=True)
 
-    def _start_group(
-        self, run_id: str, what: str, nodes: list[dict[str, Any]], need: dict[str, float],
-        argv_for: Any, workdir: str, env: dict[str, str], names: list[str],
-    ) -> tuple[ProcessHandle, list[dict[str, Any]], Any]:  # fmt: skip
-        """One actor per node in `nodes`, each starting `argv_for(rank, wheres, actor0)` (ranks
-        in order); (the handle, where each landed, rank 0's actor)."""
+    def _launch_group(
+        self, names: list[str], nodes: list[dict[str, Any]], need: dict[str, float]
+    ) -> list[Any]:
+        """One actor per node of `nodes`, called `names` (Ray starts them while we go on)."""
         self._kill_actors(names)  # left by a start a crash interrupted: nothing started twice
+        return [self._launch(n, node, need) for n, node in zip(names, nodes, strict=True)]
+
+    def _start_group(
+        self, run_id: str, what: str, actors: list[Any], names: list[str], argv_for: Any, workdir: str,
+        env: dict[str, str],
+    ) -> tuple[ProcessHandle, list[dict[str, Any]], Any]:  # fmt: skip
+        """Start each launched actor's process, `argv_for(rank, wheres, actor0)` (ranks in
+        order); (the handle, where each landed, rank 0's actor). On failure the actors go."""
         env.update({k: v for k, v in os.environ.items() if k.startswith(_FORWARDED) and k not in env})
-        actors = [self._launch(n, node, need) for n, node in zip(names, nodes, strict=True)]
         try:
             wheres = self._get([a.where.remote() for a in actors], _START_TIMEOUT_S, f"placing {what}")
             argvs = [argv_for(rank, wheres, actors[0]) for rank in range(len(actors))]
@@ -298,24 +303,45 @@ class RayExecutor(LocalExecutor):
                        "nodes": [w["node_id"] for w in wheres], "ips": [w["ip"] for w in wheres]},
         )  # fmt: skip
 
-    def _start_job(self, req: JobRequest, placement: Any) -> ProcessHandle:
+    def _start_jobs(self, items: list[tuple[JobRequest, Any]]) -> list[ProcessHandle | ExecutorError]:
+        """Every job's actors first (Ray starts their workers in parallel), then their processes."""
+        launched: list[list[Any] | ExecutorError] = []
+        for req, placement in items:
+            need = bundle(req.device, req.cards, req.cpus, req.memory_gb)
+            try:
+                launched.append(self._launch_group(self._job_names(req.run_id, req.nodes), placement, need))
+            except ExecutorError as e:
+                launched.append(e)
+        out: list[ProcessHandle | ExecutorError] = []
+        for (req, _), actors in zip(items, launched, strict=True):
+            try:
+                if isinstance(actors, ExecutorError):
+                    raise actors
+                out.append(self._start_job(req, actors))
+            except ExecutorError as e:
+                out.append(e)
+        return out
+
+    def _start_job(self, req: JobRequest, actors: Any) -> ProcessHandle:
+        """Start the processes of `req` in its launched actors (one per node)."""
         from zsconf.registry import torchrun_node_argv
 
         master: dict[str, int] = {}
 
         def argv_for(rank: int, wheres: list[dict[str, Any]], first: Any) -> list[str]:
-            if req.nodes == 1:
-                return self._job_argv(req)
+            argv = self._job_argv(req)
+            if req.nodes == 1 or "torch.distributed.run" not in argv:
+                return argv  # (not distributed: the same program on each node)
             if rank == 0:  # the rendezvous: a port free on rank 0's node
                 master["port"] = self._get([first.free_port.remote()], _CALL_TIMEOUT_S, req.address)[0]
-            python, target = _python_and_target(self._job_argv(req))
+            python, target = _torchrun_target(argv)
             return torchrun_node_argv(python, max(req.cards, 1), req.nodes, rank, wheres[0]["ip"],
                                       master["port"], target)  # fmt: skip
 
+        names = self._job_names(req.run_id, req.nodes)
         handle, _, _ = self._start_group(
-            req.run_id, req.address, placement, bundle(req.device, req.cards, req.cpus, req.memory_gb),
-            argv_for, req.workdir, dict(req.env), self._job_names(req.run_id, req.nodes),
-        )  # fmt: skip
+            req.run_id, req.address, actors, names, argv_for, req.workdir, dict(req.env)
+        )
         return handle
 
     def _as_adopted(self, handle: ProcessHandle) -> tuple[bool, ProcessHandle]:
@@ -392,8 +418,9 @@ class RayExecutor(LocalExecutor):
                 return [a.replace("{port}", str(port)) for a in req.argv]
             return [sys.executable, "-m", req.module, req.spec_path]
 
-        proc, wheres, _ = self._start_group(req.instance_id, req.instance_id, chosen, need, argv_for,
-                                            req.workdir, env, [name])  # fmt: skip
+        actors = self._launch_group([name], chosen, need)
+        proc, wheres, _ = self._start_group(req.instance_id, req.instance_id, actors, [name], argv_for,
+                                            req.workdir, env)  # fmt: skip
         port = int(env["ZSCONF_PORT"])
         handle = InstanceHandle(
             deployment=req.deployment, index=req.index, port=port, url=f"http://{wheres[0]['ip']}:{port}",
@@ -425,11 +452,9 @@ def _check_reachable(address: str) -> None:
         ) from None
 
 
-def _python_and_target(argv: list[str]) -> tuple[str, list[str]]:
-    """(interpreter, what it runs) of a job's argv, torchrun's own options left out: the engine
+def _torchrun_target(argv: list[str]) -> tuple[str, list[str]]:
+    """(interpreter, what it runs) of a torchrun argv, torchrun's own options left out: the engine
     builds one host's argv (`zsconf.registry.runner_argv`), a multi-node run needs each node's."""
-    if "torch.distributed.run" not in argv:
-        return argv[0], argv[1:]
     rest = argv[argv.index("torch.distributed.run") + 1 :]
     while rest and rest[0].startswith("--"):
         rest = rest[1:]
