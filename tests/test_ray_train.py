@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_train_resume import _weights
 from train_helpers import REPO, env, result, spec, write_alpaca
 
 from zsconf.executors import JobRequest
@@ -21,15 +22,6 @@ from zsconf.registry import REGISTRY, runner_argv
 
 HP = {"iterations": 12, "checkpoints": 3, "learning_rate": 2e-3, "global_batch_size": 4, "micro_batch_size": 1,
       "lr_scheduler": "cosine", "warmup_ratio": 0.2}  # fmt: skip
-
-
-def _weights(model_dir: Path) -> dict:
-    from safetensors.torch import load_file
-
-    out: dict = {}
-    for f in sorted(model_dir.glob("*.safetensors")):
-        out.update(load_file(f))
-    return out
 
 
 def _same_weights(a: Path, b: Path, base: Path) -> None:

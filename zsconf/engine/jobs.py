@@ -236,7 +236,7 @@ def _submit(store: Store, executor: Executor, row: ResourceRow, run: RunRow, pre
     handle = run_handle(obs, workdir)
     status = "queued" if sub.state == "queued" and obs.state == "queued" else "running"
     run = store.update_run(run.run_id, status=status, pid=obs.pid, start_time=obs.start_time,
-                           host=os.uname().nodename, handle=handle, started_at=_now_dt()) or run  # fmt: skip
+                           host=handle.get("host") or os.uname().nodename, handle=handle, started_at=_now_dt()) or run  # fmt: skip
     outputs = dict(row.outputs or {})
     outputs.update({"run_id": run.run_id, "workdir": str(workdir)})
     store.update_resource(row.address, status="running", outputs=outputs)

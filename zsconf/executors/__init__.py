@@ -1,8 +1,9 @@
 """Executors: the boundary between the engine and processes (see `base.py` for the interface).
 
-Called by `zsconf.engine` and the daemon: `default_executor(stack_dir, platform)` returns the one
+Called by `zsconf.engine` and the daemon: `executor_for(stack_dir, platform)` returns the one
 the stack's `platform.executor` names (local, or ray), its bookkeeping under
-`$ZSCONF_EXECUTOR_ROOT` or `<stack>/.zsconf/executor`. Importing this package is cheap: no torch,
+`$ZSCONF_EXECUTOR_ROOT` or `<stack>/.zsconf/executor`; `default_executor(stack_dir)` reads the
+platform from the stack's files first. Importing this package is cheap: no torch,
 no HTTP client, no ray.
 """
 
@@ -71,11 +72,10 @@ def executor_for(stack_dir: str | Path, platform: Any) -> LocalExecutor:
     spec = getattr(platform, "executor", None)
     if spec is None or spec.kind == "local":
         return get_executor("local", root=root)
+    from zsconf.executors.local import _safe
     from zsconf.executors.ray_cluster import RayExecutor
 
-    namespace = spec.namespace or "zsconf-" + "".join(
-        c if c.isalnum() or c in "-_." else "_" for c in Path(stack_dir).resolve().name
-    )
+    namespace = spec.namespace or f"zsconf-{_safe(Path(stack_dir).resolve().name)}"
     return RayExecutor(root, address=spec.address, namespace=namespace)
 
 

@@ -328,10 +328,12 @@ class LocalExecutor:
         running = [r for r in recs if r["state"] == "running"]
         pool = self._pool(running)
         # (run id, tenant, cards) of what runs, and of what this pass starts: who a job waits behind
+        # (a cluster's handles name no card indexes: what the request asked is what it holds)
         holders = [
-            (r["request"]["run_id"], r["request"]["tenant"], len(r["handle"].get("cards", [])))
+            (r["request"]["run_id"], r["request"]["tenant"],
+             len(r["handle"].get("cards") or []) or self._cards_needed(JobRequest.from_dict(r["request"]), device))
             for r in running
-        ]
+        ]  # fmt: skip
         queued = sorted(
             (r for r in recs if r["state"] == "queued"),
             key=lambda r: (-r["request"]["priority"], r["request"]["submitted_at"]),

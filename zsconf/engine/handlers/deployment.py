@@ -250,7 +250,7 @@ def _roll(ctx: ApplyContext, addr: str, after: dict[str, Any]) -> _Rolled:
         )  # fmt: skip
         crash_point("after_instance_start")
         run = ctx.store.update_run(run.run_id, status="running", pid=handle.pid, start_time=handle.start_time,
-                                   host=os.uname().nodename, handle=handle.as_dict())  # fmt: skip
+                                   host=handle.process.host, handle=handle.as_dict())  # fmt: skip
         assert run is not None
         crash_point("after_instance_running")  # recorded as running, not routed yet
         started.append(run)

@@ -99,7 +99,7 @@ def apply_job(ctx: ApplyContext, ch: Change) -> str:
     handle = run_handle(obs, workdir)
     status = "queued" if obs.state == "queued" else "running"  # a finished one is recorded below
     ctx.store.update_run(run_id, status=status, pid=obs.pid, start_time=obs.start_time,
-                         host=os.uname().nodename, handle=handle)  # fmt: skip
+                         host=handle.get("host") or os.uname().nodename, handle=handle)  # fmt: skip
     # The plan's estimate stays with the run, so the console can set the actual time beside it.
     outputs = {"run_id": run_id, "workdir": str(workdir), "estimate": ch.estimate}
     ctx.store.put_resource(new_row(ch, "running", outputs, prev))
