@@ -123,9 +123,12 @@ def browser() -> object:
 class RayCluster:
     """A real multi-node Ray cluster on this machine (`ray.cluster_utils.Cluster`: one raylet per
     simulated node), as Ray tests itself. The head takes no work; each worker node offers
-    `NODE_CPUS` CPUs, `NODE_MEMORY_GB` of memory and a resource naming it (`node0`, `node1`, ...)."""
+    `NODE_CPUS` CPUs, `NODE_GPUS` GPUs (declared, not real: Ray hands them out by index and sets
+    CUDA_VISIBLE_DEVICES, which is what zsconf relies on), `NODE_MEMORY_GB` of memory and a
+    resource naming it (`node0`, `node1`, ...)."""
 
     NODE_CPUS = 8
+    NODE_GPUS = 2
     NODE_MEMORY_GB = 48
 
     def __init__(self, nodes: int) -> None:
@@ -143,7 +146,8 @@ class RayCluster:
 
     def add_node(self, label: str) -> object:
         node = self.cluster.add_node(
-            num_cpus=self.NODE_CPUS, memory=self.NODE_MEMORY_GB * 2**30, resources={label: 1},
+            num_cpus=self.NODE_CPUS, num_gpus=self.NODE_GPUS, memory=self.NODE_MEMORY_GB * 2**30,
+            resources={label: 1},
             object_store_memory=80 * 2**20,
         )  # fmt: skip
         self.cluster.wait_for_nodes()

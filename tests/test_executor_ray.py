@@ -112,9 +112,27 @@ def test_queue_waits_for_room_on_the_cluster_then_starts(ex: RayExecutor, tmp_pa
     assert wait_done(ex, "r-big2").state == "succeeded"
 
 
+def test_cards_by_index_and_the_tenants_quota(ex: RayExecutor, tmp_path: Path) -> None:
+    """GPUs are handed out by Ray (CUDA_VISIBLE_DEVICES); zsconf's tenant quota still holds."""
+    gpu = {"device": "cuda", "tenant": "acme", "max_cards_for_tenant": 2}
+    first = JobRequest(**{**req(tmp_path, "r-g1", "sleep", 3).as_dict(), **gpu, "cards": 2})
+    second = JobRequest(**{**req(tmp_path, "r-g2", "env").as_dict(), **gpu, "cards": 1})
+    other = JobRequest(**{**req(tmp_path, "r-g3", "env").as_dict(), **gpu, "cards": 2, "tenant": "beta"})
+    assert ex.submit(first).state == "running"
+    waiting = ex.submit(second)
+    assert waiting.state == "queued" and waiting.waiting_behind == ["r-g1"]
+    assert ex.observe("r-g2").message == "tenant acme may use 2 cards and this job needs 1"
+    assert ex.submit(other).state == "running"  # another tenant, the other node's cards
+    done = {r: wait_done(ex, r) for r in ("r-g1", "r-g2", "r-g3")}
+    assert all(o.state == "succeeded" for o in done.values())
+    for run_id, cards in (("r-g1", 2), ("r-g2", 1), ("r-g3", 2)):
+        visible = done[run_id].result["outputs"]["CUDA_VISIBLE_DEVICES"]
+        assert len(visible.split(",")) == cards, visible
+
+
 def test_refuses_what_no_node_has(ex: RayExecutor, tmp_path: Path) -> None:
-    with pytest.raises(ExecutorError, match=r"needs 1 node\(s\) with 2 GPU.*has 0 such node"):
-        ex.submit(JobRequest(**{**req(tmp_path, "r-gpu", "ok").as_dict(), "device": "cuda", "cards": 2}))
+    with pytest.raises(ExecutorError, match=r"needs 1 node\(s\) with 3 GPU.*has 0 such node"):
+        ex.submit(JobRequest(**{**req(tmp_path, "r-gpu", "ok").as_dict(), "device": "cuda", "cards": 3}))
     with pytest.raises(ExecutorError, match=r"needs 3 node\(s\).*has 2 such node"):
         ex.submit(JobRequest(**{**req(tmp_path, "r-3", "ok").as_dict(), "nodes": 3}))
 

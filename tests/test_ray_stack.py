@@ -70,7 +70,10 @@ def test_quickstart_on_a_ray_cluster(tmp_path: Path, ray_cluster: Any) -> None:
     stack = ray_quickstart(tmp_path, ray_cluster.address)
     plan = cli("plan", cwd=stack)
     assert plan.returncode == 0, plan.stdout + plan.stderr
-    assert f"Capacity: Ray cluster at {ray_cluster.address}: 2 node(s); 16 of 16 CPU free" in plan.stdout
+    assert (
+        f"Capacity: Ray cluster at {ray_cluster.address}: 2 node(s); 4 of 4 GPU free, 16 of 16 CPU free"
+        in plan.stdout
+    )
     wide = cli("plan", "finetunes.faq-lora.resources.nodes=3", cwd=stack)
     assert "finetune/demo/faq-lora needs 3 nodes (resources.nodes); the cluster has 2" in wide.stdout
 
