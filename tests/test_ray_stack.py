@@ -74,7 +74,7 @@ def test_quickstart_on_a_ray_cluster(tmp_path: Path, ray_cluster: Any) -> None:
         f"Capacity: Ray cluster at {ray_cluster.address}: 2 node(s); 4 of 4 GPU free, 16 of 16 CPU free"
         in plan.stdout
     )
-    wide = cli("plan", "finetunes.faq-lora.resources.nodes=3", cwd=stack)
+    wide = cli("plan", "+finetunes.faq-lora.resources.nodes=3", cwd=stack)
     assert "finetune/demo/faq-lora needs 3 nodes (resources.nodes); the cluster has 2" in wide.stdout
 
     applied = cli("apply", "--auto-approve", "--wait", cwd=stack, timeout=900)

@@ -96,7 +96,7 @@ def test_node_lost_mid_run_then_resumed_on_another_node(
     ex.submit(_job(spec(whole, tiny_qwen2, data, **hp), "r-whole", nodes=1, processes=1))
     path = spec(cut, tiny_qwen2, data, **hp)
     sub = ex.submit(_job(path, "r-cut-1", nodes=1, processes=1))
-    assert sub.state == "running" and sub.handle is not None
+    assert sub.state == "running" and sub.handle is not None  # room even if Ray's view lags
     first = cut / "work" / "checkpoints" / "step-12"
     deadline = time.monotonic() + 180
     while not first.is_dir() and time.monotonic() < deadline:
