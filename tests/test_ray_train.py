@@ -13,12 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import test_executor_ray
+from test_executor_ray import wait_done
 from test_train_resume import _weights
 from train_helpers import REPO, env, result, spec, write_alpaca
 
 from zsconf.executors import JobRequest
 from zsconf.executors.ray_cluster import RayExecutor
 from zsconf.registry import REGISTRY, runner_argv
+
+ex = test_executor_ray.ex  # fixture: a RayExecutor on the module's cluster, its runs stopped after
 
 HP = {"iterations": 12, "checkpoints": 3, "learning_rate": 2e-3, "global_batch_size": 4, "micro_batch_size": 1,
       "lr_scheduler": "cosine", "warmup_ratio": 0.2}  # fmt: skip
@@ -44,25 +48,6 @@ def _job(path: Path, run_id: str, nodes: int, processes: int) -> JobRequest:
                       module="runners.train", argv=argv, nodes=nodes, cpus=2, memory_gb=4)  # fmt: skip
 
 
-def _wait(ex: RayExecutor, run_id: str, timeout: float = 300) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        obs = ex.observe(run_id)
-        if obs.finished:
-            return obs
-        time.sleep(0.2)
-    raise AssertionError(f"{run_id} did not finish: {ex.observe(run_id)}")
-
-
-@pytest.fixture
-def ex(ray_cluster: Any, tmp_path: Path) -> RayExecutor:
-    e = RayExecutor(tmp_path / "exec", address=ray_cluster.address, namespace=f"t-{tmp_path.name}")
-    yield e
-    for rec in e._records():
-        if rec["state"] in ("running", "queued"):
-            e.cancel(rec["request"]["run_id"], grace_s=0.5)
-
-
 @pytest.mark.slow
 def test_two_node_lora_equals_two_processes_on_one_host(
     ex: RayExecutor, tiny_qwen2: Path, tmp_path: Path
@@ -75,7 +60,7 @@ def test_two_node_lora_equals_two_processes_on_one_host(
                            cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)  # fmt: skip
     assert local.returncode == 0, local.stderr[-3000:]
     ex.submit(_job(spec(two, tiny_qwen2, data, **HP), "r-2n", nodes=2, processes=2))
-    obs = _wait(ex, "r-2n")
+    obs = wait_done(ex, "r-2n", timeout=300)
     assert obs.state == "succeeded", (two / "work" / "runner.log").read_text()[-3000:]
     placement = ex._load("r-2n")["handle"]["placement"]
     assert len(set(placement["nodes"])) == 2  # one process per node: the group spans both
@@ -105,18 +90,18 @@ def test_node_lost_mid_run_then_resumed_on_another_node(
     node = sub.handle.placement["nodes"][0]
     ray_cluster.remove_node(next(n for n in ray_cluster.nodes if n.node_id == node))
     try:
-        lost = _wait(ex, "r-cut-1")
+        lost = wait_done(ex, "r-cut-1", timeout=300)
         assert lost.state == "lost" and not (cut / "work" / "result.json").exists()
         body = json.loads(path.read_text())
         body.update(run_id="r-cut-2", resume=True)
         path.write_text(json.dumps(body))
         again = ex.submit(_job(path, "r-cut-2", nodes=1, processes=1))
-        obs = _wait(ex, "r-cut-2")
+        obs = wait_done(ex, "r-cut-2", timeout=300)
         assert obs.state == "succeeded", (cut / "work" / "runner.log").read_text()[-3000:]
         assert ex._load("r-cut-2")["handle"]["placement"]["nodes"] != [node]
         assert '"resumed"' in (cut / "work" / "events.jsonl").read_text()
         assert again.run_id == "r-cut-2"
-        assert _wait(ex, "r-whole").state == "succeeded"
+        assert wait_done(ex, "r-whole", timeout=300).state == "succeeded"
         _same_weights(whole, cut, tiny_qwen2)
     finally:
         ray_cluster.add_node("node-extra")

@@ -193,8 +193,9 @@ def _cluster(plan: Plan, executor: Any, loaded: LoadedStack) -> Any:
     try:
         cap = executor.capacity()
         storage = (Path(loaded.stack_dir) / loaded.stack.platform.storage).resolve()  # as apply's
-        storage.mkdir(parents=True, exist_ok=True)
-        unseen = executor.unseen_storage(storage)
+        # Before the first apply it may not exist yet: its nearest existing folder is what nodes share.
+        seen = next(p for p in (storage, *storage.parents) if p.exists())
+        unseen = executor.unseen_storage(seen)
     except ExecutorError as e:
         plan.errors.append(str(e))
         return None

@@ -51,14 +51,19 @@ _connect_lock = threading.Lock()
 _FORWARDED = ("ZSCONF_", "HF_", "TRANSFORMERS_", "PYTHONPATH")
 
 
-def bundle(device: str, cards: int, cpus: int, memory_gb: float) -> dict[str, float]:
-    """The Ray resources one node's share of a job or one instance asks for."""
-    out: dict[str, float] = {"CPU": float(max(cpus, 1))}
-    if memory_gb:
-        out["memory"] = float(int(memory_gb * 2**30))
-    if cards and device in _CARD_RESOURCE:
-        out[_CARD_RESOURCE[device]] = float(cards)
+def bundle(req: JobRequest | InstanceRequest) -> dict[str, float]:
+    """The Ray resources one node's share of a job, or one instance, asks for."""
+    out: dict[str, float] = {"CPU": float(max(req.cpus, 1))}
+    if req.memory_gb:
+        out["memory"] = float(int(req.memory_gb * 2**30))
+    if req.cards and req.device in _CARD_RESOURCE:
+        out[_CARD_RESOURCE[req.device]] = float(req.cards)
     return out
+
+
+def _has(node: dict[str, Any], need: dict[str, float], which: str = "free") -> bool:
+    """The node's `which` resources ("free" or "total") cover `need`."""
+    return all(node[which].get(k, 0.0) >= v for k, v in need.items())
 
 
 def _describe(b: dict[str, float]) -> str:
@@ -241,7 +246,7 @@ class RayExecutor(LocalExecutor):
     ) -> list[dict[str, Any]] | None:  # fmt: skip
         """`count` distinct nodes of `pool` with `need` free (nodes in `avoid` last; then the ones
         with the most free cards and CPUs), taken from the pool; None when too few have room."""
-        fits = [n for n in pool if all(n["free"].get(k, 0.0) >= v for k, v in need.items())]
+        fits = [n for n in pool if _has(n, need)]
         if len(fits) < count:
             return None
         fits.sort(key=lambda n: (n["node_id"] in avoid, -n["free"].get("GPU", 0) - n["free"].get("NPU", 0),
@@ -253,21 +258,21 @@ class RayExecutor(LocalExecutor):
         return chosen
 
     def _fit(self, pool: Any, req: JobRequest) -> Any:
-        chosen = self._pick(pool, bundle(req.device, req.cards, req.cpus, req.memory_gb), req.nodes)
+        chosen = self._pick(pool, bundle(req), req.nodes)
         return None if chosen is None else [{"node_id": n["node_id"], "ip": n["ip"]} for n in chosen]
 
-    def _short_of(self, pool: Any, req: JobRequest) -> str:
-        need = bundle(req.device, req.cards, req.cpus, req.memory_gb)
-        room = sum(1 for n in pool if all(n["free"].get(k, 0.0) >= v for k, v in need.items()))
+    def _short_of(self, pool: Any, req: JobRequest | InstanceRequest) -> str:
+        need, count = bundle(req), getattr(req, "nodes", 1)
+        room = sum(1 for n in pool if _has(n, need))
         return (
-            f"needs {req.nodes} node(s) with {_describe(need)} free; {room} of the cluster's "
+            f"needs {count} node(s) with {_describe(need)} free; {room} of the cluster's "
             f"{len(pool)} nodes have that now"
         )
 
     def _never_fits(self, req: JobRequest) -> str | None:
-        need = bundle(req.device, req.cards, req.cpus, req.memory_gb)
+        need = bundle(req)
         nodes = self._nodes()
-        big = sum(1 for n in nodes if all(n["total"].get(k, 0.0) >= v for k, v in need.items()))
+        big = sum(1 for n in nodes if _has(n, need, "total"))
         if big >= req.nodes:
             return None
         return (
@@ -281,7 +286,7 @@ class RayExecutor(LocalExecutor):
 
     def _find_started(self, req: JobRequest, placement: Any) -> ProcessHandle | None:
         # A pass that died mid-start left actors, perhaps not all of them or without a process:
-        # `_start_job` replaces those. Only a complete group whose rank 0 runs is adopted.
+        # `_launch_group` replaces those. Only a complete group whose rank 0 runs is adopted.
         names = self._job_names(req.run_id, req.nodes)
         actors = [self._actor(n) for n in names]
         if any(a is None for a in actors):
@@ -307,22 +312,24 @@ class RayExecutor(LocalExecutor):
         """Every job's actors first (Ray starts their workers in parallel), then their processes."""
         launched: list[list[Any] | ExecutorError] = []
         for req, placement in items:
-            need = bundle(req.device, req.cards, req.cpus, req.memory_gb)
             try:
-                launched.append(self._launch_group(self._job_names(req.run_id, req.nodes), placement, need))
+                launched.append(
+                    self._launch_group(self._job_names(req.run_id, req.nodes), placement, bundle(req))
+                )
             except ExecutorError as e:
                 launched.append(e)
         out: list[ProcessHandle | ExecutorError] = []
         for (req, _), actors in zip(items, launched, strict=True):
+            if isinstance(actors, ExecutorError):
+                out.append(actors)
+                continue
             try:
-                if isinstance(actors, ExecutorError):
-                    raise actors
-                out.append(self._start_job(req, actors))
+                out.append(self._start_in(req, actors))
             except ExecutorError as e:
                 out.append(e)
         return out
 
-    def _start_job(self, req: JobRequest, actors: Any) -> ProcessHandle:
+    def _start_in(self, req: JobRequest, actors: list[Any]) -> ProcessHandle:
         """Start the processes of `req` in its launched actors (one per node)."""
         from zsconf.registry import torchrun_node_argv
 
@@ -397,7 +404,7 @@ class RayExecutor(LocalExecutor):
         same deployment; control-plane instances (the gateway) start on this host."""
         if req.control_plane:
             return super().start_instance(req)
-        need = bundle(req.device, req.cards, req.cpus, req.memory_gb)
+        need = bundle(req)
         siblings = {
             n
             for h in self.list_instances()
@@ -407,7 +414,7 @@ class RayExecutor(LocalExecutor):
         pool = self._nodes()
         chosen = self._pick(pool, need, 1, avoid=siblings)
         if chosen is None:
-            raise ExecutorError(f"{req.instance_id}: {self._short_of(self._nodes(), _as_job(req))}")
+            raise ExecutorError(f"{req.instance_id}: {self._short_of(pool, req)}")
         name = f"zsconf:{_safe(req.instance_id)}:{time.time_ns()}"
         env = dict(req.env)  # gets the port and address the node chose, before the process starts
 
@@ -429,12 +436,6 @@ class RayExecutor(LocalExecutor):
         with self._locked():
             _atomic_json(self._inst_path(req.deployment, req.index), handle.as_dict())
         return handle
-
-
-def _as_job(req: InstanceRequest) -> JobRequest:
-    return JobRequest(run_id=req.instance_id, address=req.instance_id, spec_path=req.spec_path,
-                      workdir=req.workdir, cards=req.cards, device=req.device, cpus=req.cpus,
-                      memory_gb=req.memory_gb)  # fmt: skip
 
 
 def _check_reachable(address: str) -> None:
