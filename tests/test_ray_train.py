@@ -64,7 +64,7 @@ def test_two_node_lora_equals_two_processes_on_one_host(
     assert obs.state == "succeeded", (two / "work" / "runner.log").read_text()[-3000:]
     placement = ex._load("r-2n")["handle"]["placement"]
     assert len(set(placement["nodes"])) == 2  # one process per node: the group spans both
-    assert (two / "work" / "ranks" / "1" / "exit_code").is_file()  # rank 1 ran on the other node
+    assert (two / "work" / "ranks" / "1" / "runner.log").is_file()  # rank 1 ran on the other node
     _same_weights(one, two, tiny_qwen2)
 
 
