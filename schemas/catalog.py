@@ -17,15 +17,24 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 __all__ = [
     "Catalog",
     "DebugDims",
+    "DebugPipeline",
+    "DebugVision",
     "Estimates",
     "FinetuneMethod",
     "Flavor",
+    "ImageOptions",
     "ModelEntry",
+    "Task",
     "compression_allowed",
+    "parse_size",
 ]
 
 FinetuneMethod = Literal["full", "lora", "continued_pretrain"]
+# What a model does (the one-stop manual's API chapter: `chat` serves text generation and image
+# understanding, `image` serves text-to-image).
+Task = Literal["text-generation", "image-understanding", "text-to-image"]
 Range = tuple[float, float]
+_SIZE_RE = re.compile(r"^(\d{2,5})x(\d{2,5})$")
 
 # A general WxAx[Cx] strategy that is exactly one of the manual's named ones counts as that one.
 _WAC_RE = re.compile(r"^W(\d+)A(\d+)(?:C(\d+))?$", re.IGNORECASE)
@@ -55,11 +64,78 @@ class DebugDims(_Strict):
     seed: int = 0
 
 
+class DebugVision(DebugDims):
+    """A debug image-understanding model (runners.debug_models.vision): the text dims plus a tiny
+    vision tower."""
+
+    vision_depth: int = Field(gt=0)
+    vision_embed_dim: int = Field(gt=0)
+    vision_num_heads: int = Field(gt=0)
+
+
+class DebugPipeline(_Strict):
+    """A debug text-to-image pipeline (runners.debug_models.diffusion): a Stable-Diffusion-shaped
+    UNet, VAE and CLIP text encoder from configs, random weights from `seed`."""
+
+    unet_channels: list[int] = Field(min_length=1, description="UNet block_out_channels")
+    vae_channels: list[int] = Field(min_length=1, description="VAE block_out_channels (2^(n-1) x down)")
+    text_hidden_size: int = Field(gt=0, description="CLIP text encoder width = UNet cross-attention dim")
+    text_layers: int = Field(gt=0)
+    vocab_size: int = Field(gt=0)
+    seed: int = 0
+
+
+def parse_size(size: str) -> tuple[int, int]:
+    """`HxW` (the manual: height x width) -> (height, width); ValueError otherwise."""
+    m = _SIZE_RE.match(size)
+    if m is None:
+        raise ValueError(f"size {size!r}: expected HEIGHTxWIDTH, e.g. 512x512")
+    return int(m.group(1)), int(m.group(2))
+
+
+class ImageOptions(_Strict):
+    """What a text-to-image model accepts (`/v1/images/generations`, one-stop manual 000 §5.5.2):
+    the gateway refuses a request outside these with 400/500002 naming the parameter, and the
+    image server applies the defaults and the style's prompt suffix."""
+
+    sizes: list[str] = Field(min_length=1, description="HEIGHTxWIDTH, the manual's order")
+    default_size: str = "512x512"
+    steps: tuple[int, int] = Field(default=(1, 50), description="num_inference_steps range")
+    default_steps: int = Field(default=20, gt=0)
+    max_n: int = Field(default=4, ge=1, le=10, description="images per request")
+    styles: dict[str, str] = Field(
+        min_length=1, description="style -> what it adds to the prompt (revised_prompt); '' = nothing"
+    )
+    default_style: str = "standard"
+    guidance_scale: float = Field(default=7.5, ge=0)
+    seconds_per_step: float = Field(
+        default=0.1, gt=0, description="one 512x512 denoising step on one card (the plan's estimate)"
+    )
+
+    @model_validator(mode="after")
+    def _defaults_allowed(self) -> ImageOptions:
+        for size in self.sizes:
+            parse_size(size)
+        lo, hi = self.steps
+        if not 1 <= lo <= hi:
+            raise ValueError(f"steps: expected 1 <= lower <= upper, got [{lo}, {hi}]")
+        if self.default_size not in self.sizes:
+            raise ValueError(f"default_size {self.default_size!r} is not one of sizes")
+        if not lo <= self.default_steps <= hi:
+            raise ValueError(f"default_steps {self.default_steps} is outside steps [{lo}, {hi}]")
+        if self.default_style not in self.styles:
+            raise ValueError(f"default_style {self.default_style!r} is not one of styles")
+        return self
+
+
 class ModelEntry(_Strict):
     """One base model (studio manual 001 tables 6-1, 6-2, 6-6, 6-7, 7-2, 7-4, 8-2)."""
 
     family: str
-    architecture: str = Field(description="transformers model_type")
+    architecture: str = Field(
+        description="transformers model_type (diffusers: the pipeline, e.g. stable-diffusion)"
+    )
+    task: Task = "text-generation"
     params_b: float = Field(gt=0, description="parameters, billions")
     finetune: dict[FinetuneMethod, Range] = Field(default_factory=dict, description="tokens/s per card")
     compression: list[str] = Field(default_factory=list, description='strategies allowed; "*" = all')
@@ -74,7 +150,8 @@ class ModelEntry(_Strict):
         default_factory=list
     )
     checkpoint_format: Literal["huggingface", "megatron"] | None = None
-    debug: DebugDims | None = None
+    debug: DebugDims | DebugVision | DebugPipeline | None = None
+    images: ImageOptions | None = Field(default=None, description="text-to-image models: what they accept")
     tool_parser: str | None = Field(
         default=None, description="vLLM tool-call parser of the family's format (001 §12); null = none"
     )
@@ -85,6 +162,12 @@ class ModelEntry(_Strict):
             _check_range(value, f"finetune.{method}")
         for strategy, value in self.compression_minutes.items():
             _check_range(value, f"compression_minutes.{strategy}")
+        if (self.task == "text-to-image") != (self.images is not None):
+            raise ValueError("images: required for a text-to-image model, and only for one")
+        if self.task == "text-to-image" and (self.finetune or self.compression):
+            raise ValueError(
+                "a text-to-image model has no fine-tuning or compression (finetune, compression)"
+            )
         return self
 
 

@@ -35,9 +35,12 @@ class Deployment(Resource):
 
     description: Description(256)  # type: ignore[valid-type]
     model: ModelRef = Field(description="NAME@N or NAME@latest (follows new versions, rolling)")
-    engine: Literal["auto", "vllm", "embedded"] = Field(
+    engine: Literal["auto", "vllm", "embedded", "diffusers"] = Field(
         default="auto",
-        description="auto = vLLM wherever its engine environment is or can be installed, else embedded",
+        description=(
+            "auto = vLLM wherever its engine environment is or can be installed, else embedded; "
+            "diffusers for a text-to-image model"
+        ),
     )
     flavor: str = "cpu.small"
     instances: int = Field(default=1, ge=1, le=128)

@@ -6,14 +6,30 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from schemas.common import Name, Spec
+from schemas.common import Duration, Name, Spec
 
-__all__ = ["Endpoint", "ExecutorSpec", "Platform"]
+__all__ = ["Endpoint", "ExecutorSpec", "GatewaySettings", "Platform"]
 
 
 class Endpoint(Spec):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
+
+
+class GatewaySettings(Endpoint):
+    """The gateway: where it listens, and what it lets through for images."""
+
+    image_hosts: list[str] = Field(
+        default_factory=list,
+        description=(
+            "hosts an image_url in a chat call may point at (`*.example.com` for subdomains); the model "
+            "server fetches them. Empty (the default): only base64 data URLs, nothing is fetched"
+        ),
+    )
+    max_image_mb: float = Field(default=10, gt=0, le=100, description="largest base64 image in a chat call")
+    image_url_ttl: Duration = Field(
+        default=3600, description="how long an image made with response_format=url can be fetched (1h)"
+    )
 
 
 class ExecutorSpec(Spec):
@@ -41,7 +57,7 @@ class Platform(Spec):
         default=".zsconf/artifacts", description="artifact root, relative to the stack directory"
     )
     device: Literal["auto", "cpu", "cuda", "npu"] = "auto"
-    gateway: Endpoint = Field(default_factory=Endpoint)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     admin: Endpoint = Field(default_factory=lambda: Endpoint(port=8001))
     default_tenant: Name | None = None
 

@@ -12,6 +12,8 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from schemas.catalog import ImageOptions, Task
+
 __all__ = [
     "ERROR_CODES",
     "ErrorCode",
@@ -21,6 +23,7 @@ __all__ = [
     "GatewayInstance",
     "GatewaySpec",
     "LimitPair",
+    "MediaPolicy",
     "ModerationConfig",
 ]
 
@@ -43,6 +46,8 @@ class ErrorCode(StrEnum):
     AK_BANNED = "700003"
     MODEL_RPM_RATELIMITING = "700004"
     MODEL_TPM_RATELIMITING = "700005"
+    AK_IPM_RATELIMITING = "700006"
+    MODEL_IPM_RATELIMITING = "700007"
 
 
 _STATUS_AND_MEANING: dict[ErrorCode, tuple[int, str]] = {
@@ -60,6 +65,8 @@ _STATUS_AND_MEANING: dict[ErrorCode, tuple[int, str]] = {
     ErrorCode.AK_BANNED: (429, "key banned"),
     ErrorCode.MODEL_RPM_RATELIMITING: (429, "requests per minute over the model's limit"),
     ErrorCode.MODEL_TPM_RATELIMITING: (429, "tokens per minute over the model's limit"),
+    ErrorCode.AK_IPM_RATELIMITING: (429, "images per minute over the key's limit"),
+    ErrorCode.MODEL_IPM_RATELIMITING: (429, "images per minute over the model's limit"),
 }
 
 # The platform's error table: code -> (type, HTTP status, meaning). One copy, read by the gateway
@@ -76,6 +83,15 @@ class _Strict(BaseModel):
 class LimitPair(_Strict):
     rpm: int | None = Field(default=None, ge=1, description="requests per minute")
     tpm: int | None = Field(default=None, ge=1, description="tokens per minute (prompt + completion)")
+    ipm: int | None = Field(default=None, ge=1, description="images per minute (text-to-image)")
+
+
+class MediaPolicy(_Strict):
+    """Images in chat calls (`image_url` parts): base64 data URLs up to `max_image_bytes`; HTTP(S)
+    URLs only from the listed hosts (the model server fetches them), none by default."""
+
+    image_hosts: list[str] = Field(default_factory=list, description="hosts, or *.domain for its subdomains")
+    max_image_bytes: int = Field(default=10 * 2**20, ge=1)
 
 
 class ModerationConfig(_Strict):
@@ -98,6 +114,8 @@ class GatewayDeployment(_Strict):
     qps: float | None = Field(default=None, gt=0, description="QPS limit of the whole deployment")
     max_tokens_cap: int = Field(default=2048, ge=1, description="largest max_tokens accepted")
     moderation: bool = Field(default=True, description="apply the group's blocklist to this service")
+    task: Task = Field(default="text-generation", description="the catalog's: which calls it answers")
+    images: ImageOptions | None = Field(default=None, description="text-to-image: what it accepts")
 
 
 class GatewayGroup(_Strict):
@@ -116,6 +134,10 @@ class GatewayConfig(_Strict):
 
     version: int = 1
     upstream_api_key: str | None = Field(default=None, description="sent upstream as Bearer")
+    media: MediaPolicy = Field(default_factory=MediaPolicy)
+    image_url_ttl_s: float = Field(
+        default=3600.0, gt=0, description="how long response_format=url images stay"
+    )
     deployments: list[GatewayDeployment] = Field(default_factory=list)
     groups: list[GatewayGroup] = Field(default_factory=list)
 

@@ -27,7 +27,7 @@ class ServeSpec(BaseModel):
     served_model_name: str = Field(min_length=1, description="the `model` clients send")
     host: str = "127.0.0.1"
     port: int = Field(default=0, ge=0, le=65535, description="0 = pick a free port (reported on ready)")
-    engine: Literal["embedded", "vllm"] = "embedded"
+    engine: Literal["embedded", "vllm", "diffusers"] = "embedded"
     device: Literal["auto", "cpu", "cuda", "npu"] = "auto"
     cards: int = Field(default=0, ge=0, le=64, description="accelerator cards (vLLM tensor parallel size)")
     max_model_len: int | None = Field(default=None, ge=16, le=1048576)
@@ -44,6 +44,8 @@ class ServeSpec(BaseModel):
     # vLLM on CPU reserves 90 % of the host's memory unless told a KV-cache size: the plan gives one
     # from the flavor, so servers (and jobs) can share a machine.
     kv_cache_memory_bytes: int | None = Field(default=None, ge=1)
+    # diffusers only: what the text-to-image model accepts (schemas.catalog.ImageOptions, dumped).
+    images: dict[str, Any] | None = None
 
 
 def _visible_cards(env: Mapping[str, str]) -> int:
@@ -91,5 +93,6 @@ def serve_spec_from_envelope(data: Mapping[str, Any], env: Mapping[str, str]) ->
             "lora_modules": inputs.get("lora_modules") or {},
             "max_lora_rank": inputs.get("max_lora_rank"),
             "kv_cache_memory_bytes": inputs.get("kv_cache_memory_bytes"),
+            "images": inputs.get("images"),
         }
     )

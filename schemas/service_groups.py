@@ -14,6 +14,7 @@ __all__ = ["Limits", "Moderation", "RateLimits", "ServiceGroup"]
 class Limits(Spec):
     rpm: int | None = Field(default=None, ge=1, description="requests per minute")
     tpm: int | None = Field(default=None, ge=1, description="tokens per minute (prompt + completion)")
+    ipm: int | None = Field(default=None, ge=1, description="images per minute (text-to-image services)")
 
 
 class RateLimits(Spec):

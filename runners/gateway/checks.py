@@ -12,15 +12,35 @@ Every failure raises `PlatformError(Code.PARAM_ERROR, ...)` naming the field. De
   assistant message with tool_calls (or another tool message); the last message is from the user,
   or a tool result. Content: a string, null (assistant with tool_calls), or a list of
   {type: text|image_url} parts.
+- image_url parts: only for an image-understanding deployment; the URL is a base64 data URL of
+  a PNG, JPEG, WebP, GIF or BMP image up to the stack's size, or an http(s) URL on a host the stack
+  lists (the model server fetches it; the gateway never does).
+- images (`/v1/images/generations`, manual 000 §5.5.2): prompt 1-1000 characters, negative_prompt
+  up to 1000, n, num_inference_steps, size (HEIGHTxWIDTH) and style from the model's catalog
+  options, response_format url | b64_json, seed a non-negative integer, user a string.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import base64
+import binascii
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from runners.gateway.errors import Code, PlatformError
 
-__all__ = ["check_chat", "check_completion", "estimate_tokens", "message_text"]
+if TYPE_CHECKING:
+    from schemas.catalog import ImageOptions
+    from schemas.run_gateway import MediaPolicy
+
+__all__ = ["ImageCall", "check_chat", "check_completion", "check_images", "estimate_tokens", "message_text"]
+
+_DATA_URL = re.compile(r"^data:image/(png|jpeg|jpg|webp|gif|bmp);base64,", re.IGNORECASE)
+# What an image adds to the admission's token estimate (settled with the server's count): about
+# what vLLM's Qwen2-VL makes of a small picture.
+IMAGE_TOKENS = 256
 
 _ROLES = frozenset({"system", "user", "assistant", "tool"})
 
@@ -102,13 +122,80 @@ def _common(body: dict, cap: int) -> None:
         raise _bad("response_format.type must be text or json_object")
 
 
-def check_chat(body: dict, cap: int) -> str:
-    """Validate a chat request; returns its text, for the token estimate and moderation."""
+def _host_allowed(host: str, allowed: list[str]) -> bool:
+    host = host.lower()
+    for a in allowed:
+        a = a.lower()
+        if host == a or (a.startswith("*.") and host.endswith(a[1:])):
+            return True
+    return False
+
+
+def _check_image_part(part: Any, where: str, model: str, vision: bool, media: MediaPolicy | None) -> None:
+    """One `image_url` part of a chat message: allowed for this model, and a URL the policy allows."""
+    if not vision or media is None:
+        raise _bad(
+            f"{where}: model {model!r} reads text only (type image_url); images go to an "
+            "image-understanding deployment"
+        )
+    image = part.get("image_url")
+    url = image.get("url") if isinstance(image, dict) else image
+    if not isinstance(url, str) or not url:
+        raise _bad(f"{where}.image_url.url must be a non-empty string")
+    m = _DATA_URL.match(url)
+    if m is not None:
+        data = url[m.end() :]
+        if len(data) * 3 // 4 > media.max_image_bytes + 2:
+            raise _bad(f"{where}.image_url.url: the image is over {media.max_image_bytes} bytes")
+        try:
+            base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError):
+            raise _bad(f"{where}.image_url.url: not valid base64 data") from None
+        return
+    if url.startswith("data:"):
+        raise _bad(f"{where}.image_url.url: a data URL must be data:image/(png|jpeg|webp|gif|bmp);base64,...")
+    u = urlsplit(url)
+    if u.scheme not in ("http", "https") or not u.hostname:
+        raise _bad(
+            f"{where}.image_url.url: expected a base64 data URL (or an http(s) URL on an allowed host)"
+        )
+    if not _host_allowed(u.hostname, media.image_hosts):
+        raise _bad(
+            f"{where}.image_url.url: images are not fetched from {u.hostname} (send a base64 data URL; "
+            "platform.gateway.image_hosts lists the hosts allowed)"
+        )
+
+
+def _check_parts(content: Any, i: int, model: str, vision: bool, media: MediaPolicy | None) -> int:
+    """The parts of a list content; returns how many images it holds."""
+    if not isinstance(content, list):
+        return 0
+    images = 0
+    for j, part in enumerate(content):
+        where = f"messages[{i}].content[{j}]"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
+            if not isinstance(part.get("text"), str):
+                raise _bad(f"{where}.text must be a string")
+        elif kind == "image_url":
+            _check_image_part(part, where, model, vision, media)
+            images += 1
+        else:
+            raise _bad(f"{where}.type must be text or image_url, got {kind!r}")
+    return images
+
+
+def check_chat(
+    body: dict, cap: int, model: str = "", vision: bool = False, media: MediaPolicy | None = None
+) -> tuple[str, int]:
+    """Validate a chat request; returns its text (for the token estimate and moderation) and its
+    number of images (`vision`: the deployment reads them, under `media`'s rules)."""
     msgs = body.get("messages")
     if not isinstance(msgs, list) or not msgs:
         raise _bad("messages must be a non-empty list")
     _common(body, cap)
     parts = []
+    images = 0
     prev = None  # role of the previous non-system message
     prev_tool_calls = False
     last = len(msgs) - 1
@@ -118,7 +205,9 @@ def check_chat(body: dict, cap: int) -> str:
         role = m.get("role")
         if role not in _ROLES:
             raise _bad(f"messages[{i}].role must be one of user, assistant, system, tool; got {role!r}")
-        text = message_text(m.get("content"))
+        content = m.get("content")
+        text = message_text(content)
+        images += _check_parts(content, i, model, vision, media)
         if role == "system":
             if i != 0:
                 raise _bad(f"messages[{i}]: a system message is only allowed at position 0")
@@ -142,7 +231,7 @@ def check_chat(body: dict, cap: int) -> str:
     tools = body.get("tools")
     if tools is not None and not isinstance(tools, list):
         raise _bad("tools must be a list")
-    return "\n".join(parts)
+    return "\n".join(parts), images
 
 
 def check_completion(body: dict, cap: int) -> str:
@@ -153,3 +242,58 @@ def check_completion(body: dict, cap: int) -> str:
         raise _bad("prompt must be a non-empty string or list of strings")
     _common(body, cap)
     return prompt
+
+
+@dataclass(frozen=True, slots=True)
+class ImageCall:
+    """A checked text-to-image request, with the model's defaults filled in."""
+
+    prompt: str  # prompt and negative prompt: what moderation reads
+    n: int
+    steps: int
+    size: str
+    style: str
+    response_format: str  # "url" | "b64_json"
+
+
+def _int_in(body: dict, name: str, lo: int, hi: int, default: int) -> int:
+    v = body.get(name)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise _bad(f"{name} must be an integer in [{lo}, {hi}] for this model, got {v!r}")
+    return v
+
+
+def _choice(body: dict, name: str, allowed: Any, default: str) -> str:
+    v = body.get(name)
+    if v is None:
+        return default
+    if not isinstance(v, str) or v not in allowed:
+        raise _bad(f"{name} must be one of {', '.join(allowed)} for this model, got {v!r}")
+    return v
+
+
+def check_images(body: dict, options: ImageOptions) -> ImageCall:
+    """Validate a text-to-image request against the model's catalog options."""
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise _bad("prompt is required: a description of the image")
+    if len(prompt) > 1000:
+        raise _bad(f"prompt must be at most 1000 characters, got {len(prompt)}")
+    negative = body.get("negative_prompt")
+    if negative is not None and (not isinstance(negative, str) or len(negative) > 1000):
+        raise _bad("negative_prompt must be a string of at most 1000 characters")
+    n = _int_in(body, "n", 1, options.max_n, 1)
+    lo, hi = options.steps
+    steps = _int_in(body, "num_inference_steps", lo, hi, options.default_steps)
+    size = _choice(body, "size", options.sizes, options.default_size)
+    style = _choice(body, "style", list(options.styles), options.default_style)
+    fmt = _choice(body, "response_format", ("url", "b64_json"), "b64_json")
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
+        raise _bad(f"seed must be a non-negative integer, got {seed!r}")
+    user = body.get("user")
+    if user is not None and not isinstance(user, str):
+        raise _bad("user must be a string")
+    return ImageCall(f"{prompt}\n{negative or ''}", n, steps, size, style, fmt)

@@ -13,7 +13,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from schemas.run_gateway import GatewayConfig
+from schemas.catalog import ImageOptions
+from schemas.run_gateway import GatewayConfig, MediaPolicy
 
 __all__ = ["Deployment", "Group", "Instance", "Table", "load_table"]
 
@@ -38,6 +39,8 @@ class Deployment:
     qps_limit: int
     max_tokens_cap: int
     moderation: bool
+    task: str = "text-generation"  # text-generation | image-understanding | text-to-image
+    images: ImageOptions | None = None
 
 
 @dataclass(eq=False, slots=True)
@@ -48,7 +51,8 @@ class Group:
     services: dict[str, Deployment]
     key_rpm: int | None
     key_tpm: int | None
-    model_limits: dict[str, tuple[int | None, int | None]]
+    key_ipm: int | None
+    model_limits: dict[str, tuple[int | None, int | None, int | None]]  # rpm, tpm, ipm
     trial_tokens: int | None
     blocklist: tuple[str, ...]
     check_output: bool
@@ -59,6 +63,8 @@ class Group:
 class Table:
     groups: dict[tuple[str, str], Group] = field(default_factory=dict)
     upstream_auth: str | None = None
+    media: MediaPolicy = field(default_factory=MediaPolicy)
+    image_url_ttl_s: float = 3600.0
     mtime: float = -1.0
 
 
@@ -98,8 +104,14 @@ def load_table(path: str | Path, old: Table | None = None) -> Table:
             limit,
             d.max_tokens_cap,
             d.moderation,
+            d.task,
+            d.images,
         )
-    table = Table(upstream_auth=f"Bearer {cfg.upstream_api_key}" if cfg.upstream_api_key else None)
+    table = Table(
+        upstream_auth=f"Bearer {cfg.upstream_api_key}" if cfg.upstream_api_key else None,
+        media=cfg.media,
+        image_url_ttl_s=cfg.image_url_ttl_s,
+    )
     for g in cfg.groups:
         services: dict[str, Deployment] = {}
         for s in g.services:
@@ -113,7 +125,8 @@ def load_table(path: str | Path, old: Table | None = None) -> Table:
             services,
             g.per_key.rpm,
             g.per_key.tpm,
-            {m: (lim.rpm, lim.tpm) for m, lim in g.per_model.items()},
+            g.per_key.ipm,
+            {m: (lim.rpm, lim.tpm, lim.ipm) for m, lim in g.per_model.items()},
             g.trial_tokens,
             tuple(w.lower() for w in g.moderation.blocklist if w),
             g.moderation.check_output,

@@ -11,6 +11,9 @@ actual completion tokens afterwards). Window semantics, documented for users:
   server counted: its prompt plus completion tokens (usage). A request is admitted when the
   tokens charged in the last 60 s plus its estimate stay within `tpm`: once calls have ended, only
   real counts decide, so a key overruns `tpm` by at most the calls in flight.
+- ipm (text-to-image calls): images per minute, a sliding log like rpm where a request counts
+  its `n` images; refused with 700006 (key) or 700007 (model). An image call is not charged
+  tokens (tpm), and a text call is not checked against ipm.
 - qps (deployment): sliding window of max(1 s, 1/qps); limit floor(qps * window) requests;
   refused with 700004 MODEL_RPM_RATELIMITING (the table has no separate QPS code).
 - Refused requests are not charged. State is per gateway process (one gateway per stack).
@@ -75,12 +78,24 @@ class Limiter:
         return w
 
     def admit(
-        self, now: float, key_id: str, group: Group, dep: Deployment, model: str, prompt_tokens: int
+        self,
+        now: float,
+        key_id: str,
+        group: Group,
+        dep: Deployment,
+        model: str,
+        prompt_tokens: int,
+        images: int = 0,
     ) -> list[list[float]]:
         """Check every limit of the key's group (per key, per model) and the deployment's QPS,
-        then charge them all (all or nothing). Returns the token entries `settle` corrects."""
-        key_rpm, key_tpm = group.key_rpm, group.key_tpm
-        model_rpm, model_tpm = group.model_limits.get(model, (None, None))
+        then charge them all (all or nothing). Returns the token entries `settle` corrects.
+        `images` > 0: a text-to-image call, checked against ipm instead of tpm."""
+        key_rpm, key_tpm, key_ipm = group.key_rpm, group.key_tpm, group.key_ipm
+        model_rpm, model_tpm, model_ipm = group.model_limits.get(model, (None, None, None))
+        if images:
+            key_tpm = model_tpm = None
+        else:
+            key_ipm = model_ipm = None
         group_key = (group.tenant, group.name)
         qps_limit = dep.qps_limit
         checks = []
@@ -124,6 +139,26 @@ class Limiter:
                     w.retry_after(now, prompt_tokens, model_tpm),
                 )
             checks.append((w, 0))
+        if key_ipm:
+            w = self._w(("ki", key_id), MINUTE)
+            w.expire(now)
+            if w.total + images > key_ipm:
+                raise PlatformError(
+                    Code.AK_IPM_RATELIMITING,
+                    f"images per minute over the key's limit ({key_ipm})",
+                    w.retry_after(now, images, key_ipm),
+                )
+            checks.append((w, images))
+        if model_ipm:
+            w = self._w(("mi", group_key, model), MINUTE)
+            w.expire(now)
+            if w.total + images > model_ipm:
+                raise PlatformError(
+                    Code.MODEL_IPM_RATELIMITING,
+                    f"images per minute over the limit of model {model!r} ({model_ipm})",
+                    w.retry_after(now, images, model_ipm),
+                )
+            checks.append((w, images))
         if qps_limit:
             w = self._w(("q", dep.tenant, dep.name), dep.qps_window)
             w.expire(now)
@@ -135,9 +170,9 @@ class Limiter:
                 )
             checks.append((w, 1))
         token_entries = []
-        for w, is_req in checks:
-            if is_req:
-                w.add(now, 1)
+        for w, count in checks:  # count: requests or images charged; 0 = the token estimate
+            if count:
+                w.add(now, count)
             else:
                 token_entries.append((w, w.add(now, prompt_tokens)))
         return token_entries  # type: ignore[return-value]

@@ -30,12 +30,14 @@ class Meter:
     def record(self, c: Call, ts: float, latency_s: float) -> None:
         """Buffer the usage row of a finished call, in `zsconf.state.USAGE_COLUMNS` order: ts,
         tenant, group, key_id, model, deployment, instance, prompt_tokens, completion_tokens,
-        latency_ms, ttft_ms, status, error_code, stream (a tuple: the cheapest thing to keep)."""
+        latency_ms, ttft_ms, status, error_code, stream, images, steps, size (a tuple: the cheapest
+        thing to keep)."""
         key, dep, inst = c.key, c.dep, c.inst
         self._buf.append((
             ts, key.tenant, key.group, key.id, c.model, dep.name if dep is not None else c.model,
             inst.id if inst is not None else None, c.prompt, c.completion, latency_s * 1000.0,
             c.ttft * 1000.0 if c.ttft is not None else None, c.status, c.code, c.stream,
+            c.images, c.steps, c.size,
         ))  # fmt: skip
 
     def _write(self, batch: list[tuple]) -> None:

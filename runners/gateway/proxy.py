@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import msgspec
 
-from runners.gateway.checks import check_chat, check_completion, estimate_tokens
+from runners.gateway.checks import IMAGE_TOKENS, check_chat, check_completion, check_images, estimate_tokens
 from runners.gateway.errors import Code, PlatformError, error_body
+from runners.gateway.imagefiles import ImageFiles
 
 if TYPE_CHECKING:
     from runners.gateway.config import Deployment, Group, Instance, Table
@@ -71,13 +72,16 @@ class Call:
         "entries",
         "estimate",
         "group",
+        "images",
         "inst",
         "key",
         "metered",
         "model",
         "prompt",
+        "size",
         "start",
         "status",
+        "steps",
         "stream",
         "ttft",
     )
@@ -98,6 +102,9 @@ class Call:
         self.entries: list = []
         self.estimate = 0
         self.metered = False
+        self.images = 0  # text-to-image calls: images made, steps of each, HEIGHTxWIDTH
+        self.steps: int | None = None
+        self.size: str | None = None
 
 
 def _hit(low: str, words: tuple[str, ...]) -> str | None:
@@ -122,6 +129,7 @@ class Proxy:
         self.metrics = metrics
         self.upstream = upstream
         self.table: Table | None = None
+        self.images = ImageFiles(None)
 
     # -- bookkeeping ------------------------------------------------------------------------
     def finish(self, c: Call) -> None:
@@ -151,12 +159,15 @@ class Proxy:
 
     # -- entry point ------------------------------------------------------------------------
     async def handle(
-        self, key: KeyInfo, group: Group, raw: bytes, kind: str
+        self, key: KeyInfo, group: Group, raw: bytes, kind: str, base_url: str = ""
     ) -> tuple[int, bytes, dict[str, str]] | AsyncIterator[tuple[bytes, bool]]:
         """Returns (status, body, headers) for a JSON answer, or for a stream an async iterator of
-        (SSE bytes, more) where more=False marks the last bytes of the stream."""
+        (SSE bytes, more) where more=False marks the last bytes of the stream. `base_url`: how
+        the client reached the gateway (image URLs are made from it)."""
         c = Call(key, group, time.monotonic())
         try:
+            if kind == "image":
+                return await self._images(c, raw, base_url)
             return await self._handle(c, raw, kind)
         except PlatformError as err:
             self.fail(c, err)
@@ -167,7 +178,8 @@ class Proxy:
             self.fail(c, err)
             return err.status, err.body(), {}
 
-    async def _handle(self, c: Call, raw: bytes, kind: str) -> Any:
+    def _route(self, c: Call, raw: bytes) -> tuple[dict, Deployment]:
+        """The decoded body and the deployment its `model` names in the key's group."""
         try:
             body = _decode(raw)
         except msgspec.DecodeError as exc:
@@ -178,13 +190,29 @@ class Proxy:
         if not isinstance(model, str) or not model:
             raise PlatformError(Code.PARAM_ERROR, "model is required")
         c.model = model
-        group = c.group
-        dep = group.services.get(model)
+        dep = c.group.services.get(model)
         if dep is None:
             c.status = 404
             raise PlatformError(Code.PARAM_ERROR, f"model {model!r} not found")
         c.dep = dep
-        text = (check_chat if kind == "chat" else check_completion)(body, dep.max_tokens_cap)
+        return body, dep
+
+    async def _handle(self, c: Call, raw: bytes, kind: str) -> Any:
+        body, dep = self._route(c, raw)
+        model = c.model
+        group = c.group
+        if dep.task == "text-to-image":
+            raise PlatformError(
+                Code.PARAM_ERROR, f"model {model!r} makes images: call /v1/images/generations"
+            )
+        images = 0
+        if kind == "chat":
+            media = self.table.media if self.table is not None else None
+            text, images = check_chat(
+                body, dep.max_tokens_cap, model, dep.task == "image-understanding", media
+            )
+        else:
+            text = check_completion(body, dep.max_tokens_cap)
         stream = body.get("stream") is True
         c.stream = stream
         # Moderation of the input: 600002 when the hit is in the system prompt or the tool
@@ -212,7 +240,7 @@ class Proxy:
             raise PlatformError(
                 Code.RESOURCES_TIPS, f"the free trial allowance of {group.trial_tokens} tokens is used up"
             )
-        c.estimate = estimate_tokens(text)
+        c.estimate = estimate_tokens(text) + IMAGE_TOKENS * images
         c.entries = self.limiter.admit(time.monotonic(), c.key.id, group, dep, model, c.estimate)
         # The upstream body: the served model name, and usage always asked for when streaming.
         client_usage = False
@@ -243,6 +271,54 @@ class Proxy:
         if not stream:
             return await self._json(c, resp, words if group.check_output else ())
         return self._relay(c, resp, client_usage, words if group.check_output else (), kind)
+
+    async def _images(self, c: Call, raw: bytes, base_url: str) -> tuple[int, bytes, dict[str, str]]:
+        """A text-to-image call: checked against the model's options, moderated (prompt and
+        negative prompt), charged `n` images per minute, forwarded with every default filled in
+        (so what is metered is what was made), answered as base64 or as URLs this gateway serves
+        to the same key for `image_url_ttl_s`."""
+        body, dep = self._route(c, raw)
+        if dep.task != "text-to-image" or dep.images is None:
+            raise PlatformError(
+                Code.PARAM_ERROR, f"model {c.model!r} does not make images: call /v1/chat/completions"
+            )
+        call = check_images(body, dep.images)
+        words = c.group.blocklist if dep.moderation else ()
+        if words and _blocked(call.prompt, words) is not None:
+            raise PlatformError(
+                Code.TEXT_AUDIT_QUESTION_NOT_PASS, "the prompt did not pass content moderation"
+            )
+        c.entries = self.limiter.admit(time.monotonic(), c.key.id, c.group, dep, c.model, 0, call.n)
+        c.steps, c.size = call.steps, call.size
+        body.update(model=dep.served_model, n=call.n, num_inference_steps=call.steps, size=call.size,
+                    style=call.style, response_format="b64_json")  # fmt: skip
+        table = self.table
+        resp, inst = await self.upstream.post(
+            dep, "/images/generations", _encode(body), table.upstream_auth if table else None
+        )
+        c.inst = inst
+        try:
+            data = await resp.read()
+        finally:
+            resp.release()
+        if resp.status != 200:
+            msg = _upstream_message(data)
+            if resp.status < 500:
+                raise PlatformError(Code.PARAM_ERROR, f"rejected by the model service: {msg}")
+            raise PlatformError(Code.INVOKE_MODEL_ERROR, f"model service failed ({resp.status}): {msg}")
+        try:
+            doc = _decode(data)
+            items = doc["data"]
+            c.images = len(items)
+        except (msgspec.DecodeError, KeyError, TypeError):
+            raise PlatformError(
+                Code.INVOKE_MODEL_ERROR, "the model service sent an invalid response"
+            ) from None
+        if call.response_format == "url":
+            doc["data"] = await self.images.save(c.key.id, items, base_url)
+            data = _encode(doc)
+        self.finish(c)
+        return 200, data, {}
 
     async def _json(
         self, c: Call, resp: aiohttp.ClientResponse, words: tuple[str, ...]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-__all__ = ["MESSAGES", "STRUCTURAL_KEYS", "validate_weights"]
+__all__ = ["MESSAGES", "STRUCTURAL_KEYS", "validate_pipeline", "validate_weights"]
 
 MESSAGES = {
     "generation_config": "Failed to read generation_config.json.",
@@ -30,6 +30,9 @@ MESSAGES = {
     ),
     "tokenizer": "Error loading tokenizer in transformers.",
     "weights": "Error loading weights in transformers.",
+    # Text-to-image pipelines (diffusers folders): not in the manual, in its style.
+    "model_index": "Failed to read model_index.json.",
+    "pipeline": "Error loading the pipeline in diffusers.",
 }
 STRUCTURAL_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
 
@@ -56,9 +59,24 @@ def _sampling_inconsistent(gen: dict) -> bool:
     )
 
 
+def validate_pipeline(root: Path) -> list[str]:
+    """Failure messages for a diffusers pipeline folder (model_index.json and its components)."""
+    if _read_json(root / "model_index.json") is None:
+        return [MESSAGES["model_index"]]
+    try:
+        from diffusers import DiffusionPipeline
+
+        DiffusionPipeline.from_pretrained(str(root))
+    except Exception:
+        return [MESSAGES["pipeline"]]
+    return []
+
+
 def validate_weights(model_dir: str | Path, quantized: bool = False) -> list[str]:
-    """Failure messages for a HuggingFace model folder ([] = valid)."""
+    """Failure messages for a HuggingFace model folder, or a diffusers pipeline's ([] = valid)."""
     root = Path(model_dir)
+    if (root / "model_index.json").exists() and not (root / "config.json").exists():
+        return validate_pipeline(root)
     failures: list[str] = []
     config = _read_json(root / "config.json")
     if config is None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
+from schemas.catalog import parse_size
+
 if TYPE_CHECKING:
     from schemas.catalog import Catalog, Flavor
 
@@ -61,15 +63,27 @@ def estimate(
         if spec.adapter_on is not None:  # no servers of its own: the host's cost covers it
             return {"engine": f"vllm: LoRA adapter on the servers of deployment {spec.adapter_on!r}"}
         out = {"flavor": spec.flavor, "instances": spec.instances}
+        entry = cat.models.get(base) if cat is not None and base else None
         if flavor is not None:
             from zsconf.serving import choose
 
-            serving = choose(spec.engine, flavor.device)
+            serving = choose(
+                spec.engine, flavor.device, entry.task if entry is not None else "text-generation"
+            )
             if not isinstance(serving, str):  # refusals are the graph's errors
                 out["engine"] = serving.describe()
         price = _get(flavor, "price_per_hour")
         if price is not None:
             out["cost_per_hour"] = round(price * spec.instances, 2)
+        if entry is not None and entry.images is not None:
+            # One image at the default size and steps on one instance: the catalog's time per
+            # 512x512 step, scaled by the pixels; its cost is that share of the flavor's hour.
+            opts = entry.images
+            height, width = parse_size(opts.default_size)
+            seconds = opts.seconds_per_step * opts.default_steps * height * width / 512**2
+            out["seconds_per_image"] = round(seconds, 3)
+            if price is not None:
+                out["cost_per_1000_images"] = round(price * seconds / 3600 * 1000, 2)
         if spec.qps and cat is not None and base in cat.models:
             need = cat.recommended_instances(base, spec.qps, quantization)
             out["instances_needed"] = need

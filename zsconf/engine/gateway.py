@@ -68,9 +68,11 @@ def upstream_key(stack_dir: Path) -> str:
     return path.read_text().strip()
 
 
-def build_config(rows: dict[str, Any], key: str) -> dict[str, Any]:
+def build_config(rows: dict[str, Any], key: str, platform: Any = None) -> dict[str, Any]:
     """GatewayConfig (schemas/run_gateway.py) from the state's resource rows: deployments with the
-    instances apply recorded as serving, service groups with limits and moderation."""
+    instances apply recorded as serving (and what they serve: the catalog's task, a text-to-image
+    model's options), service groups with limits and moderation; from `platform.gateway`, what
+    chat calls may carry as images and how long image URLs last."""
     deployments, groups = [], []
     for row in sorted(rows.values(), key=lambda r: r.address):
         spec = row.spec or {}
@@ -90,10 +92,13 @@ def build_config(rows: dict[str, Any], key: str) -> dict[str, Any]:
                 for i, inst in enumerate((routed.outputs or {}).get("instances") or [])
                 if serving and inst.get("endpoint")
             ]
+            outputs = routed.outputs or {}
             deployments.append(
                 {"tenant": row.tenant, "name": row.name, "instances": instances, "qps": spec.get("qps"),
                  "max_tokens_cap": spec.get("max_model_len") or 2048,
-                 "moderation": bool(spec.get("content_moderation", True))}
+                 "moderation": bool(spec.get("content_moderation", True)),
+                 "task": "text-generation" if host is not None else outputs.get("task", "text-generation"),
+                 "images": None if host is not None else outputs.get("images")}
             )  # fmt: skip
         elif row.kind == "service_group":
             limits = spec.get("rate_limits") or {}
@@ -105,7 +110,12 @@ def build_config(rows: dict[str, Any], key: str) -> dict[str, Any]:
                  "moderation": {"blocklist": list(moderation.get("blocklist") or []),
                                 "check_output": bool(moderation.get("check_output", True))}}
             )  # fmt: skip
-    return {"version": 1, "upstream_api_key": key, "deployments": deployments, "groups": groups}
+    gw = platform.gateway if platform is not None else None
+    media = (
+        {"image_hosts": list(gw.image_hosts), "max_image_bytes": int(gw.max_image_mb * 2**20)} if gw else {}
+    )
+    return {"version": 1, "upstream_api_key": key, "deployments": deployments, "groups": groups,
+            "media": media, "image_url_ttl_s": gw.image_url_ttl if gw else 3600}  # fmt: skip
 
 
 def _port(platform: Any) -> int:
@@ -174,7 +184,7 @@ def _sync(
         return None
     gdir = gateway_dir(stack_dir)
     config_path = gdir / "config.json"
-    config = json.dumps(build_config(rows, upstream_key(stack_dir)), indent=1, sort_keys=True)
+    config = json.dumps(build_config(rows, upstream_key(stack_dir), platform), indent=1, sort_keys=True)
     try:
         changed = config_path.read_text() != config
     except FileNotFoundError:

@@ -88,6 +88,12 @@ def _estimate_lines(est: dict[str, Any], currency: str) -> list[str]:
         )
     if "cost_per_hour" in est:
         lines.append(f"cost per hour: {est['cost_per_hour']:.2f} {currency}")
+    if "seconds_per_image" in est:
+        per_1000 = est.get("cost_per_1000_images")
+        lines.append(
+            f"per image (default size and steps): about {est['seconds_per_image']:g} s"
+            + (f", {per_1000:.2f} {currency} per 1000 images" if per_1000 is not None else "")
+        )
     return lines
 
 

@@ -142,6 +142,10 @@ class UsageRecord(SQLModel, table=True):
     status: int = 200
     error_code: str | None = None
     stream: bool = False
+    # Text-to-image calls (schema 4): images made, denoising steps of each, size HEIGHTxWIDTH.
+    images: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    steps: int | None = None
+    size: str | None = None
 
 
 # A usage record's columns in declaration order (all but the id): the gateway's batched INSERT

@@ -2,7 +2,7 @@
 
 A week of calls at a million rows cannot be scanned in the 50 ms a page may spend, so every write
 of usage records also adds them to two rollups: `usage_hours`, one row per hour, service group,
-deployment and error code (empty for a success) with calls, tokens, the latency sum and a
+deployment and error code (empty for a success) with calls, tokens, images, the latency sum and a
 latency histogram of successful calls in 40 bins, each √2 wider than the one before (1 ms ...
 17 min); `usage_key_hours` and `usage_key_days`, the same counts per hour (and day), deployment and key,
 without the histogram. Percentiles read from it are within half a bin (±19 %) of the exact ones; the
@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 BINS = 40
-_SUMS = ("calls", "failed", "prompt_tokens", "completion_tokens", "ok_calls")
+_SUMS = ("calls", "failed", "prompt_tokens", "completion_tokens", "ok_calls", "images")
 _BIN_COLS = tuple(f"l{i:02d}" for i in range(BINS))
 # Per deployment (the time series, groups, deployments, error codes) and per key (the keys'
 # table): a week is hours x deployments and days x keys rows, not hours x deployments x keys. The
@@ -117,6 +117,7 @@ def _aggregate(rows: Iterable[dict[str, Any]]) -> list[list[dict[str, Any]]]:
             acc["calls"] += 1
             acc["prompt_tokens"] += r.get("prompt_tokens") or 0
             acc["completion_tokens"] += r.get("completion_tokens") or 0
+            acc["images"] += r.get("images") or 0
             if failed:
                 acc["failed"] += 1
             else:

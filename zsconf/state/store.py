@@ -44,7 +44,7 @@ from zsconf.state.models import (
 
 __all__ = ["SCHEMA_VERSION", "LockInfo", "ResourceView", "Store", "default_url", "open_store"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 STATE_URL_ENV = "ZSCONF_STATE_URL"
 
 log = logging.getLogger("zsconf.state")
@@ -147,7 +147,10 @@ class Store:
     def _migrate(self, version: int) -> None:
         """Bring an older database up to SCHEMA_VERSION: add what the tables lack (v2:
         `lock.start_time`, `resources.secrets_digest`; v3: the usage rollup tables of
-        `zsconf.state.rollup`, made by create_all) and fill what needs filling; two processes migrating at once both succeed."""
+        `zsconf.state.rollup`, made by create_all; v4: images, steps and size of usage records,
+        images in the rollups) and fill what needs filling; two processes migrating at once both
+        succeed. A column with a default gets it on the rows it is added to (a rollup's sums add to
+        it: NULL would swallow them)."""
         from sqlalchemy import inspect, text
 
         have = inspect(self.engine)
@@ -158,7 +161,14 @@ class Store:
                     continue
                 ddl = col.type.compile(dialect=self.engine.dialect)
                 default = col.default.arg if col.default is not None and col.default.is_scalar else None
-                clause = f" DEFAULT '{default}'" if isinstance(default, str) else ""
+                if col.server_default is not None:
+                    arg = str(col.server_default.arg)
+                    default = int(arg) if arg.isdigit() else arg
+                clause = ""
+                if isinstance(default, str):
+                    clause = f" DEFAULT '{default}'"
+                elif isinstance(default, int | float) and not isinstance(default, bool):
+                    clause = f" DEFAULT {default}"
                 try:
                     with self.engine.begin() as conn:
                         conn.execute(

@@ -164,13 +164,15 @@ class _Rolled:
     serving: list[RunRow]  # healthy, to be routed
     retired: list[RunRow]  # to stop once the gateway routes to `serving`
     adapters: list[str]
-    engine: str  # what serves it: "vllm" or "embedded" (the spec may say "auto")
+    engine: str  # what serves it: "vllm", "embedded" or "diffusers" (the spec may say "auto")
+    task: str  # the catalog's: what the gateway lets clients call it for
+    images: dict[str, Any] | None  # a text-to-image model's options: the gateway checks requests
 
 
 def _switch(ctx: ApplyContext, addr: str, rolled: _Rolled) -> None:
     """Route the gateway to the new instances, then stop the ones they replace: no call dropped."""
     _route(ctx, addr, rolled.serving, model_version=rolled.model_version.version, adapters=rolled.adapters,
-           engine=rolled.engine)  # fmt: skip
+           engine=rolled.engine, task=rolled.task, images=rolled.images)  # fmt: skip
     for r in rolled.retired:
         _stop_instance(ctx, r)
 
@@ -203,6 +205,8 @@ def _roll(ctx: ApplyContext, addr: str, after: dict[str, Any]) -> _Rolled:
     runs_what = {k: after.get(k) for k in sorted(Deployment.REPLACE)}
     runs_what["environment"] = inputs.get("engine_python")
     runs_what["adapters"] = adapters
+    if "images" in inputs:  # the server applies its defaults and styles (absent: text models keep their key)
+        runs_what["images"] = inputs["images"]
     gen_key = f"{json_hash([runs_what, mv.path, mv.content_hash])[:16]}|v{mv.version}"
     keep = [r for r in current if r.content_hash == gen_key]
     old = [r for r in current if r.content_hash != gen_key]
@@ -268,19 +272,25 @@ def _roll(ctx: ApplyContext, addr: str, after: dict[str, Any]) -> _Rolled:
             )
     alive.extend(started)
     return _Rolled(mv, alive[: spec.instances], [*alive[spec.instances :], *old], sorted(adapters),
-                   inputs["engine"])  # fmt: skip
+                   inputs["engine"], inputs["task"], inputs.get("images"))  # fmt: skip
 
 
 def _serving(ctx: ApplyContext, address: str, engine: str, flavor_device: str) -> dict[str, Any]:
     """The engine the plan chose (zsconf.serving), its environment installed first when missing,
-    as the envelope's inputs: `engine`, `engine_python`, `tool_parser`."""
+    as the envelope's inputs: `engine`, `engine_python`, `tool_parser`; `task`, and for a
+    text-to-image model what it accepts (`images`, which the gateway's config gets too)."""
     from zsconf import envs
     from zsconf.serving import choose
 
-    serving = choose(engine, flavor_device)
+    base = ctx.graph.bases.get(address) if ctx.graph is not None else None
+    entry = ctx.catalog.models.get(base) if ctx.catalog is not None and base else None
+    task = entry.task if entry is not None else "text-generation"
+    serving = choose(engine, flavor_device, task)
     if isinstance(serving, str):  # the graph refuses it; an environment lost since then lands here
         raise PermanentError(serving)
-    out: dict[str, Any] = {"engine": serving.engine}
+    out: dict[str, Any] = {"engine": serving.engine, "task": task}
+    if entry is not None and entry.images is not None:
+        out["images"] = entry.images.model_dump(mode="json")
     if serving.engine != "vllm":
         return out
     assert serving.environment is not None
@@ -301,8 +311,6 @@ def _serving(ctx: ApplyContext, address: str, engine: str, flavor_device: str) -
     if serving.device == "cpu" and flavor is not None:
         # An eighth of the flavor's memory, at least 1 GiB: vLLM's CPU default takes 90 % of the host.
         out["kv_cache_memory_bytes"] = max(1, int(flavor.memory_gb) // 8) * 2**30
-    base = ctx.graph.bases.get(address) if ctx.graph is not None else None
-    entry = ctx.catalog.models.get(base) if ctx.catalog is not None and base else None
     if entry is not None and entry.tool_parser:
         out["tool_parser"] = entry.tool_parser
     return out

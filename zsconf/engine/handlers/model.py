@@ -33,15 +33,17 @@ def apply_model(ctx: ApplyContext, ch: Change) -> str:
     if spec.path:
         p = Path(spec.path)
         src = p if p.is_absolute() else ctx.stack_dir / p
-        if not (src / "config.json").exists():
-            raise PermanentError(f"model folder {src} does not exist or has no config.json")
+        if not (src / "config.json").exists() and not (src / "model_index.json").exists():
+            raise PermanentError(
+                f"model folder {src} does not exist or has no config.json (model_index.json for a diffusers pipeline)"
+            )
         path, fmt = src.resolve(), "huggingface"
         if spec.validate_weights:
             _validate(ctx, ch, src)
         validated = spec.validate_weights
     elif spec.base.startswith("debug/"):
         path = ctx.artifacts / "base" / spec.base.replace("/", "_")
-        if not (path / "config.json").exists():
+        if not (path / "config.json").exists() and not (path / "model_index.json").exists():
             _build_debug_base(ctx, spec.base, path)
         fmt, validated = "huggingface", True
     else:
