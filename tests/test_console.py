@@ -167,7 +167,7 @@ def test_usage_is_aggregated_in_sql(console: dict[str, Any]) -> None:
 
     s = _session(console)
     u = s.get("/console/data/usage", params={"range": "1h"}).json()
-    assert u["totals"] == {"calls": 101, "failed": 1, "tokens_in": 300, "tokens_out": 500}
+    assert u["totals"] == {"calls": 101, "failed": 1, "tokens_in": 300, "tokens_out": 500, "images": 0}
     ok = sorted(LATENCIES)
     bucket = next(i for i, n in enumerate(u["series"]["calls"]) if n)
     assert u["series"]["calls"][bucket] == 101 and u["series"]["failed"][bucket] == 1

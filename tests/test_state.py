@@ -208,7 +208,7 @@ def test_usage_rollup_matches_the_records(state_url: str) -> None:
 
     u = usage(store, "24h", now=now)
     assert not u["exact"] and len(u["series"]["t"]) == 24
-    assert u["totals"] == {"calls": 254, "failed": 4, "tokens_in": 2540, "tokens_out": 1270}
+    assert u["totals"] == {"calls": 254, "failed": 4, "tokens_in": 2540, "tokens_out": 1270, "images": 0}
     hour = u["series"]["calls"].index(250)
     exact = sorted(lat + lat[:50])
     for q in (50, 99):
@@ -254,3 +254,45 @@ def test_upgrade_builds_the_usage_rollup_once(state_url: str) -> None:
         )
     again.close()
     assert usage(open_store(state_url), "24h", now=now)["totals"]["calls"] == 100  # not built twice
+
+
+def test_a_version_3_database_gains_image_usage(state_url: str) -> None:
+    """Schema 4 adds images, steps and size to usage records and images to the rollups: a store
+    from before gets the columns with 0 images on its rows (so the rollups' sums keep adding:
+    NULL would swallow them), and image calls are counted by the records, the rollups, `zsconf
+    usage` and the console alike."""
+    import time
+
+    from sqlalchemy import text
+    from sqlmodel import select
+
+    from daemon.console.data import usage
+    from zsconf.state import UsageRecord, open_store
+    from zsconf.usage import summarize
+
+    store = open_store(state_url)
+    now = (time.time() // 3600) * 3600 + 600  # the three calls share an hour of the rollup
+    store.add_usage([_usage(now - 120)])
+    with store.engine.begin() as conn:  # as zsconf with schema 3 left it
+        for table, cols in (("usage_records", ("images", "steps", "size")), ("usage_hours", ("images",)),
+                            ("usage_key_hours", ("images",)), ("usage_key_days", ("images",))):  # fmt: skip
+            for col in cols:
+                conn.execute(text(f'ALTER TABLE "{table}" DROP COLUMN "{col}"'))
+        conn.execute(text("UPDATE meta SET value = '3' WHERE key = 'schema_version'"))
+    store.close()
+
+    store = open_store(state_url)
+    image = {"prompt_tokens": 0, "completion_tokens": 0}
+    store.add_usage([_usage(now - 60, images=2, steps=4, size="512x512", **image),
+                     _usage(now - 30, images=1, steps=8, size="360x640", **image)])  # fmt: skip
+    with store.session() as s:
+        records = list(s.exec(select(UsageRecord)).all())
+    assert sorted(r.images for r in records) == [0, 1, 2]
+    block = summarize(records)["total"]
+    assert block["images"] == 3 and block["image_sizes"] == {"360x640": 1, "512x512": 2}
+    assert block["image_steps"] == 2 * 4 + 8
+    assert usage(store, "1h", now=now)["totals"]["images"] == 3  # read from the records
+    day = usage(store, "24h", now=now)  # read from the rollups
+    assert day["totals"] == {"calls": 3, "failed": 0, "tokens_in": 10, "tokens_out": 5, "images": 3}
+    assert [(k["k"], k["img"]) for k in day["by_key"]] == [("ak-1", 3)]
+    store.close()

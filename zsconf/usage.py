@@ -1,5 +1,6 @@
 """Usage summaries over the UsageRecord table (what the gateway meters): calls, failures by code
-and message with their share, tokens, latency percentiles; CSV export.
+and message with their share, tokens, images (by size, with their steps), latency percentiles;
+CSV export.
 
 Called by `zsconf usage` (zsconf/cli/usage_cmds.py) and usable by the daemon's status API.
 """
@@ -67,6 +68,10 @@ def _block(records: list[Any]) -> dict[str, Any]:
     ok.sort()
     ttft = sorted(r.ttft_ms for r in records if r.ttft_ms is not None and not _failed(r))
     failed = sum(failures.values())
+    sizes: dict[str, int] = {}
+    for r in records:
+        if r.images and r.size:
+            sizes[r.size] = sizes.get(r.size, 0) + r.images
     return {
         "calls": calls,
         "failed": failed,
@@ -84,6 +89,10 @@ def _block(records: list[Any]) -> dict[str, Any]:
         "prompt_tokens": sum(r.prompt_tokens for r in records),
         "completion_tokens": sum(r.completion_tokens for r in records),
         "total_tokens": sum(r.prompt_tokens + r.completion_tokens for r in records),
+        # Text-to-image calls: images made, by size (HEIGHTxWIDTH), and their denoising steps.
+        "images": sum(r.images or 0 for r in records),
+        "image_sizes": dict(sorted(sizes.items())),
+        "image_steps": sum((r.images or 0) * (r.steps or 0) for r in records),
         "latency_ms": {f"p{q}": percentile(ok, q) for q in (50, 90, 99)},
         "ttft_ms": {f"p{q}": percentile(ttft, q) for q in (50, 90, 99)},
     }

@@ -439,7 +439,7 @@ def _raw(conn: Any, cond: str, params: dict[str, Any]) -> tuple[dict[int, dict[s
     b = "CAST((ts - :start) / :bucket AS INTEGER)"
     series = {r.b: dict(r._mapping) for r in conn.execute(text(f"""
         SELECT {b} AS b, COUNT(*) AS calls, SUM(CASE WHEN {failed} THEN 1 ELSE 0 END) AS failed,
-               SUM(prompt_tokens) AS tin, SUM(completion_tokens) AS tout
+               SUM(prompt_tokens) AS tin, SUM(completion_tokens) AS tout, SUM(images) AS img
         FROM usage_records WHERE {cond} GROUP BY b"""), params)}  # fmt: skip
     for r in conn.execute(text(f"""
         SELECT b, MIN(CASE WHEN rn >= 0.5 * n THEN latency_ms END) AS p50,
@@ -451,7 +451,7 @@ def _raw(conn: Any, cond: str, params: dict[str, Any]) -> tuple[dict[int, dict[s
         series[r.b].update(p50=r.p50, p99=r.p99)
     dims = {name: [dict(r._mapping) for r in conn.execute(text(f"""
         SELECT {dim} AS k, COUNT(*) AS calls, SUM(CASE WHEN {failed} THEN 1 ELSE 0 END) AS failed,
-               SUM(prompt_tokens) AS tin, SUM(completion_tokens) AS tout,
+               SUM(prompt_tokens) AS tin, SUM(completion_tokens) AS tout, SUM(images) AS img,
                AVG(CASE WHEN {failed} THEN NULL ELSE latency_ms END) AS avg_ms
         FROM usage_records WHERE {cond} GROUP BY {dim} ORDER BY calls DESC LIMIT 50"""), params)]
             for name, dim in _DIMS}  # fmt: skip
@@ -475,17 +475,18 @@ def _hourly(
     series: dict[int, dict[str, Any]] = {}
     for r in conn.execute(text(f"""
         SELECT hour - :h0 AS b, SUM(calls) AS calls, SUM(failed) AS failed, SUM(prompt_tokens) AS tin,
-               SUM(completion_tokens) AS tout, {bins}
+               SUM(completion_tokens) AS tout, SUM(images) AS img, {bins}
         FROM usage_hours WHERE {cond} GROUP BY hour"""), params):  # fmt: skip
         m = r._mapping
         hist = [int(m[f"l{i:02d}"]) for i in range(BINS)]
         series[int(r.b)] = {"calls": m["calls"], "failed": m["failed"], "tin": m["tin"], "tout": m["tout"],
-                            "p50": percentile_of(hist, 50), "p99": percentile_of(hist, 99)}  # fmt: skip
+                            "img": m["img"], "p50": percentile_of(hist, 50), "p99": percentile_of(hist, 99)}  # fmt: skip
 
     def per(dim: str) -> list[dict[str, Any]]:
         return [dict(r._mapping) for r in conn.execute(text(f"""
             SELECT {dim} AS k, SUM(calls) AS calls, SUM(failed) AS failed, SUM(prompt_tokens) AS tin,
-                   SUM(completion_tokens) AS tout, SUM(latency_ms_sum) / NULLIF(SUM(ok_calls), 0) AS avg_ms
+                   SUM(completion_tokens) AS tout, SUM(images) AS img,
+                   SUM(latency_ms_sum) / NULLIF(SUM(ok_calls), 0) AS avg_ms
             FROM usage_hours WHERE {cond} GROUP BY {dim} ORDER BY calls DESC LIMIT 50"""), params)]  # fmt: skip
 
     dims = {name: per(dim) for name, dim in _DIMS if name != "by_key"}
@@ -495,11 +496,12 @@ def _hourly(
     days_cond = " AND ".join(["day >= :day0", *where])
     dims["by_key"] = [dict(r._mapping) for r in conn.execute(text(f"""
         SELECT key_id AS k, SUM(calls) AS calls, SUM(failed) AS failed, SUM(prompt_tokens) AS tin,
-               SUM(completion_tokens) AS tout, SUM(latency_ms_sum) / NULLIF(SUM(ok_calls), 0) AS avg_ms
-        FROM (SELECT key_id, calls, failed, prompt_tokens, completion_tokens, latency_ms_sum, ok_calls
+               SUM(completion_tokens) AS tout, SUM(images) AS img,
+               SUM(latency_ms_sum) / NULLIF(SUM(ok_calls), 0) AS avg_ms
+        FROM (SELECT key_id, calls, failed, prompt_tokens, completion_tokens, images, latency_ms_sum, ok_calls
               FROM usage_key_hours WHERE {hours_cond}
               UNION ALL
-              SELECT key_id, calls, failed, prompt_tokens, completion_tokens, latency_ms_sum, ok_calls
+              SELECT key_id, calls, failed, prompt_tokens, completion_tokens, images, latency_ms_sum, ok_calls
               FROM usage_key_days WHERE {days_cond}) AS k
         GROUP BY key_id ORDER BY calls DESC LIMIT 50"""), {**params, "day0": day0})]  # fmt: skip
     dims["codes"] = [dict(r._mapping) for r in conn.execute(text(f"""
@@ -510,8 +512,8 @@ def _hourly(
 
 def usage(store: Store, range_: str = "1h", group: str = "", deployment: str = "", key: str = "",
           now: float | None = None) -> dict[str, Any]:  # fmt: skip
-    """Calls, failures, tokens and latency p50/p99 over time, and per service group, deployment,
-    key and error code, aggregated in SQL (indexed on the time column)."""
+    """Calls, failures, tokens, images and latency p50/p99 over time, and per service group,
+    deployment, key and error code, aggregated in SQL (indexed on the time column)."""
     from schemas.run_gateway import ERROR_CODES
 
     range_ = range_ if range_ in RANGES else "1h"
@@ -530,7 +532,8 @@ def usage(store: Store, range_: str = "1h", group: str = "", deployment: str = "
             series, dims = _hourly(conn, where, params)
     raw = "start" in params
     n = int(span // bucket) + (1 if raw else 0)
-    cols = {"t": [], "calls": [], "failed": [], "tokens_in": [], "tokens_out": [], "p50": [], "p99": []}
+    cols = {"t": [], "calls": [], "failed": [], "tokens_in": [], "tokens_out": [], "images": [], "p50": [],
+            "p99": []}  # fmt: skip
     for b in range(n):
         r = series.get(b) or {}
         cols["t"].append(start + b * bucket)
@@ -538,6 +541,7 @@ def usage(store: Store, range_: str = "1h", group: str = "", deployment: str = "
         cols["failed"].append(int(r.get("failed") or 0))
         cols["tokens_in"].append(int(r.get("tin") or 0))
         cols["tokens_out"].append(int(r.get("tout") or 0))
+        cols["images"].append(int(r.get("img") or 0))
         cols["p50"].append(r.get("p50"))
         cols["p99"].append(r.get("p99"))
     for c in dims["codes"]:
@@ -545,9 +549,9 @@ def usage(store: Store, range_: str = "1h", group: str = "", deployment: str = "
         c["type"] = ERROR_CODES.get(c["code"], ("", 0, ""))[0]
     for name, _ in _DIMS:  # PostgreSQL's SUM is numeric: plain numbers for the page and its JSON
         for row in dims[name]:
-            row.update({k: int(row[k] or 0) for k in ("calls", "failed", "tin", "tout")})
+            row.update({k: int(row[k] or 0) for k in ("calls", "failed", "tin", "tout", "img")})
             row["avg_ms"] = float(row["avg_ms"]) if row["avg_ms"] is not None else None
-    totals = {k: sum(cols[k]) for k in ("calls", "failed", "tokens_in", "tokens_out")}
+    totals = {k: sum(cols[k]) for k in ("calls", "failed", "tokens_in", "tokens_out", "images")}
     return {
         "range": range_,
         "bucket": bucket,

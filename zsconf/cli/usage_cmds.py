@@ -1,8 +1,8 @@
 """`zsconf usage [--since 24h] [--group G] [--model M] [--csv FILE]`: what the gateway metered.
 
 Registered by `zsconf.cli.main`; reads the UsageRecord table of the stack's state store and prints
-calls, failures by code and message with their share, tokens, and latency percentiles (total, per
-model, per service group).
+calls, failures by code and message with their share, tokens, images, and latency percentiles
+(total, per model, per service group).
 """
 
 from __future__ import annotations
@@ -26,10 +26,14 @@ def _print_block(title: str, b: dict[str, Any], indent: str = "") -> None:
 
     c = console()
     lat = b["latency_ms"]
+    images = ""
+    if b["images"]:
+        sizes = ", ".join(f"{size} ×{n}" for size, n in b["image_sizes"].items())
+        images = f"images {b['images']} ({sizes}; {b['image_steps']} steps), "
     c.print(
         f"{indent}{title}: {b['calls']} calls, {b['failed']} failed ({b['failure_share']:.1%}), "
         f"tokens {b['total_tokens']} (prompt {b['prompt_tokens']}, completion {b['completion_tokens']}), "
-        f"latency ms p50 {_fmt(lat['p50'])} p90 {_fmt(lat['p90'])} p99 {_fmt(lat['p99'])}",
+        f"{images}latency ms p50 {_fmt(lat['p50'])} p90 {_fmt(lat['p90'])} p99 {_fmt(lat['p99'])}",
         markup=False,
         highlight=False,
     )
@@ -56,7 +60,8 @@ def usage(
     stack: StackDir = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
-    """Summarise gateway usage: calls, failures (code, message, share), tokens, latency p50/p90/p99."""
+    """Summarise gateway usage: calls, failures (code, message, share), tokens, images (by size, with
+    their denoising steps), latency p50/p90/p99."""
     from schemas.common import parse_duration
     from zsconf.cli.output import console, print_json
     from zsconf.errors import ZsconfError

@@ -57,6 +57,7 @@ async function usageCharts(root) {
   root.dataset.calls = String(u.totals.calls);
   document.getElementById("total-calls").textContent = u.totals.calls.toLocaleString();
   document.getElementById("total-failed").textContent = u.totals.failed.toLocaleString();
+  document.getElementById("total-images").textContent = u.totals.images.toLocaleString();
   for (const el of root.querySelectorAll(".chart")) {
     if (el.dataset.kind === "calls") {
       chart(el, { series: [{}, { label: d.labelCalls, stroke: "#2457c5" }, { label: d.labelFailed, stroke: "#c62828" }] }, [s.t, s.calls, s.failed]);
