@@ -65,7 +65,7 @@ def list_recipes() -> list[dict[str, str]]:
 
 
 def models(as_json: JsonOpt = False) -> None:
-    """Base models: architecture, size, fine-tune throughput, compression, QPS per instance."""
+    """Base models: task, architecture, size, fine-tune throughput, compression, QPS per instance."""
     from zsconf.catalog import load_catalog
     from zsconf.cli.output import print_json
 
@@ -79,6 +79,7 @@ def models(as_json: JsonOpt = False) -> None:
         rows.append(
             [
                 name,
+                m.task,
                 m.architecture,
                 f"{m.params_b:g}B",
                 _range(ft.get("full")),
@@ -91,7 +92,7 @@ def models(as_json: JsonOpt = False) -> None:
                 m.checkpoint_format or "-",
             ]
         )
-    cols = ["model", "arch", "params", "full tok/s", "lora tok/s", "cpt tok/s", "compression", "qps/inst",
+    cols = ["model", "task", "arch", "params", "full tok/s", "lora tok/s", "cpt tok/s", "compression", "qps/inst",
             "max len", "datasets", "checkpoint"]  # fmt: skip
     _table("Base models (tok/s per card)", cols, rows)
 
