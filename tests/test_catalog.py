@@ -305,7 +305,10 @@ def test_cli_subprocess() -> None:
     exe = [sys.executable, "-m", "zsconf.cli.main"]
     out = subprocess.run([*exe, "catalog", "models"], capture_output=True, text=True, check=True)
     lines = out.stdout.splitlines()
-    assert lines[0].startswith("model\tarch\tparams")
-    assert any(line.startswith("Qwen2.5-7B\tqwen2\t7.6B\t2459-2890\t3180-3750") for line in lines)
+    assert lines[0].startswith("model\ttask\tarch\tparams")
+    assert any(
+        line.startswith("Qwen2.5-7B\ttext-generation\tqwen2\t7.6B\t2459-2890\t3180-3750") for line in lines
+    )
+    assert any(line.startswith("debug/tiny-sd\ttext-to-image\t") for line in lines)
     out = subprocess.run([*exe, "catalog", "recipes"], capture_output=True, text=True, check=True)
     assert "finetune/lora\t" in out.stdout
