@@ -22,8 +22,8 @@ class GatewaySettings(Endpoint):
     image_hosts: list[str] = Field(
         default_factory=list,
         description=(
-            "hosts an image_url in a chat call may point at (`*.example.com` for subdomains); the model "
-            "server fetches them. Empty (the default): only base64 data URLs, nothing is fetched"
+            "host names (matched exactly) an image_url in a chat call may point at; the model server "
+            "fetches them. Empty (the default): only base64 data URLs, nothing is fetched"
         ),
     )
     max_image_mb: float = Field(default=10, gt=0, le=100, description="largest base64 image in a chat call")

@@ -90,7 +90,7 @@ class MediaPolicy(_Strict):
     """Images in chat calls (`image_url` parts): base64 data URLs up to `max_image_bytes`; HTTP(S)
     URLs only from the listed hosts (the model server fetches them), none by default."""
 
-    image_hosts: list[str] = Field(default_factory=list, description="hosts, or *.domain for its subdomains")
+    image_hosts: list[str] = Field(default_factory=list, description="host names, matched exactly")
     max_image_bytes: int = Field(default=10 * 2**20, ge=1)
 
 

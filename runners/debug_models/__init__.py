@@ -115,7 +115,17 @@ def _train_tokenizer(arch: str, vocab_size: int, extra_text: list[str]) -> Any:
 
 def build_debug_model(entry: dict[str, Any], out_dir: str | os.PathLike[str]) -> Path:
     """Build the debug model described by catalog `entry` (its `architecture` and `debug` keys)
-    into `out_dir`, atomically: a half-built folder is never left under the final name."""
+    into `out_dir`, atomically: a half-built folder is never left under the final name.
+    Text-to-image and image-understanding entries (`task`) go to their own builders."""
+    task = entry.get("task", "text-generation")
+    if task == "text-to-image":
+        from runners.debug_models.diffusion import build_debug_pipeline
+
+        return build_debug_pipeline(entry, out_dir)
+    if task == "image-understanding":
+        from runners.debug_models.vision import build_debug_vl_model
+
+        return build_debug_vl_model(entry, out_dir)
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 

@@ -122,15 +122,6 @@ def _common(body: dict, cap: int) -> None:
         raise _bad("response_format.type must be text or json_object")
 
 
-def _host_allowed(host: str, allowed: list[str]) -> bool:
-    host = host.lower()
-    for a in allowed:
-        a = a.lower()
-        if host == a or (a.startswith("*.") and host.endswith(a[1:])):
-            return True
-    return False
-
-
 def _check_image_part(part: Any, where: str, model: str, vision: bool, media: MediaPolicy | None) -> None:
     """One `image_url` part of a chat message: allowed for this model, and a URL the policy allows."""
     if not vision or media is None:
@@ -159,7 +150,7 @@ def _check_image_part(part: Any, where: str, model: str, vision: bool, media: Me
         raise _bad(
             f"{where}.image_url.url: expected a base64 data URL (or an http(s) URL on an allowed host)"
         )
-    if not _host_allowed(u.hostname, media.image_hosts):
+    if u.hostname.lower() not in {h.lower() for h in media.image_hosts}:  # exact, as vLLM matches
         raise _bad(
             f"{where}.image_url.url: images are not fetched from {u.hostname} (send a base64 data URL; "
             "platform.gateway.image_hosts lists the hosts allowed)"

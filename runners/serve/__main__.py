@@ -2,7 +2,8 @@
 
 Started by the executor (one process per deployment instance). Reads a `ServeSpec` (schemas/
 run_serve.py), or the generic runner envelope (CONTRACTS.md §2), which it maps to one; `ZSCONF_PORT`
-gives the port when the spec says 0. Engine `embedded`: binds host:port first (so `/health` answers 503 while loading),
+gives the port when the spec says 0. Engines `embedded` (text, runners/serve/app.py) and `diffusers`
+(text-to-image, runners/serve/images.py): binds host:port first (so `/health` answers 503 while loading),
 loads the model, then prints ONE line on stdout, `{"event": "ready", "port": P, ...}` (and writes
 workdir/endpoint.json); SIGTERM stops
 accepting connections, lets in-flight requests finish and exits 0. Engine `vllm`: execs vLLM's server
@@ -20,7 +21,7 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
@@ -90,20 +91,28 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def _serve_embedded(spec: ServeSpec) -> int:
+class _Loadable(Protocol):
+    """What `_serve` drives: the embedded `Engine` and the diffusers `ImageEngine`."""
+
+    device: str
+
+    def load(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+async def _serve(spec: ServeSpec, engine: _Loadable, app: Any) -> int:
+    """Bind (so `/health` answers 503 while loading), load in the background, print the ready
+    line, serve until SIGTERM (in-flight requests finish), then close the engine."""
     import uvicorn
 
-    from runners.serve.app import build_app
-    from runners.serve.engine import Engine
-
-    engine = Engine(spec.model_dir, spec.device, spec.max_model_len, dtype=spec.engine_args.get("dtype"))
     try:
         sock = _bind(spec.host, spec.port)
     except OSError as exc:
         return _fail(f"cannot bind {spec.host}:{spec.port}: {exc}")
     port = sock.getsockname()[1]
     config = uvicorn.Config(
-        build_app(engine, spec),
+        app,
         http="httptools",
         lifespan="off",
         log_level="warning",
@@ -146,6 +155,25 @@ async def _serve_embedded(spec: ServeSpec) -> int:
     return 0
 
 
+async def _serve_embedded(spec: ServeSpec) -> int:
+    from runners.serve.app import build_app
+    from runners.serve.engine import Engine
+
+    engine = Engine(spec.model_dir, spec.device, spec.max_model_len, dtype=spec.engine_args.get("dtype"))
+    return await _serve(spec, engine, build_app(engine, spec))
+
+
+async def _serve_images(spec: ServeSpec) -> int:
+    from runners.serve.images import ImageEngine, build_images_app, image_options
+
+    try:
+        options = image_options(spec)
+    except ValueError as exc:
+        return _fail(str(exc))
+    engine = ImageEngine(spec.model_dir, spec.device)
+    return await _serve(spec, engine, build_images_app(engine, spec, options))
+
+
 def main(argv: list[str] | None = None) -> int:
     from runners.runfiles import quiet_progress_bars
 
@@ -179,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     # uvicorn re-raises the signal it caught once it has shut down; with this no-op handler in
     # place that re-raise is harmless and a graceful SIGTERM exits 0 instead of dying by signal.
     signal.signal(signal.SIGTERM, lambda *_: None)
-    return asyncio.run(_serve_embedded(spec))
+    return asyncio.run(_serve_images(spec) if spec.engine == "diffusers" else _serve_embedded(spec))
 
 
 if __name__ == "__main__":

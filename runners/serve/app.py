@@ -34,7 +34,7 @@ from runners.serve.protocol import (
 if TYPE_CHECKING:
     from schemas.run_serve import ServeSpec
 
-__all__ = ["build_app"]
+__all__ = ["EXCEPTION_HANDLERS", "build_app"]
 
 log = logging.getLogger("runners.serve")
 _encode = msgspec.json.Encoder().encode
@@ -278,7 +278,7 @@ def build_app(engine: Engine, spec: ServeSpec) -> Litestar:
 
     return Litestar(
         route_handlers=[health, models, chat, completions],
-        exception_handlers={ApiError: _api_error, HTTPException: _http_error, Exception: _internal_error},
+        exception_handlers=EXCEPTION_HANDLERS,
         middleware=[access_log],
         openapi_config=None,
         debug=False,
@@ -379,3 +379,11 @@ def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[
 def _internal_error(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     log.exception("unhandled error", exc_info=exc)
     return Response(error_body("internal server error", "server_error"), status_code=500)
+
+
+# Every error in OpenAI's shape; the image server (runners/serve/images.py) uses the same.
+EXCEPTION_HANDLERS: dict[Any, Any] = {
+    ApiError: _api_error,
+    HTTPException: _http_error,
+    Exception: _internal_error,
+}

@@ -25,12 +25,13 @@ __all__ = ["MANAGED_FLAGS", "build_vllm_command", "vllm_env"]
 MANAGED_FLAGS = frozenset(
     {
         "model", "served-model-name", "host", "port", "tensor-parallel-size", "max-model-len", "api-key",
-        "enable-lora", "lora-modules",
+        "enable-lora", "lora-modules", "allowed-media-domains",
     }
 )  # fmt: skip
 
 
 DRAIN_S = 25  # seconds vLLM lets in-flight requests finish after SIGTERM
+MAX_IMAGES = 4  # images per chat call an image-understanding server takes (no video)
 
 
 def _flag(key: str) -> str:
@@ -107,6 +108,13 @@ def build_vllm_command(spec: ServeSpec) -> list[str]:
         argv += ["--kv-cache-memory-bytes", str(spec.kv_cache_memory_bytes)]
     if spec.tool_parser and "tool_call_parser" not in spec.engine_args:
         argv += ["--enable-auto-tool-choice", "--tool-call-parser", spec.tool_parser]
+    if spec.media_hosts is not None:
+        # vLLM fetches any http(s) image URL by default, loopback included: only the stack's hosts
+        # (an exact match; a reserved name that never resolves when there are none, so only data
+        # URLs pass). The gateway refuses the others first; this holds for a direct caller too.
+        argv += ["--allowed-media-domains", *(spec.media_hosts or ["none.invalid"])]
+        if "limit_mm_per_prompt" not in spec.engine_args:
+            argv += ["--limit-mm-per-prompt", json.dumps({"image": MAX_IMAGES, "video": 0})]
     return argv + _engine_arg_flags(spec.engine_args)
 
 
@@ -119,6 +127,8 @@ def vllm_env(spec: ServeSpec, base: Mapping[str, str]) -> dict[str, str]:
     because setting it restricts vLLM to the plugins it lists. Its workers must be spawned, not
     forked, once the NPU runtime is initialised (vllm-ascend's guidance)."""
     env = dict(base)
+    if spec.media_hosts is not None:  # vLLM checks the first URL's host only: no redirects
+        env["VLLM_MEDIA_URL_ALLOW_REDIRECTS"] = "0"
     if spec.api_key:
         env["VLLM_API_KEY"] = spec.api_key
     else:

@@ -205,8 +205,9 @@ def _roll(ctx: ApplyContext, addr: str, after: dict[str, Any]) -> _Rolled:
     runs_what = {k: after.get(k) for k in sorted(Deployment.REPLACE)}
     runs_what["environment"] = inputs.get("engine_python")
     runs_what["adapters"] = adapters
-    if "images" in inputs:  # the server applies its defaults and styles (absent: text models keep their key)
-        runs_what["images"] = inputs["images"]
+    for what in ("images", "media_hosts"):  # absent for text models: their key stays as it was
+        if what in inputs:
+            runs_what[what] = inputs[what]
     gen_key = f"{json_hash([runs_what, mv.path, mv.content_hash])[:16]}|v{mv.version}"
     keep = [r for r in current if r.content_hash == gen_key]
     old = [r for r in current if r.content_hash != gen_key]
@@ -291,6 +292,8 @@ def _serving(ctx: ApplyContext, address: str, engine: str, flavor_device: str) -
     out: dict[str, Any] = {"engine": serving.engine, "task": task}
     if entry is not None and entry.images is not None:
         out["images"] = entry.images.model_dump(mode="json")
+    if task == "image-understanding":
+        out["media_hosts"] = list(ctx.loaded.stack.platform.gateway.image_hosts)
     if serving.engine != "vllm":
         return out
     assert serving.environment is not None
