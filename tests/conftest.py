@@ -55,6 +55,20 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _build(tmp_path_factory, "llama")
 
 
+@pytest.fixture(scope="session")
+def tiny_sd(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The catalog's debug/tiny-sd: a saved diffusers StableDiffusionPipeline folder."""
+    from runners.debug_models import build_debug_model
+    from zsconf.catalog import load_catalog
+
+    out = tmp_path_factory.getbasetemp() / "debug-tiny-sd"
+    if not out.exists():
+        build_debug_model(
+            {"name": "debug/tiny-sd", **load_catalog().model("debug/tiny-sd").model_dump(mode="json")}, out
+        )
+    return out
+
+
 def pytest_report_header() -> str:
     url = os.environ.get("ZSCONF_TEST_PG_URL")
     return (

@@ -32,13 +32,15 @@ datasets:
   prompts: {path: data/prompts.jsonl, format: alpaca}
 models:
   painter: {base: debug/tiny-sd}
+  sd21: {base: StableDiffusion-V2.1, path: SD21_PATH}
 deployments:
   draw: {model: painter@latest}
+  sd21-draw: {model: sd21@latest}
 service_groups:
   art-app:
-    services: [draw]
+    services: [draw, sd21-draw]
     keys: 1
-    rate_limits: {per_key: {ipm: 6}}
+    rate_limits: {per_key: {ipm: 8}}
     moderation: {blocklist: [forbidden]}
 """
 
@@ -49,13 +51,14 @@ def _size(png: bytes) -> tuple[int, int]:
     return Image.open(io.BytesIO(png)).size  # (width, height)
 
 
-def test_an_image_deployment_validates_plans_applies_and_serves(tmp_path: Path) -> None:
+def test_an_image_deployment_validates_plans_applies_and_serves(tmp_path: Path, tiny_sd: Path) -> None:
     from zsconf.engine import Engine
     from zsconf.engine.gateway import gateway_url
 
     stack = tmp_path / "art"
     (stack / "data").mkdir(parents=True)
-    (stack / "stack.yaml").write_text(STACK)
+    # StableDiffusion-V2.1 from local weights, as a real checkpoint is imported (tiny-sd's files).
+    (stack / "stack.yaml").write_text(STACK.replace("SD21_PATH", str(tiny_sd)))
     (stack / "data" / "prompts.jsonl").write_text(json.dumps({"instruction": "a cat", "output": "x"}) + "\n")
 
     plan = cli("plan", cwd=stack)
@@ -63,6 +66,8 @@ def test_an_image_deployment_validates_plans_applies_and_serves(tmp_path: Path) 
     assert "engine: diffusers" in plan.stdout
     # debug/tiny-sd: 0.05 s a 512x512 step, 4 steps; cpu.small costs 0.5 CNY an hour.
     assert "per image (default size and steps): about 0.2 s, 0.03 CNY per 1000 images" in plan.stdout
+    # StableDiffusion-V2.1: 0.1 s a step, 20 steps.
+    assert "per image (default size and steps): about 2 s, 0.28 CNY per 1000 images" in plan.stdout
     for override, where, words in (
         ("+deployments.draw.engine=vllm", "deployments.draw.engine", "served by engine diffusers"),
         ("+deployments.draw.engine=embedded", "deployments.draw.engine", "served by engine diffusers"),
@@ -118,20 +123,26 @@ def test_an_image_deployment_validates_plans_applies_and_serves(tmp_path: Path) 
         assert exc.value.body["code"] == "600003"  # type: ignore[index]
         with pytest.raises(openai.BadRequestError, match="makes images"):
             client.chat.completions.create(model="draw", messages=[{"role": "user", "content": "hi"}])
+        # Each model's own options: StableDiffusion-V2.1 has the manual's sizes (no 256x256), and its
+        # defaults (512x512, 20 steps) are what it makes and what is metered.
+        with pytest.raises(openai.BadRequestError, match="size must be one of 360x640"):
+            client.images.generate(model="sd21-draw", prompt="x", size="256x256")  # type: ignore[arg-type]
+        sd = client.images.generate(model="sd21-draw", prompt="a quiet harbour", extra_body={"seed": 1})
+        assert _size(base64.b64decode((sd.data or [])[0].b64_json or "")) == (512, 512)
 
-        # 5 images made by this key this minute; ipm 6: a request for 2 more is refused.
+        # 6 images made by this key this minute; ipm 8: a request for 3 more is refused.
         with pytest.raises(openai.RateLimitError) as limited:
-            client.images.generate(**args, n=2, extra_body={"num_inference_steps": 1})  # type: ignore[arg-type]
+            client.images.generate(**args, n=3, extra_body={"num_inference_steps": 1})  # type: ignore[arg-type]
         assert limited.value.body["code"] == "700006"  # type: ignore[index]
         assert 1 <= int(limited.value.response.headers["retry-after"]) <= 60
 
         time.sleep(1.5)  # the gateway writes usage every 0.5 s
         usage = cli("usage", "--json", cwd=stack)
         total = json.loads(usage.stdout)["total"]
-        assert total["images"] == 5 and total["image_sizes"] == {"256x256": 4, "360x640": 1}
-        assert total["image_steps"] == 5 * 2
+        assert total["images"] == 6 and total["image_sizes"] == {"256x256": 4, "360x640": 1, "512x512": 1}
+        assert total["image_steps"] == 5 * 2 + 20
         text = cli("usage", cwd=stack).stdout
-        assert "images 5 (256x256 ×4, 360x640 ×1; 10 steps)" in text
+        assert "images 6 (256x256 ×4, 360x640 ×1, 512x512 ×1; 30 steps)" in text
         assert "700006 AK_IPM_RATELIMITING: 1" in text
     finally:
         from test_plan import stop_all

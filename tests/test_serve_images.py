@@ -42,13 +42,6 @@ def entry() -> dict[str, Any]:
     return {"name": "debug/tiny-sd", **load_catalog().model("debug/tiny-sd").model_dump(mode="json")}
 
 
-@pytest.fixture(scope="module")
-def tiny_sd(entry: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from runners.debug_models import build_debug_model
-
-    return build_debug_model(entry, tmp_path_factory.mktemp("models") / "tiny-sd")
-
-
 def _spec(model_dir: Path, workdir: Path, entry: dict[str, Any], **over: Any) -> dict[str, Any]:
     return {
         "run_id": "r-img",

@@ -110,3 +110,15 @@ def test_runner_process_writes_result(copy: Path, tmp_path: Path) -> None:
     result = json.loads((tmp_path / "w" / "result.json").read_text())
     assert result["status"] == "failed"
     assert result["outputs"]["failures"] == ["Failed to read generation_config.json."]
+
+
+def test_a_diffusers_pipeline_folder(tiny_sd: Path, tmp_path: Path) -> None:
+    """A text-to-image model's folder (model_index.json and its components) is checked by loading
+    it with diffusers; a missing index or component gets the platform-style message."""
+    assert validate_weights(tiny_sd) == []
+    broken = tmp_path / "sd"
+    shutil.copytree(tiny_sd, broken)
+    shutil.rmtree(broken / "unet")
+    assert validate_weights(broken) == [MESSAGES["pipeline"]]
+    (broken / "model_index.json").write_text("{not json")
+    assert validate_weights(broken) == [MESSAGES["model_index"]]
