@@ -1,7 +1,7 @@
 """Text-to-image serving: what the gateway and the image server add to the pipeline's own time.
 
-    python bench/images.py [--sizes 256x256,512x512] [--steps 4] [--concurrency 1,4] [--images 12]
-                           [--threads 1] [--workdir DIR] [--json OUT]
+    python bench/images.py [--sizes 256x256,512x512] [--steps 4] [--concurrency 1,4] [--images 4]
+                           [--rounds 5] [--threads 1] [--workdir DIR] [--json OUT]
 
 Builds debug/tiny-sd here (runners.debug_models, random weights: never downloaded), then for each
 size (HEIGHTxWIDTH) measures images per second three ways, each making the same images (one per
@@ -17,6 +17,9 @@ Each through-HTTP way runs a closed loop of c clients (aiohttp) until `--images`
 The server makes one image at a time (the pipeline is not thread-safe), so c > 1 measures queueing
 behind one worker, not parallel generation. Both the pipeline here and the server get `--threads`
 torch threads (default 1, what zsconf's local executor gives a CPU process on a 2-core machine).
+The three ways take turns, `--rounds` times, and the median of the rounds is printed: on a shared
+machine the speed drifts by tens of percent from minute to minute, so figures taken one way after
+another compare the minutes, not the ways.
 
 Goal (issue 17, printed beside the figures, not asserted): the gateway and server add under 5 % to
 the pipeline's own time per image. Prints figures; asserts nothing.
@@ -28,6 +31,7 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -50,31 +54,40 @@ def _build(workdir: Path) -> tuple[Path, dict[str, Any]]:
     return out, entry["images"]
 
 
-def _in_process(model: Path, size: str, steps: int, n: int, threads: int) -> float:
-    """Seconds per image, the pipeline called here (plus PNG encoding), after one warm-up image."""
-    import io
+class _Pipeline:
+    """The pipeline called in this process, as the server calls it (plus PNG encoding)."""
 
-    import torch
-    from diffusers import StableDiffusionPipeline
+    def __init__(self, model: Path, threads: int) -> None:
+        import torch
+        from diffusers import StableDiffusionPipeline
+        from diffusers.utils import logging as df_logging
 
-    from schemas.catalog import parse_size
+        df_logging.disable_progress_bar()
+        torch.set_num_threads(threads)
+        self.torch = torch
+        self.pipe = StableDiffusionPipeline.from_pretrained(str(model))
+        self.pipe.set_progress_bar_config(disable=True)
 
-    torch.set_num_threads(threads)
-    pipe = StableDiffusionPipeline.from_pretrained(str(model))
-    pipe.set_progress_bar_config(disable=True)
-    height, width = parse_size(size)
+    def per_image(self, size: str, steps: int, n: int) -> float:
+        """Seconds per image over n images (seeds 0, 1, ...), after one untimed image, as the HTTP
+        ways warm up (the other processes just ran: caches are cold)."""
+        import io
 
-    def one(seed: int) -> None:
-        gen = torch.Generator("cpu").manual_seed(seed)
-        image = pipe("a lighthouse at dawn", height=height, width=width, num_inference_steps=steps,
-                     generator=gen).images[0]  # fmt: skip
-        image.save(io.BytesIO(), format="PNG")
+        from schemas.catalog import parse_size
 
-    one(10_000)
-    start = time.perf_counter()
-    for seed in range(n):
-        one(seed)
-    return (time.perf_counter() - start) / n
+        height, width = parse_size(size)
+
+        def one(seed: int) -> None:
+            gen = self.torch.Generator("cpu").manual_seed(seed)
+            image = self.pipe("a lighthouse at dawn", height=height, width=width, num_inference_steps=steps,
+                              generator=gen).images[0]  # fmt: skip
+            image.save(io.BytesIO(), format="PNG")
+
+        one(10_000)
+        start = time.perf_counter()
+        for seed in range(n):
+            one(seed)
+        return (time.perf_counter() - start) / n
 
 
 async def _loop(url: str, key: str, model: str, size: str, steps: int, n: int, c: int) -> float:
@@ -107,7 +120,8 @@ def main() -> None:
     ap.add_argument("--sizes", default="256x256,512x512")
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--concurrency", default="1,4")
-    ap.add_argument("--images", type=int, default=12, help="images per measurement")
+    ap.add_argument("--images", type=int, default=4, help="images per way in each round")
+    ap.add_argument("--rounds", type=int, default=5, help="turns each way takes (the median is printed)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads, here and in the server")
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None)
@@ -140,17 +154,29 @@ def main() -> None:
     env.start()
     rows = []
     try:
+        pipeline = _Pipeline(model, args.threads)
         for size in sizes:
-            floor = _in_process(model, size, args.steps, args.images, args.threads)
             for c in concurrency:
-                direct = asyncio.run(_loop(f"{server.url}/v1", key, "draw", size, args.steps, args.images, c))
-                via = asyncio.run(_loop(env.url, secret, "draw", size, args.steps, args.images, c))
-                rows.append({"size": size, "c": c, "in_process_s": floor, "server_s": direct, "gateway_s": via,
-                             "overhead": via / floor - 1})  # fmt: skip
+                runs: dict[str, list[float]] = {"in_process_s": [], "server_s": [], "gateway_s": []}
+                for _ in range(args.rounds):  # the ways take turns
+                    runs["in_process_s"].append(pipeline.per_image(size, args.steps, args.images))
+                    runs["server_s"].append(asyncio.run(
+                        _loop(f"{server.url}/v1", key, "draw", size, args.steps, args.images, c)))  # fmt: skip
+                    runs["gateway_s"].append(
+                        asyncio.run(_loop(env.url, secret, "draw", size, args.steps, args.images, c)))  # fmt: skip
+                row: dict[str, Any] = {
+                    "size": size,
+                    "c": c,
+                    **{k: statistics.median(v) for k, v in runs.items()},
+                }
+                row["overhead"] = row["gateway_s"] / row["in_process_s"] - 1
+                row["spread"] = {k: [round(min(v), 4), round(max(v), 4)] for k, v in runs.items()}
+                rows.append(row)
     finally:
         env.close()
         server.stop()
-    print(f"debug/tiny-sd, {args.steps} steps, {args.images} images each, {args.threads} torch thread(s), "
+    print(f"debug/tiny-sd, {args.steps} steps, median of {args.rounds} rounds of {args.images} images, "
+          f"{args.threads} torch thread(s), "
           f"load average {os.getloadavg()[0]:.2f}")  # fmt: skip
     print(f"{'size':>9} {'c':>2} | {'in-process':>14} | {'server':>14} | {'gateway':>14} | overhead")
     for r in rows:

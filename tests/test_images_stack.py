@@ -148,3 +148,42 @@ def test_an_image_deployment_validates_plans_applies_and_serves(tmp_path: Path, 
         from test_plan import stop_all
 
         stop_all(eng)
+
+
+UP_STACK = """\
+platform: {device: cpu, default_tenant: art}
+tenants:
+  art: {quotas: {max_cards: 0}}
+models:
+  painter: {base: debug/tiny-sd}
+deployments:
+  draw: {model: painter@latest}
+service_groups:
+  art-app: {services: [draw], keys: 1}
+"""
+
+
+def test_up_prints_an_image_call_that_works_as_pasted(tmp_path: Path) -> None:
+    """`zsconf up` on a stack whose first service makes images prints image calls, and they work
+    exactly as printed: curl saves the JSON answer, Python writes image.png (the same seed: the
+    same picture both ways)."""
+    from test_quickstart import Up, paste, snippet
+
+    stack = tmp_path / "quickstart"
+    stack.mkdir()
+    (stack / "stack.yaml").write_text(UP_STACK)
+    up = Up(tmp_path)
+    try:
+        text = up.wait_ready()
+        call = snippet(text)
+        assert "/images/generations" in call and "client.images.generate(" in call
+        pasted = paste(call, tmp_path)
+        assert pasted.returncode == 0, pasted.stderr
+        assert pasted.stdout.splitlines() == ["200 image.json", "wrote image.png"]
+        png = (tmp_path / "image.png").read_bytes()
+        assert _size(png) == (512, 512)  # the model's default size
+        answer = json.loads((tmp_path / "image.json").read_text())
+        assert base64.b64decode(answer["data"][0]["b64_json"]) == png
+    finally:
+        up.stop()
+    assert up.proc.returncode == 0

@@ -18,14 +18,29 @@ from zsconf.cli.stackdir import StackDir, at_flag, stack_dir
 __all__ = ["HELP", "register", "up"]
 
 
-def _snippets(gateway_url: str, model: str, key: str | None) -> str:
+def _snippets(gateway_url: str, model: str, key: str | None, task: str = "text-generation") -> str:
     """The calls to paste, with this stack's URL and one model of the key's group. Without a key
     shown in this run they read it from $ZSCONF_KEY (the shell expands it inside the curl's double
     quotes; the Python heredoc is quoted, so Python reads the environment). Greedy (temperature
-    0): the model's sampling default is 1.0, as on vLLM."""
+    0): the model's sampling default is 1.0, as on vLLM. A text-to-image model gets an image call
+    instead, its picture written to image.png."""
     bearer = key or "$ZSCONF_KEY"
     api_key = f'"{key}"' if key else 'os.environ["ZSCONF_KEY"]'
     imports = "from openai import OpenAI" if key else "import os\nfrom openai import OpenAI"
+    if task == "text-to-image":
+        return f"""\
+curl -sS -o image.json -w '%{{http_code}} image.json\\n' {gateway_url}/images/generations \\
+  -H "Authorization: Bearer {bearer}" -H "Content-Type: application/json" \\
+  -d '{{"model": "{model}", "prompt": "a lighthouse at dawn", "seed": 1}}'
+
+python - <<'EOF'
+import base64
+{imports}
+client = OpenAI(base_url="{gateway_url}", api_key={api_key})
+r = client.images.generate(model="{model}", prompt="a lighthouse at dawn", extra_body={{"seed": 1}})
+open("image.png", "wb").write(base64.b64decode(r.data[0].b64_json))
+print("wrote image.png")
+EOF"""
     return f"""\
 curl -w '\\n' {gateway_url}/chat/completions \\
   -H "Authorization: Bearer {bearer}" -H "Content-Type: application/json" \\
@@ -75,7 +90,9 @@ def _banner(info: dict[str, Any], new_keys: list[Any], eng: Any, directory: Path
             f"API keys of {group} were shown when they were created; make a new one with:\n"
             f"export ZSCONF_KEY=$(zsconf keys create {group}{at} --quiet)"
         )
-    lines += ["", _snippets(url, model or "MODEL", keyed.get(group))]
+    served = rows.get(shown) if shown else None
+    task = (served.outputs or {}).get("task", "text-generation") if served is not None else "text-generation"
+    lines += ["", _snippets(url, model or "MODEL", keyed.get(group), task)]
     return "\n".join(lines)
 
 
