@@ -60,7 +60,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory):
         }
     ]
     env.config["media"] = {
-        "image_hosts": ["pics.example.com", "*.cdn.example.org"],
+        "image_hosts": ["pics.example.com", "Img.CDN.example.org"],
         "max_image_bytes": MAX_BYTES,
     }
     secret, _ = env.add_key("acme", "g")

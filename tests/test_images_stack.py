@@ -12,6 +12,7 @@ import base64
 import io
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -144,6 +145,27 @@ def test_an_image_deployment_validates_plans_applies_and_serves(tmp_path: Path, 
         text = cli("usage", cwd=stack).stdout
         assert "images 6 (256x256 ×4, 360x640 ×1, 512x512 ×1; 30 steps)" in text
         assert "700006 AK_IPM_RATELIMITING: 1" in text
+
+        # Scaled to two instances in place: both serve, the first kept (the other key's quota).
+        first = [r.run_id for r in eng.store.runs("deployment/art/draw") if r.status == "running"]
+        scaled = cli(
+            "apply", "--auto-approve", "--wait", "+deployments.draw.instances=2", cwd=stack, timeout=300
+        )
+        assert scaled.returncode == 0, scaled.stdout[-3000:] + scaled.stderr[-3000:]
+        running = [r.run_id for r in eng.store.runs("deployment/art/draw") if r.status == "running"]
+        assert len(running) == 2 and set(first) < set(running)
+        client2 = openai.OpenAI(base_url=url, api_key=other, max_retries=0, timeout=120)
+        with ThreadPoolExecutor(4) as pool:  # at once: the gateway sends each to the least busy
+            list(
+                pool.map(
+                    lambda _: client2.images.generate(**args, extra_body={"num_inference_steps": 1}), range(4)
+                )
+            )  # type: ignore[arg-type]
+        time.sleep(1.5)
+        from zsconf.usage import query_usage
+
+        served = {r.instance for r in query_usage(eng.store, 60, model="draw") if r.images}
+        assert {"draw-0", "draw-1"} <= served
     finally:
         from test_plan import stop_all
 

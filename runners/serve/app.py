@@ -8,7 +8,6 @@ OpenAI-shaped; `/health` answers 503 until the model is loaded.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -25,6 +24,7 @@ from runners.serve.protocol import (
     ChatRequest,
     CompletionRequest,
     error_body,
+    guard_for,
     new_id,
     now,
     parse_request,
@@ -133,18 +133,7 @@ async def _collect(
 def build_app(engine: Engine, spec: ServeSpec) -> Litestar:
     """The Litestar app serving `engine` as `spec.served_model_name`."""
     name = spec.served_model_name
-    key = spec.api_key.encode() if spec.api_key else None
-
-    def guard(request: Request[Any, Any, Any]) -> None:
-        if key is not None:
-            header = request.headers.get("authorization", "")
-            scheme, _, token = header.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key):
-                raise ApiError(
-                    401, "invalid or missing API key", type_="authentication_error", code="invalid_api_key"
-                )
-        if not engine.loaded.is_set():
-            raise ApiError(503, "the model is still loading", type_="server_error", code="model_loading")
+    guard = guard_for(spec.api_key, engine.loaded)
 
     def check_model(model: str) -> None:
         if model != name:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hmac
 import io
 import logging
 import secrets
@@ -31,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, Validat
 from runners.serve.accesslog import access_log
 from runners.serve.app import EXCEPTION_HANDLERS
 from runners.serve.engine import select_device
-from runners.serve.protocol import ApiError, error_body
+from runners.serve.protocol import ApiError, error_body, guard_for, parse_request
 from schemas.catalog import ImageOptions, parse_size
 
 if TYPE_CHECKING:
@@ -116,19 +115,6 @@ class ImageJob:
 
 class _Cancelled(Exception):
     """Raised in the worker for a job whose client went away (skipped, or stopped mid-way)."""
-
-
-def parse_image_request(data: Any) -> ImageRequest:
-    """Validate a JSON body; the first error becomes a 400 naming its field."""
-    if not isinstance(data, dict):
-        raise ApiError(400, "the request body must be a JSON object")
-    try:
-        return ImageRequest.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        param = ".".join(str(p) for p in first["loc"]) or None
-        message = first["msg"].removeprefix("Value error, ")
-        raise ApiError(400, f"{param}: {message}" if param else message, param=param) from None
 
 
 def resolve(req: ImageRequest, options: ImageOptions) -> ImageParams:
@@ -299,18 +285,7 @@ async def _watch_disconnect(request: Request[Any, Any, Any], job: ImageJob) -> N
 def build_images_app(engine: ImageEngine, spec: ServeSpec, options: ImageOptions) -> Litestar:
     """The Litestar app serving `engine` as `spec.served_model_name`: health, models, images."""
     name = spec.served_model_name
-    key = spec.api_key.encode() if spec.api_key else None
-
-    def guard(request: Request[Any, Any, Any]) -> None:
-        if key is not None:
-            header = request.headers.get("authorization", "")
-            scheme, _, token = header.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key):
-                raise ApiError(
-                    401, "invalid or missing API key", type_="authentication_error", code="invalid_api_key"
-                )
-        if not engine.loaded.is_set():
-            raise ApiError(503, "the model is still loading", type_="server_error", code="model_loading")
+    guard = guard_for(spec.api_key, engine.loaded)
 
     @get("/health", sync_to_thread=False)
     def health() -> Response[dict[str, Any]]:
@@ -337,7 +312,7 @@ def build_images_app(engine: ImageEngine, spec: ServeSpec, options: ImageOptions
     @post("/v1/images/generations", status_code=200)
     async def generations(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
         guard(request)
-        req = parse_image_request(await _json(request))
+        req = parse_request(ImageRequest, await _json(request))
         if req.model != name:
             raise ApiError(
                 404, f"the model {req.model!r} does not exist", param="model", code="model_not_found"

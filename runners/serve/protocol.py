@@ -6,8 +6,11 @@ OpenAI's error shape naming the field; unknown fields are ignored, as OpenAI-com
 
 from __future__ import annotations
 
+import hmac
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -18,6 +21,7 @@ __all__ = [
     "CompletionRequest",
     "StreamOptions",
     "error_body",
+    "guard_for",
     "new_id",
     "parse_request",
     "usage",
@@ -129,7 +133,7 @@ class CompletionRequest(_Sampling):
         return value
 
 
-def parse_request(model: type[_Sampling], data: Any) -> Any:
+def parse_request(model: type[BaseModel], data: Any) -> Any:
     """Validate a JSON body; the first error becomes a 400 naming its field."""
     if not isinstance(data, dict):
         raise ApiError(400, "the request body must be a JSON object")
@@ -159,3 +163,22 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
 
 
 FinishReason = Literal["stop", "length"]
+
+
+def guard_for(api_key: str | None, loaded: threading.Event) -> Callable[[Any], None]:
+    """The check every model-server route but /health makes: the internal key as a Bearer token
+    (when the spec has one; 401 otherwise), and the model loaded (503 until it is)."""
+    key = api_key.encode() if api_key else None
+
+    def guard(request: Any) -> None:
+        if key is not None:
+            header = request.headers.get("authorization", "")
+            scheme, _, token = header.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key):
+                raise ApiError(
+                    401, "invalid or missing API key", type_="authentication_error", code="invalid_api_key"
+                )
+        if not loaded.is_set():
+            raise ApiError(503, "the model is still loading", type_="server_error", code="model_loading")
+
+    return guard
