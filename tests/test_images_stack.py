@@ -80,6 +80,14 @@ def test_an_image_deployment_validates_plans_applies_and_serves(tmp_path: Path, 
         ), bad.stdout + bad.stderr
         assert "Traceback" not in bad.stdout + bad.stderr
 
+    # Image understanding is vLLM's; its CPU build here has no torchvision, which Qwen2-VL needs.
+    vl = cli("plan", "+models.vl={base: debug/tiny-qwen2-vl}", "+deployments.see={model: vl}", cwd=stack)
+    assert vl.returncode != 0 and "deployments.see.engine" in vl.stdout + vl.stderr
+    assert "image understanding on CPU needs torchvision" in vl.stdout + vl.stderr
+    embedded = cli("plan", "+models.vl={base: debug/tiny-qwen2-vl}", "+deployments.see={model: vl, engine: embedded}",
+                   cwd=stack)  # fmt: skip
+    assert "engine embedded reads text only" in embedded.stdout + embedded.stderr
+
     applied = cli("apply", "--auto-approve", "--wait", cwd=stack, timeout=600)
     assert applied.returncode == 0, applied.stdout[-3000:] + applied.stderr[-3000:]
     eng = Engine(stack)
