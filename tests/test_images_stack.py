@@ -41,7 +41,7 @@ service_groups:
   art-app:
     services: [draw, sd21-draw]
     keys: 1
-    rate_limits: {per_key: {ipm: 8}}
+    rate_limits: {per_key: {ipm: 8}, per_model: {sd21-draw: {ipm: 1}}}
     moderation: {blocklist: [forbidden]}
 """
 
@@ -138,6 +138,16 @@ def test_an_image_deployment_validates_plans_applies_and_serves(tmp_path: Path, 
             client.images.generate(model="sd21-draw", prompt="x", size="256x256")  # type: ignore[arg-type]
         sd = client.images.generate(model="sd21-draw", prompt="a quiet harbour", extra_body={"seed": 1})
         assert _size(base64.b64decode((sd.data or [])[0].b64_json or "")) == (512, 512)
+        # Its own images per minute (1): the next is refused as the model's (700007), not charged.
+        with pytest.raises(openai.RateLimitError) as model_limited:
+            client.images.generate(model="sd21-draw", prompt="again")
+        assert model_limited.value.body["code"] == "700007"  # type: ignore[index]
+        assert 1 <= int(model_limited.value.response.headers["retry-after"]) <= 60
+        # More images than the limit itself: it could never pass, so a bad request, not a wait.
+        with pytest.raises(
+            openai.BadRequestError, match="n: 2 images is more than the limit of model 'sd21-draw' of 1"
+        ):
+            client.images.generate(model="sd21-draw", prompt="x", n=2)  # type: ignore[arg-type]
 
         # 6 images made by this key this minute; ipm 8: a request for 3 more is refused.
         with pytest.raises(openai.RateLimitError) as limited:
@@ -152,7 +162,7 @@ def test_an_image_deployment_validates_plans_applies_and_serves(tmp_path: Path, 
         assert total["image_steps"] == 5 * 2 + 20
         text = cli("usage", cwd=stack).stdout
         assert "images 6 (256x256 ×4, 360x640 ×1, 512x512 ×1; 30 steps)" in text
-        assert "700006 AK_IPM_RATELIMITING: 1" in text
+        assert "700006 AK_IPM_RATELIMITING: 1" in text and "700007 MODEL_IPM_RATELIMITING: 1" in text
 
         # Scaled to two instances in place: both serve, the first kept (the other key's quota).
         first = [r.run_id for r in eng.store.runs("deployment/art/draw") if r.status == "running"]

@@ -13,7 +13,8 @@ actual completion tokens afterwards). Window semantics, documented for users:
   real counts decide, so a key overruns `tpm` by at most the calls in flight.
 - ipm (text-to-image calls): images per minute, a sliding log like rpm where a request counts
   its `n` images; refused with 700006 (key) or 700007 (model). An image call is not charged
-  tokens (tpm), and a text call is not checked against ipm.
+  tokens (tpm), and a text call is not checked against ipm. A request for more images than the
+  limit itself could never pass: 400/500002 naming `n`.
 - qps (deployment): sliding window of max(1 s, 1/qps); limit floor(qps * window) requests;
   refused with 700004 MODEL_RPM_RATELIMITING (the table has no separate QPS code).
 - Refused requests are not charged. State is per gateway process (one gateway per stack).
@@ -139,6 +140,11 @@ class Limiter:
                     w.retry_after(now, prompt_tokens, model_tpm),
                 )
             checks.append((w, 0))
+        for limit, whose in ((key_ipm, "the key's limit"), (model_ipm, f"the limit of model {model!r}")):
+            if limit and images > limit:  # could never be admitted: a bad request, not a wait
+                raise PlatformError(
+                    Code.PARAM_ERROR, f"n: {images} images is more than {whose} of {limit} images per minute"
+                )
         if key_ipm:
             w = self._w(("ki", key_id), MINUTE)
             w.expire(now)
