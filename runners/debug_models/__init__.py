@@ -10,14 +10,14 @@ and by tests. Imports torch and transformers: never import it from the control p
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
+from runners.debug_models.common import building, train_tokenizer
+
 __all__ = ["CHATML_TEMPLATE", "LLAMA3_TEMPLATE", "build_debug_model"]
 
-CORPUS = Path(__file__).with_name("corpus.txt")
 
 # ChatML as Qwen2 writes it. Tools (a list of JSON schemas) go into the system turn inside
 # <tools></tools>; a `function_call` turn, or an assistant turn with OpenAI `tool_calls`, is the
@@ -86,33 +86,6 @@ _SPECIALS = {
 }
 
 
-def _train_tokenizer(arch: str, vocab_size: int, extra_text: list[str]) -> Any:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = _SPECIALS[arch]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=specials["extra"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte: no unknown tokens, ever
-        show_progress=False,
-    )
-    lines = CORPUS.read_text(encoding="utf-8").splitlines() + extra_text
-    tok.train_from_iterator(lines, trainer=trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token=specials["bos"],
-        eos_token=specials["eos"],
-        pad_token=specials["pad"],
-        padding_side="left",  # decoder-only generation pads on the left
-    )
-    fast.chat_template = specials["template"]
-    return fast
-
-
 def build_debug_model(entry: dict[str, Any], out_dir: str | os.PathLike[str]) -> Path:
     """Build the debug model described by catalog `entry` (its `architecture` and `debug` keys)
     into `out_dir`, atomically: a half-built folder is never left under the final name.
@@ -133,14 +106,7 @@ def build_debug_model(entry: dict[str, Any], out_dir: str | os.PathLike[str]) ->
     dims: dict[str, Any] = dict(entry["debug"])
     seed = int(dims.pop("seed", 0))
     vocab_size = int(dims.pop("vocab_size", 2048))
-    out = Path(out_dir)
-    tmp = out.with_name(out.name + ".building")
-    if tmp.exists():
-        import shutil
-
-        shutil.rmtree(tmp)
-
-    tokenizer = _train_tokenizer(arch, vocab_size, [])
+    tokenizer = train_tokenizer(_SPECIALS[arch], vocab_size)
     config_cls, model_cls = {
         "qwen2": (Qwen2Config, Qwen2ForCausalLM),
         "llama": (LlamaConfig, LlamaForCausalLM),
@@ -161,12 +127,8 @@ def build_debug_model(entry: dict[str, Any], out_dir: str | os.PathLike[str]) ->
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "zsconf_debug_model.json").write_text(json.dumps({"seed": seed, "entry": entry}, indent=2))
-    if out.exists():
-        import shutil
-
-        shutil.rmtree(out)
-    tmp.rename(out)
+    out = Path(out_dir)
+    with building(out, seed, entry) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     return out

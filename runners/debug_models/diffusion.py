@@ -15,9 +15,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 from pathlib import Path
 from typing import Any
+
+from runners.debug_models.common import building
 
 __all__ = ["build_debug_pipeline"]
 
@@ -108,98 +109,92 @@ def build_debug_pipeline(entry: dict[str, Any], out_dir: str | os.PathLike[str])
     vae_channels = [int(c) for c in dims["vae_channels"]]
     hidden = int(dims["text_hidden_size"])
     out = Path(out_dir)
-    tmp = out.with_name(out.name + ".building")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-
-    styles = ((entry.get("images") or {}).get("styles") or {}).values()
-    words = list(dict.fromkeys([*_WORDS.split(), *(w for s in styles for w in s.replace(",", " ").split())]))
-    vocab, merges = _vocab_and_merges(int(dims["vocab_size"]), words)
-    # The files a real checkpoint's tokenizer/ holds; the tokenizer is then built from them and
-    # save_pretrained adds tokenizer.json beside them.
-    tok_dir = tmp / "tokenizer"
-    tok_dir.mkdir()
-    (tok_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    (tok_dir / "merges.txt").write_text(
-        "#version: 0.2\n" + "".join(m + "\n" for m in merges), encoding="utf-8"
-    )
-    tokenizer = CLIPTokenizer(
-        str(tok_dir / "vocab.json"),
-        str(tok_dir / "merges.txt"),
-        model_max_length=MAX_LENGTH,
-        bos_token=BOS,
-        eos_token=EOS,
-        unk_token=EOS,
-        pad_token=EOS,
-    )
-
-    torch.manual_seed(seed)
-    heads = max(1, hidden // 8)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(vocab),
-            hidden_size=hidden,
-            intermediate_size=hidden * 4,
-            num_hidden_layers=int(dims["text_layers"]),
-            num_attention_heads=heads if hidden % heads == 0 else 1,
-            max_position_embeddings=MAX_LENGTH,
-            bos_token_id=vocab[BOS],
-            eos_token_id=vocab[EOS],
-            pad_token_id=vocab[EOS],
+    with building(out, seed, entry) as tmp:
+        styles = ((entry.get("images") or {}).get("styles") or {}).values()
+        words = list(
+            dict.fromkeys([*_WORDS.split(), *(w for s in styles for w in s.replace(",", " ").split())])
         )
-    )
-    # Cross-attention only in the lowest-resolution block (and the mid block): attention at the
-    # full latent resolution is what makes a 512x512 image cost tens of seconds (NOTES.md).
-    levels = len(unet_channels)
-    unet = UNet2DConditionModel(
-        sample_size=64,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=tuple(unet_channels),
-        down_block_types=tuple(
-            "CrossAttnDownBlock2D" if i == levels - 1 else "DownBlock2D" for i in range(levels)
-        ),
-        up_block_types=tuple("CrossAttnUpBlock2D" if i == 0 else "UpBlock2D" for i in range(levels)),
-        layers_per_block=1,
-        cross_attention_dim=hidden,
-        attention_head_dim=max(1, unet_channels[-1] // 16),
-        norm_num_groups=_norm_groups(unet_channels),
-    )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        block_out_channels=tuple(vae_channels),
-        down_block_types=("DownEncoderBlock2D",) * len(vae_channels),
-        up_block_types=("UpDecoderBlock2D",) * len(vae_channels),
-        layers_per_block=1,
-        norm_num_groups=_norm_groups(vae_channels),
-        sample_size=512,
-        mid_block_add_attention=False,  # self-attention over every latent pixel: slow, and adds nothing here
-    )
-    scheduler = EulerDiscreteScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        prediction_type="epsilon",
-        timestep_spacing="leading",
-        steps_offset=1,
-    )
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.save_pretrained(tmp)
-    (tmp / "zsconf_debug_model.json").write_text(json.dumps({"seed": seed, "entry": entry}, indent=2))
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+        vocab, merges = _vocab_and_merges(int(dims["vocab_size"]), words)
+        # The files a real checkpoint's tokenizer/ holds; the tokenizer is then built from them and
+        # save_pretrained adds tokenizer.json beside them.
+        tok_dir = tmp / "tokenizer"
+        tok_dir.mkdir()
+        (tok_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+        (tok_dir / "merges.txt").write_text(
+            "#version: 0.2\n" + "".join(m + "\n" for m in merges), encoding="utf-8"
+        )
+        tokenizer = CLIPTokenizer(
+            str(tok_dir / "vocab.json"),
+            str(tok_dir / "merges.txt"),
+            model_max_length=MAX_LENGTH,
+            bos_token=BOS,
+            eos_token=EOS,
+            unk_token=EOS,
+            pad_token=EOS,
+        )
+
+        torch.manual_seed(seed)
+        heads = max(1, hidden // 8)
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=len(vocab),
+                hidden_size=hidden,
+                intermediate_size=hidden * 4,
+                num_hidden_layers=int(dims["text_layers"]),
+                num_attention_heads=heads if hidden % heads == 0 else 1,
+                max_position_embeddings=MAX_LENGTH,
+                bos_token_id=vocab[BOS],
+                eos_token_id=vocab[EOS],
+                pad_token_id=vocab[EOS],
+            )
+        )
+        # Cross-attention only in the lowest-resolution block (and the mid block): attention at the
+        # full latent resolution is what makes a 512x512 image cost tens of seconds (NOTES.md).
+        levels = len(unet_channels)
+        unet = UNet2DConditionModel(
+            sample_size=64,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=tuple(unet_channels),
+            down_block_types=tuple(
+                "CrossAttnDownBlock2D" if i == levels - 1 else "DownBlock2D" for i in range(levels)
+            ),
+            up_block_types=tuple("CrossAttnUpBlock2D" if i == 0 else "UpBlock2D" for i in range(levels)),
+            layers_per_block=1,
+            cross_attention_dim=hidden,
+            attention_head_dim=max(1, unet_channels[-1] // 16),
+            norm_num_groups=_norm_groups(unet_channels),
+        )
+        vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            latent_channels=4,
+            block_out_channels=tuple(vae_channels),
+            down_block_types=("DownEncoderBlock2D",) * len(vae_channels),
+            up_block_types=("UpDecoderBlock2D",) * len(vae_channels),
+            layers_per_block=1,
+            norm_num_groups=_norm_groups(vae_channels),
+            sample_size=512,
+            mid_block_add_attention=False,  # self-attention over every latent pixel: slow, and adds nothing here
+        )
+        scheduler = EulerDiscreteScheduler(
+            num_train_timesteps=1000,
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            prediction_type="epsilon",
+            timestep_spacing="leading",
+            steps_offset=1,
+        )
+        pipe = StableDiffusionPipeline(
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=unet,
+            scheduler=scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+        pipe.save_pretrained(tmp)
     return out

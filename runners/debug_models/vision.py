@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
-CORPUS = Path(__file__).with_name("corpus.txt")  # the text models' corpus (not imported: no cycle)
+from runners.debug_models.common import building, train_tokenizer
 
 __all__ = ["QWEN2_VL_TEMPLATE", "VL_DEFAULTS", "build_debug_vl_model"]
 
@@ -86,31 +85,6 @@ VL_DEFAULTS: dict[str, Any] = {
 }
 
 
-def _train_vl_tokenizer(vocab_size: int) -> Any:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=_SPECIALS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte: no unknown tokens, ever
-        show_progress=False,
-    )
-    tok.train_from_iterator(CORPUS.read_text(encoding="utf-8").splitlines(), trainer=trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token=None,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        padding_side="left",  # decoder-only generation pads on the left
-    )
-    fast.chat_template = QWEN2_VL_TEMPLATE
-    return fast
-
-
 def _mrope_section(head_dim: int) -> list[int]:
     """Qwen2-VL's [16, 24, 24] (temporal, height, width) scaled to `head_dim`: its sum must be
     head_dim / 2 (the rotary frequencies), which vLLM and transformers both check."""
@@ -155,12 +129,16 @@ def build_debug_vl_model(entry: dict[str, Any], out_dir: str | os.PathLike[str])
     seed = int(dims["seed"])
     hidden = int(dims["hidden_size"])
     heads = int(dims["num_attention_heads"])
-    out = Path(out_dir)
-    tmp = out.with_name(out.name + ".building")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-
-    tokenizer = _train_vl_tokenizer(int(dims["vocab_size"]))
+    tokenizer = train_tokenizer(
+        {
+            "bos": None,
+            "eos": "<|im_end|>",
+            "pad": "<|endoftext|>",
+            "extra": _SPECIALS,
+            "template": QWEN2_VL_TEMPLATE,
+        },
+        int(dims["vocab_size"]),
+    )
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in _SPECIALS}
     text_config = {
         "vocab_size": len(tokenizer),
@@ -214,12 +192,10 @@ def build_debug_vl_model(entry: dict[str, Any], out_dir: str | os.PathLike[str])
         temporal_patch_size=int(dims["temporal_patch_size"]),
         merge_size=int(dims["spatial_merge_size"]),
     )
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)  # tokenizer.json, tokenizer_config.json, chat_template.jinja
-    image_processor.save_pretrained(tmp)  # preprocessor_config.json
-    _write_processor_config(tmp, image_processor.to_dict())
-    (tmp / "zsconf_debug_model.json").write_text(json.dumps({"seed": seed, "entry": entry}, indent=2))
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    out = Path(out_dir)
+    with building(out, seed, entry) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)  # tokenizer.json, tokenizer_config.json, chat_template.jinja
+        image_processor.save_pretrained(tmp)  # preprocessor_config.json
+        _write_processor_config(tmp, image_processor.to_dict())
     return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -34,7 +34,7 @@ from runners.serve.protocol import (
 if TYPE_CHECKING:
     from schemas.run_serve import ServeSpec
 
-__all__ = ["EXCEPTION_HANDLERS", "build_app"]
+__all__ = ["EXCEPTION_HANDLERS", "build_app", "status_routes"]
 
 log = logging.getLogger("runners.serve")
 _encode = msgspec.json.Encoder().encode
@@ -130,6 +130,26 @@ async def _collect(
     return texts, reasons, completion_tokens
 
 
+def status_routes(engine: Any, spec: ServeSpec, guard: Callable[[Any], None], **card: Any) -> list[Any]:
+    """`/health` (503 while loading, then the engine's queue and counters) and `/v1/models` (the
+    one served name, with `card`'s extra fields), the same for every engine zsconf runs."""
+
+    @get("/health", sync_to_thread=False)
+    def health() -> Response[dict[str, Any]]:
+        if engine.loaded.is_set():
+            return Response({"status": "ok", "queued": engine.queued(), **engine.stats}, status_code=200)
+        return Response({"status": "loading"}, status_code=503)
+
+    @get("/v1/models", sync_to_thread=False)
+    def models(request: Request[Any, Any, Any]) -> dict[str, Any]:
+        guard(request)
+        model = {"id": spec.served_model_name, "object": "model", "created": now(), "owned_by": "zsconf",
+                 "root": spec.model_dir, **card}  # fmt: skip
+        return {"object": "list", "data": [model]}
+
+    return [health, models]
+
+
 def build_app(engine: Engine, spec: ServeSpec) -> Litestar:
     """The Litestar app serving `engine` as `spec.served_model_name`."""
     name = spec.served_model_name
@@ -145,29 +165,6 @@ def build_app(engine: Engine, spec: ServeSpec) -> Litestar:
         for job in jobs:
             engine.submit(job)
         return jobs
-
-    @get("/health", sync_to_thread=False)
-    def health() -> Response[dict[str, Any]]:
-        if engine.loaded.is_set():
-            return Response({"status": "ok", "queued": engine.queued(), **engine.stats}, status_code=200)
-        return Response({"status": "loading"}, status_code=503)
-
-    @get("/v1/models", sync_to_thread=False)
-    def models(request: Request[Any, Any, Any]) -> dict[str, Any]:
-        guard(request)
-        return {
-            "object": "list",
-            "data": [
-                {
-                    "id": name,
-                    "object": "model",
-                    "created": now(),
-                    "owned_by": "zsconf",
-                    "root": spec.model_dir,
-                    "max_model_len": engine.max_model_len,
-                }
-            ],
-        }
 
     # Litestar's Stream takes the handler's media_type over its own, so the handlers declare SSE and
     # the JSON answers are explicit Responses (whose own media_type wins).
@@ -266,7 +263,11 @@ def build_app(engine: Engine, spec: ServeSpec) -> Litestar:
         )
 
     return Litestar(
-        route_handlers=[health, models, chat, completions],
+        route_handlers=[
+            *status_routes(engine, spec, guard, max_model_len=engine.max_model_len),
+            chat,
+            completions,
+        ],
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[access_log],
         openapi_config=None,

@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-from litestar import Litestar, Request, Response, get, post
+from litestar import Litestar, Request, Response, post
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 from runners.serve.accesslog import access_log
-from runners.serve.app import EXCEPTION_HANDLERS
+from runners.serve.app import EXCEPTION_HANDLERS, status_routes
 from runners.serve.engine import select_device
 from runners.serve.protocol import ApiError, error_body, guard_for, parse_request
 from schemas.catalog import ImageOptions, parse_size
@@ -287,28 +287,6 @@ def build_images_app(engine: ImageEngine, spec: ServeSpec, options: ImageOptions
     name = spec.served_model_name
     guard = guard_for(spec.api_key, engine.loaded)
 
-    @get("/health", sync_to_thread=False)
-    def health() -> Response[dict[str, Any]]:
-        if engine.loaded.is_set():
-            return Response({"status": "ok", "queued": engine.queued(), **engine.stats}, status_code=200)
-        return Response({"status": "loading"}, status_code=503)
-
-    @get("/v1/models", sync_to_thread=False)
-    def models(request: Request[Any, Any, Any]) -> dict[str, Any]:
-        guard(request)
-        return {
-            "object": "list",
-            "data": [
-                {
-                    "id": name,
-                    "object": "model",
-                    "created": int(time.time()),
-                    "owned_by": "zsconf",
-                    "root": spec.model_dir,
-                }
-            ],
-        }
-
     @post("/v1/images/generations", status_code=200)
     async def generations(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
         guard(request)
@@ -346,7 +324,7 @@ def build_images_app(engine: ImageEngine, spec: ServeSpec, options: ImageOptions
         )
 
     return Litestar(
-        route_handlers=[health, models, generations],
+        route_handlers=[*status_routes(engine, spec, guard), generations],
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[access_log],
         openapi_config=None,
