@@ -60,4 +60,6 @@ class Meter:
     async def run(self) -> None:
         while True:
             await asyncio.sleep(self._interval)
-            await self.flush()
+            # Shielded: a shutdown that cancels this task mid-flush lets the write finish (holding
+            # the lock), so the final flush waits for it and the store is not closed under it.
+            await asyncio.shield(self.flush())
